@@ -1,0 +1,20 @@
+//! Versioned example, P2: callback set [1], same as P1 with a different message.
+#![no_std]
+
+use core::ffi::{c_int, c_void};
+
+use klp_runtime::bindings::{seq_print, SeqFile};
+use klp_runtime::klp_func;
+
+klp_runtime::patch!();
+
+#[path = "../../common/mod.rs"]
+pub mod common;
+
+#[klp_func(name = "cmdline_proc_show")]
+pub extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> c_int {
+    let banner = common::banner_on();
+    // SAFETY: `m` is the seq_file the kernel passes to this show function.
+    unsafe { seq_print(m, format_args!("klp versioned p2 banner={banner}\n")) };
+    0
+}

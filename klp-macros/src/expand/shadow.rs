@@ -1,0 +1,109 @@
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::{Fields, ItemStruct};
+
+use crate::internals::attr::{nonzero_id, Args, Kind};
+use crate::internals::check;
+use crate::internals::ctxt::Ctxt;
+use crate::internals::symbol::{CALLBACKS, ID, TYPE};
+
+pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let s: ItemStruct = syn::parse2(item).map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            "#[klp_shadow] goes on a struct: `#[klp_shadow(type = T, ...)] pub struct Handle;` or on the data struct itself",
+        )
+    })?;
+    let mut cx = Ctxt::default();
+    let args = Args::parse(&mut cx, args, &[(TYPE, Kind::Type), (ID, Kind::Int), (CALLBACKS, Kind::Int)]);
+    let id = nonzero_id::<u64>(&mut cx, &args, ID, "each shadow type needs a klp_shadow id, for example `id = 0x10`");
+    let owner = nonzero_id::<u32>(
+        &mut cx,
+        &args,
+        CALLBACKS,
+        "name the callback set that owns this shadow type, for example `callbacks = 1`; its variables are freed when that set leaves",
+    );
+    if !s.generics.params.is_empty() {
+        let msg = if s.generics.lifetimes().next().is_some() {
+            "a shadow type must be `'static`: it outlives the call that attaches it, so it cannot have lifetime parameters"
+        } else {
+            "a shadow type cannot be generic: each one has a single id and layout in the tables"
+        };
+        cx.error_spanned_by(&s.generics, msg);
+    }
+    let handle = &s.ident;
+    let data = match args.ty(TYPE) {
+        Some(ty) => {
+            if !matches!(s.fields, Fields::Unit) {
+                cx.error_spanned_by(
+                    &s.fields,
+                    "with `type = ...` the struct is only the handle: declare it as a unit struct, `pub struct Name;` (or drop `type` to use this struct as the data)",
+                );
+            }
+            check::shadow_data_type(&mut cx, ty);
+            quote!(#ty)
+        }
+        None => quote!(#handle),
+    };
+    cx.check()?;
+
+    let (id, owner) = (id.expect("checked"), owner.expect("checked"));
+    let type_name = super::cstr(&data.to_string().replace(' ', ""));
+    let origin = super::origin(handle);
+    let handle_name = handle.to_string();
+    Ok(quote! {
+        #s
+
+        impl ::klp_runtime::shadow::ShadowType for #handle {
+            type Data = #data;
+            const ID: u64 = #id;
+            const OWNER: u32 = #owner;
+        }
+
+        #[allow(dead_code)]
+        impl #handle {
+            /// The variable attached to `obj`, if any.
+            pub fn get<O>(obj: *const O) -> ::core::option::Option<::core::ptr::NonNull<#data>> {
+                ::klp_runtime::shadow::get::<Self>(obj.cast())
+            }
+            /// The variable attached to `obj`, attaching `init()` first if there is none.
+            pub fn get_or_alloc<O>(
+                obj: *const O,
+                init: impl ::core::ops::FnOnce() -> #data,
+            ) -> ::klp_runtime::Result<::core::ptr::NonNull<#data>> {
+                ::klp_runtime::shadow::get_or_alloc::<Self>(obj.cast(), init)
+            }
+            /// Attaches `value` to `obj`; `EEXIST` if one is attached already.
+            pub fn alloc<O>(obj: *const O, value: #data) -> ::klp_runtime::Result<::core::ptr::NonNull<#data>> {
+                ::klp_runtime::shadow::alloc::<Self>(obj.cast(), value)
+            }
+            /// Detaches and drops the variable attached to `obj`.
+            pub fn free<O>(obj: *const O) {
+                ::klp_runtime::shadow::free::<Self>(obj.cast())
+            }
+            /// Detaches and drops every variable of this type.
+            pub fn free_all() {
+                ::klp_runtime::shadow::free_all::<Self>()
+            }
+        }
+
+        const _: () = {
+            ::core::assert!(
+                ::core::mem::align_of::<#data>() <= 8,
+                ::core::concat!("shadow type of `", #handle_name, "` needs alignment above 8, but the kernel's shadow data is only 8-byte aligned")
+            );
+            #[used]
+            #[unsafe(link_section = ::klp_runtime::__section!(shadows))]
+            static ENTRY: ::klp_runtime::abi::ShadowEntry = ::klp_runtime::abi::ShadowEntry::new(
+                #id,
+                #owner,
+                #type_name,
+                ::core::mem::size_of::<#data>(),
+                ::core::mem::align_of::<#data>(),
+                ::klp_runtime::shadow::ctor::<#data>,
+                ::klp_runtime::shadow::dtor::<#data>,
+                #origin,
+            );
+        };
+    })
+}

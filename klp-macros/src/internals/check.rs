@@ -1,0 +1,120 @@
+//! Validation of the annotated items: what one macro can see by itself.
+
+use syn::{FnArg, ItemFn, ReturnType, Signature, Type};
+
+use super::ctxt::Ctxt;
+use super::symbol::{HOOKS, PRE_PATCH};
+
+/// A replacement function: `extern "C"`, not generic, not async, not variadic.
+pub fn replacement_fn(cx: &mut Ctxt, f: &ItemFn) {
+    let sig = &f.sig;
+    let is_c = sig.abi.as_ref().is_some_and(|abi| abi.name.as_ref().is_none_or(|n| n.value() == "C"));
+    if !is_c {
+        let what = match &sig.abi {
+            Some(abi) => format!("has ABI {}", abi.name.as_ref().map_or("?".into(), |n| format!("\"{}\"", n.value()))),
+            None => "has the Rust ABI".into(),
+        };
+        cx.error_spanned_by(
+            sig.abi.as_ref().map_or(&sig.fn_token as &dyn quote::ToTokens, |a| a as &dyn quote::ToTokens),
+            format!("the replacement function {what}, but the kernel calls it in place of a C function: declare it `extern \"C\" fn`"),
+        );
+    }
+    not_generic(cx, sig, "a replacement function cannot be generic: the kernel needs one concrete function");
+    if let Some(a) = &sig.asyncness {
+        cx.error_spanned_by(a, "a replacement function cannot be `async`");
+    }
+    if let Some(v) = &sig.variadic {
+        cx.error_spanned_by(v, "a variadic replacement function cannot be written in Rust; patch a non-variadic caller instead");
+    }
+}
+
+fn not_generic(cx: &mut Ctxt, sig: &Signature, msg: &str) {
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        cx.error_spanned_by(&sig.generics, msg);
+    }
+}
+
+/// Which hook a `pub fn` of a callbacks module is, or an error naming the expected ones.
+pub fn hook_index(cx: &mut Ctxt, f: &ItemFn) -> Option<usize> {
+    let name = f.sig.ident.to_string();
+    let Some(index) = HOOKS.iter().position(|h| *h == name) else {
+        let hint = HOOKS
+            .iter()
+            .find(|h| edit_distance(h, &name) <= 2)
+            .map(|h| format!(" (did you mean `{h}`?)"))
+            .unwrap_or_default();
+        cx.error_spanned_by(
+            &f.sig.ident,
+            format!(
+                "`{name}` is not a hook{hint}: the public functions of a callback set are its hooks, one of `pre_patch`, `post_patch`, `pre_unpatch`, `post_unpatch`; make helpers private"
+            ),
+        );
+        return None;
+    };
+    let sig = &f.sig;
+    not_generic(cx, sig, "a hook cannot be generic");
+    if let Some(a) = &sig.asyncness {
+        cx.error_spanned_by(a, "a hook cannot be `async`: the kernel calls it synchronously");
+    }
+    if sig.abi.is_some() {
+        cx.error_spanned_by(&sig.abi, "write hooks as plain Rust functions; the macro generates the `extern \"C\"` entry point");
+    }
+    if sig.inputs.len() > 1 {
+        cx.error_spanned_by(&sig.inputs, format!("`{name}` takes at most one argument, `obj: &klp_runtime::Object`"));
+    }
+    if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
+        cx.error_spanned_by(r, "a hook is a free function, not a method");
+    }
+    if let Some(FnArg::Typed(t)) = sig.inputs.first() {
+        if !matches!(&*t.ty, Type::Reference(_)) {
+            cx.error_spanned_by(&t.ty, format!("`{name}` takes `&klp_runtime::Object`, by reference"));
+        }
+    }
+    match (&sig.output, name == PRE_PATCH) {
+        (ReturnType::Default, true) => cx.error_spanned_by(
+            sig,
+            "`pre_patch` must return `klp_runtime::Result` (Ok(()) to go on, Err(errno) to veto the patch)",
+        ),
+        (ReturnType::Type(_, ty), false) => {
+            cx.error_spanned_by(ty, format!("`{name}` cannot fail or return a value: remove the return type"))
+        }
+        _ => {}
+    }
+    Some(index)
+}
+
+/// Rejects types that cannot be shadow data: unsized, or borrowing with a non-`'static`
+/// lifetime (a shadow variable outlives any borrow). Anything subtler is caught by the
+/// `'static` and `Sized` bounds of `klp_runtime::shadow::ShadowType`.
+pub fn shadow_data_type(cx: &mut Ctxt, ty: &Type) {
+    match ty {
+        Type::Reference(r) if r.lifetime.as_ref().is_none_or(|l| l.ident != "static") => cx.error_spanned_by(
+            r,
+            "a shadow type must be `'static`: it outlives the call that attaches it; store owned data or a raw pointer",
+        ),
+        Type::Slice(_) | Type::TraitObject(_) => cx.error_spanned_by(
+            ty,
+            "a shadow type must be `Sized`: its size is recorded in the tables; use an array or a struct",
+        ),
+        Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => {
+            cx.error_spanned_by(ty, "a shadow type must be `Sized`: use a fixed-size byte array instead of `str`")
+        }
+        Type::Paren(p) => shadow_data_type(cx, &p.elem),
+        Type::Tuple(t) => t.elems.iter().for_each(|e| shadow_data_type(cx, e)),
+        Type::Array(a) => shadow_data_type(cx, &a.elem),
+        _ => {}
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,4 @@
+pub mod attr;
+pub mod check;
+pub mod ctxt;
+pub mod symbol;

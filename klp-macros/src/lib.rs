@@ -1,0 +1,69 @@
+//! Attribute macros of klp-rs, re-exported by `klp_runtime`. Each writes one entry of the
+//! table format (`klp_runtime::abi`) into the crate's table sections; `klp_runtime::patch!()`
+//! at the crate root makes the header that points to them.
+//!
+//! Each entry point is a shim: parse ([`internals::attr`], [`internals::ast`]), validate the
+//! item ([`internals::check`]), expand ([`expand`]). Misuse is a compile error with a span and
+//! the fix; what needs the whole crate (duplicate set ids, a shadow type owned by a set that
+//! does not exist, a function patched twice) is checked when the tables are loaded
+//! (`klp_runtime::check`).
+
+mod expand;
+mod internals;
+
+use proc_macro::TokenStream;
+
+/// Marks the replacement for a kernel function.
+///
+/// Keys: `name = "symbol"` (required: the function to replace), `object = "vmlinux"` (or a
+/// module name; default `vmlinux`), `sympos = N` (which of several same-named local symbols;
+/// default 0, meaning the name is unique). The function must be `extern "C"` and not generic.
+///
+/// ```ignore
+/// #[klp_func(name = "cmdline_proc_show")]
+/// extern "C" fn cmdline_proc_show(m: *mut SeqFile, v: *mut c_void) -> c_int { ... }
+/// ```
+#[proc_macro_attribute]
+pub fn klp_func(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::func::expand(args.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+}
+
+/// Declares a callback set on an inline module whose `pub fn`s are its hooks: any of
+/// `pre_patch` (returns `klp_runtime::Result`; an error vetoes the patch), `post_patch`,
+/// `pre_unpatch`, `post_unpatch`. Each takes `&klp_runtime::Object` or nothing. Other
+/// functions in the module must be private.
+///
+/// Keys: `id = N` (required, non-zero, unique in the patch: sets are matched by id across
+/// patches on replace), `object = "vmlinux"` (default) or a module name.
+///
+/// ```ignore
+/// #[klp_callbacks(id = 3)]
+/// mod inflight {
+///     pub fn pre_patch(obj: &Object) -> Result { Ok(()) }
+///     pub fn post_unpatch(obj: &Object) {}
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn klp_callbacks(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::callbacks::expand(args.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+}
+
+/// Declares a shadow variable type, owned by a callback set: when that set leaves (disable,
+/// or a replace by a patch without it), every variable of the type is freed.
+///
+/// Keys: `id = N` (required, non-zero: the `klp_shadow` id), `callbacks = N` (required: the
+/// owning set's id), `type = T` (the data; omit it to use the annotated struct itself).
+///
+/// On a unit struct with `type = T`, the struct becomes the handle; on a struct without
+/// `type`, the struct is the data and its own handle. Either way the handle gets `get(obj)`,
+/// `get_or_alloc(obj, init)`, `alloc(obj, value)`, `free(obj)` and `free_all()`; the
+/// destructor is `Drop`.
+///
+/// ```ignore
+/// #[klp_shadow(type = u64, id = 0x20, callbacks = 2)]
+/// pub struct TaskReads;
+/// ```
+#[proc_macro_attribute]
+pub fn klp_shadow(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::shadow::expand(args.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+}

@@ -1,0 +1,88 @@
+//! Shadow variables: data the patch attaches to kernel objects it cannot change, keyed by
+//! the object's address and a shadow id, with the kernel's `klp_shadow_*` semantics. A
+//! `#[klp_shadow]` type gets a typed handle over these functions; on the kernel they call
+//! `klp_shadow_*`, on the host the simulator's store.
+
+use core::ffi::{c_int, c_void};
+use core::mem::size_of;
+use core::ptr::NonNull;
+
+use crate::hook::{Errno, Result};
+use crate::sys;
+
+/// Implemented by `#[klp_shadow]` for each shadow type.
+pub trait ShadowType: 'static {
+    /// What is attached to each object.
+    type Data: 'static;
+    /// The `klp_shadow` id.
+    const ID: u64;
+    /// The id of the callback set that owns this type: when that set leaves, every variable
+    /// of this type is freed.
+    const OWNER: u32;
+}
+
+/// The variable attached to `obj`, if any.
+pub fn get<S: ShadowType>(obj: *const c_void) -> Option<NonNull<S::Data>> {
+    NonNull::new(sys::shadow_get(obj, S::ID).cast())
+}
+
+/// The variable attached to `obj`, attaching `init()` first if there is none. `init` runs only
+/// when a variable is created; if another caller wins the race, its value is kept.
+pub fn get_or_alloc<S: ShadowType>(obj: *const c_void, init: impl FnOnce() -> S::Data) -> Result<NonNull<S::Data>> {
+    if let Some(p) = get::<S>(obj) {
+        return Ok(p);
+    }
+    let mut value = Some(init());
+    let p = sys::shadow_alloc(obj, S::ID, size_of::<S::Data>(), ctor::<S::Data>, (&raw mut value).cast(), true);
+    NonNull::new(p.cast()).ok_or(Errno::ENOMEM)
+}
+
+/// Attaches `value` to `obj`; fails with `EEXIST` if a variable is attached already (the
+/// kernel warns "Duplicate shadow variable" then).
+pub fn alloc<S: ShadowType>(obj: *const c_void, value: S::Data) -> Result<NonNull<S::Data>> {
+    if get::<S>(obj).is_some() {
+        return Err(Errno::EEXIST);
+    }
+    let mut value = Some(value);
+    let p = sys::shadow_alloc(obj, S::ID, size_of::<S::Data>(), ctor::<S::Data>, (&raw mut value).cast(), false);
+    NonNull::new(p.cast()).ok_or(Errno::ENOMEM)
+}
+
+/// Detaches and drops the variable attached to `obj`, if any.
+pub fn free<S: ShadowType>(obj: *const c_void) {
+    sys::shadow_free(obj, S::ID, dtor::<S::Data>)
+}
+
+/// Detaches and drops every variable of this type.
+pub fn free_all<S: ShadowType>() {
+    sys::shadow_free_all(S::ID, dtor::<S::Data>)
+}
+
+/// The constructor: moves the value out of `ctor_data` (an `Option<T>`) into the new variable.
+///
+/// # Safety
+/// `shadow_data` is valid for a write of `T`; `ctor_data` points to an `Option<T>`.
+#[doc(hidden)]
+pub unsafe extern "C" fn ctor<T>(_obj: *mut c_void, shadow_data: *mut c_void, ctor_data: *mut c_void) -> c_int {
+    // SAFETY: per the contract; the runtime always passes an `Option<T>` of the same type.
+    let value = unsafe { &mut *ctor_data.cast::<Option<T>>() }.take();
+    match value {
+        // SAFETY: the kernel hands us `size_of::<T>()` bytes, 8-aligned (the macro asserts
+        // `align_of::<T>() <= 8`).
+        Some(v) => unsafe {
+            shadow_data.cast::<T>().write(v);
+            0
+        },
+        None => Errno::EINVAL.to_kernel(),
+    }
+}
+
+/// The destructor: drops the value in place (the kernel frees the memory after).
+///
+/// # Safety
+/// `shadow_data` holds a `T` written by [`ctor`], dropped at most once.
+#[doc(hidden)]
+pub unsafe extern "C" fn dtor<T>(_obj: *mut c_void, shadow_data: *mut c_void) {
+    // SAFETY: per the contract.
+    unsafe { core::ptr::drop_in_place(shadow_data.cast::<T>()) }
+}
