@@ -14,7 +14,8 @@
 //!
 //! A set's hooks run only while its object is loaded; a leaving set's shadow types are freed
 //! whether or not its object is loaded. A shadow id that a surviving set also owns is not
-//! freed: the kernel keys shadow variables by id, so they carry over.
+//! freed: the kernel keys shadow variables by id, so they carry over. A shadow type that a
+//! kept set no longer owns in the new patch is freed after the leaving sets' teardown.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -130,9 +131,17 @@ fn hook<'a, F>(side: Side, set: &crate::reader::CallbackSet<'a, F>, hook: Hook) 
     Step::Hook { side, set: set.id, object: set.object, hook, defined: set.hooks[hook as usize].is_some() }
 }
 
-/// Shadow ids owned by `set` in `patch` that no set of `survivor` owns.
-fn frees<'a, F, G>(side: Side, patch: &Patch<'a, F>, set: u32, survivor: Option<&Patch<'a, G>>) -> Vec<Step<'a>> {
-    let kept = |id: u64| survivor.is_some_and(|s| s.shadows.iter().any(|t| t.id == id && s.set(t.owner).is_some()));
+/// The patch that stays (if any) and which objects are loaded: a shadow id is kept while a
+/// set of the survivor that is set up (its object loaded) owns it.
+type Survivor<'p, 'a, G> = Option<(&'p Patch<'a, G>, &'p dyn Fn(&str) -> bool)>;
+
+/// Shadow ids owned by `set` in `patch` that no set-up set of the survivor owns.
+fn frees<'a, F, G>(side: Side, patch: &Patch<'a, F>, set: u32, survivor: Survivor<'_, 'a, G>) -> Vec<Step<'a>> {
+    let kept = |id: u64| {
+        survivor.is_some_and(|(s, loaded)| {
+            s.shadows.iter().any(|t| t.id == id && s.set(t.owner).is_some_and(|o| loaded(o.object)))
+        })
+    };
     patch
         .shadows
         .iter()
@@ -155,7 +164,7 @@ pub fn replace<'a, F, G>(
 
     for s in new_only.iter().filter(|s| is_loaded(s.object)) {
         let mut undo = Vec::from([hook(Side::New, s, Hook::PostUnpatch)]);
-        undo.extend(frees(Side::New, new, s.id, old));
+        undo.extend(frees(Side::New, new, s.id, old.map(|o| (o, &is_loaded as &dyn Fn(&str) -> bool))));
         plan.before.push(Planned { step: hook(Side::New, s, Hook::PrePatch), undo });
     }
     for s in old_only.iter().rev().filter(|s| is_loaded(s.object)) {
@@ -167,7 +176,14 @@ pub fn replace<'a, F, G>(
             if is_loaded(s.object) {
                 plan.after.push(hook(Side::Old, s, Hook::PostUnpatch));
             }
-            plan.after.extend(frees(Side::Old, old, s.id, Some(new)));
+            plan.after.extend(frees(Side::Old, old, s.id, Some((new, &is_loaded))));
+        }
+        // A set both patches keep runs nothing, but if the new patch no longer owns one of
+        // its shadow types, that type is gone with the old patch.
+        let mut kept: Vec<u32> = old.sets.iter().filter(|s| new.set(s.id).is_some()).map(|s| s.id).collect();
+        kept.sort_unstable();
+        for id in kept.into_iter().rev() {
+            plan.after.extend(frees(Side::Old, old, id, Some((new, &is_loaded))));
         }
     }
     for s in new_only.iter().filter(|s| is_loaded(s.object)) {

@@ -44,7 +44,9 @@ pub enum SimError {
 /// What happened, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A plan step; `step` names the patch's tables by side, `patch` resolves it.
+    /// A plan step; `step` names the patch's tables by side, `patch` resolves it. Steps of
+    /// hooks a set does not define are kept (they mark set-up and tear-down) but are not
+    /// printed by [`Kernel::lines`], as the kernel runtime prints nothing for them.
     Step { patch: &'static str, step: Step<'static> },
     /// A hook returned an error.
     HookFailed { patch: &'static str, set: u32, object: &'static str, hook: Hook, errno: i32 },
@@ -144,9 +146,7 @@ impl Runner<'static> for Exec<'_> {
         let side = match step {
             Step::Hook { side, .. } | Step::FreeShadow { side, .. } => *side,
         };
-        if matches!(step, Step::Hook { defined: true, .. } | Step::FreeShadow { .. }) {
-            self.log.push(Event::Step { patch: self.module(side).name, step: *step });
-        }
+        self.log.push(Event::Step { patch: self.module(side).name, step: *step });
     }
 
     fn hook(&mut self, side: Side, set: u32, object: &'static str, hook: Hook) -> Result<(), i32> {
@@ -190,6 +190,10 @@ impl Runner<'static> for Exec<'_> {
         store::free_all(shadow, dtor);
         self.drain_messages();
     }
+}
+
+fn printed(e: &Event) -> bool {
+    !matches!(e, Event::Step { step: Step::Hook { defined: false, .. }, .. })
 }
 
 /// The patches a transition's plan calls `Old` and `New`.
@@ -270,10 +274,14 @@ impl Kernel {
     }
 
     /// A target module loads: the enabled patch's sets for it set up (the kernel's
-    /// `klp_module_coming`). During a transition, the patch being enabled takes it over when
-    /// the transition completes.
+    /// `klp_module_coming`). Not modelled during a transition (`InTransition`).
     pub fn load_object(&mut self, object: &str) -> Result<(), SimError> {
-        self.objects.insert(object.into());
+        if self.transition.is_some() {
+            return Err(SimError::InTransition);
+        }
+        if !self.objects.insert(object.into()) {
+            return Err(SimError::AlreadyLoaded(object.into()));
+        }
         let Some(i) = self.enabled() else { return Ok(()) };
         let plan = plan::module_coming(&self.modules[i].tables, object);
         let mut exec = Exec { old: Some(&self.modules[i]), new: &self.modules[i], log: &mut self.log, failures: &self.failures };
@@ -289,6 +297,12 @@ impl Kernel {
 
     /// A target module unloads (`klp_module_going`).
     pub fn unload_object(&mut self, object: &str) -> Result<(), SimError> {
+        if self.transition.is_some() {
+            return Err(SimError::InTransition);
+        }
+        if !self.objects.contains(object) {
+            return Ok(());
+        }
         if let Some(i) = self.enabled() {
             let plan = plan::module_going(&self.modules[i].tables, object);
             let mut exec = Exec { old: Some(&self.modules[i]), new: &self.modules[i], log: &mut self.log, failures: &self.failures };
@@ -391,12 +405,12 @@ impl Kernel {
 
     /// The log as text, one line per event.
     pub fn lines(&self) -> Vec<String> {
-        self.log.iter().map(|e| e.to_string()).collect()
+        self.log.iter().filter(|e| printed(e)).map(|e| e.to_string()).collect()
     }
 
     /// Only the plan steps, as text: what the kernel runtime prints for each step.
     pub fn step_lines(&self) -> Vec<String> {
-        self.log.iter().filter(|e| matches!(e, Event::Step { .. })).map(|e| e.to_string()).collect()
+        self.log.iter().filter(|e| matches!(e, Event::Step { .. }) && printed(e)).map(|e| e.to_string()).collect()
     }
 
     /// Drops the log so far.
