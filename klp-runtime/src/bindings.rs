@@ -71,3 +71,26 @@ std::thread_local! {
 pub fn set_current_task(task: usize) {
     CURRENT_TASK.with(|c| c.set(task));
 }
+
+/// `simple_read_from_buffer(to, count, ppos, from, available)`: copies what is left of `data`
+/// from `*ppos` to the user buffer `to`, advancing `*ppos`; returns bytes copied or -errno.
+///
+/// # Safety
+/// The arguments are those the kernel passed to the `read` file operation being replaced:
+/// `to` a user buffer of `count` bytes, `ppos` the file position.
+pub unsafe fn simple_read_from_buffer(to: *mut u8, count: usize, ppos: *mut i64, data: &[u8]) -> isize {
+    #[cfg(target_os = "none")]
+    // SAFETY: forwarded contract.
+    unsafe {
+        crate::kernel::simple_read_from_buffer(to, count, ppos, data)
+    }
+    #[cfg(not(target_os = "none"))]
+    // SAFETY: forwarded contract; on the host `to` is ordinary memory.
+    unsafe {
+        let pos = (*ppos).max(0) as usize;
+        let n = data.len().saturating_sub(pos).min(count);
+        core::ptr::copy_nonoverlapping(data.as_ptr().add(pos.min(data.len())), to, n);
+        *ppos += n as i64;
+        n as isize
+    }
+}

@@ -21,6 +21,21 @@ pub enum CheckError {
     ZeroSetId { origin: String },
 }
 
+/// The two origins of a clash, earlier declaration first (the linker's order is not the
+/// source order). Origins end in `(file:line)`.
+fn in_source_order(a: &str, b: &str) -> (String, String) {
+    let key = |o: &str| {
+        let loc = o.rsplit_once(" (").map_or(o, |(_, l)| l.trim_end_matches(')'));
+        let (file, line) = loc.rsplit_once(':').unwrap_or((loc, "0"));
+        (String::from(file), line.parse::<u32>().unwrap_or(0))
+    };
+    if key(b) < key(a) {
+        (b.into(), a.into())
+    } else {
+        (a.into(), b.into())
+    }
+}
+
 /// All cross-item problems of a patch (empty when it is sound).
 pub fn check<F>(patch: &Patch<'_, F>) -> Vec<CheckError> {
     let mut errors = Vec::new();
@@ -29,7 +44,8 @@ pub fn check<F>(patch: &Patch<'_, F>) -> Vec<CheckError> {
             errors.push(CheckError::ZeroSetId { origin: s.origin.into() });
         }
         if let Some(first) = patch.sets[..i].iter().find(|t| t.id == s.id) {
-            errors.push(CheckError::DuplicateSet { id: s.id, first: first.origin.into(), second: s.origin.into() });
+            let (first, second) = in_source_order(first.origin, s.origin);
+            errors.push(CheckError::DuplicateSet { id: s.id, first, second });
         }
     }
     for (i, t) in patch.shadows.iter().enumerate() {
@@ -42,18 +58,20 @@ pub fn check<F>(patch: &Patch<'_, F>) -> Vec<CheckError> {
             });
         }
         if let Some(first) = patch.shadows[..i].iter().find(|u| u.id == t.id) {
-            errors.push(CheckError::DuplicateShadow { shadow: t.id, first: first.origin.into(), second: t.origin.into() });
+            let (first, second) = in_source_order(first.origin, t.origin);
+            errors.push(CheckError::DuplicateShadow { shadow: t.id, first, second });
         }
     }
     for (i, f) in patch.funcs.iter().enumerate() {
         let same = |g: &&crate::reader::Func<'_, F>| g.object == f.object && g.old_name == f.old_name && g.sympos == f.sympos;
         if let Some(first) = patch.funcs[..i].iter().find(same) {
+            let (first, second) = in_source_order(first.origin, f.origin);
             errors.push(CheckError::DuplicateFunc {
                 object: f.object.into(),
                 name: f.old_name.into(),
                 sympos: f.sympos,
-                first: first.origin.into(),
-                second: f.origin.into(),
+                first,
+                second,
             });
         }
     }

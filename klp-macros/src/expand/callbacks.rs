@@ -76,7 +76,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     }
     let id = id.expect("checked");
     let object = super::cstr(&object);
-    let origin = super::origin(&m.ident);
+    let origin = super::origin(None);
     let entry: Item = syn::parse_quote! {
         const _: () = {
             #(#wrappers)*

@@ -28,7 +28,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     let ident = &f.sig.ident;
     let object = super::cstr(&object);
     let name = super::cstr(&name.expect("checked").value());
-    let origin = super::origin(ident);
+    let origin = super::origin(Some(ident));
     Ok(quote! {
         #f
         const _: () = {

@@ -14,9 +14,11 @@ pub fn cstr(s: &str) -> TokenStream {
 }
 
 /// Where an item was declared, as a `&'static CStr`: `module::path::item (file:line)`.
-pub fn origin(item: &syn::Ident) -> TokenStream {
-    let name = item.to_string();
+/// `item` is `None` when the expansion sits inside the item (a module), whose path
+/// `module_path!()` already ends with.
+pub fn origin(item: Option<&syn::Ident>) -> TokenStream {
+    let name = item.map(|i| format!("::{i}")).unwrap_or_default();
     quote!(::klp_runtime::abi::cstr(::core::concat!(
-        ::core::module_path!(), "::", #name, " (", ::core::file!(), ":", ::core::line!(), ")\0"
+        ::core::module_path!(), #name, " (", ::core::file!(), ":", ::core::line!(), ")\0"
     )))
 }

@@ -49,7 +49,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
 
     let (id, owner) = (id.expect("checked"), owner.expect("checked"));
     let type_name = super::cstr(&data.to_string().replace(' ', ""));
-    let origin = super::origin(handle);
+    let origin = super::origin(Some(handle));
     let handle_name = handle.to_string();
     Ok(quote! {
         #s
