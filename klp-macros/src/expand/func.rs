@@ -14,7 +14,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     let mut cx = Ctxt::default();
     let args = Args::parse(&mut cx, args, &[(NAME, Kind::Str), (OBJECT, Kind::Str), (SYMPOS, Kind::Int)]);
     let name = args.str(&mut cx, NAME);
-    if name.is_none() && !args.has(NAME) {
+    if args.missing(NAME) {
         cx.push(syn::Error::new(
             proc_macro2::Span::call_site(),
             "missing `name`: the kernel function to replace, for example #[klp_func(name = \"cmdline_proc_show\")]",

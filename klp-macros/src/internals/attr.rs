@@ -30,6 +30,8 @@ pub struct Arg {
 /// The parsed arguments, in order.
 pub struct Args {
     args: Vec<Arg>,
+    /// The list did not parse: a "missing key" error would only repeat that.
+    unparsed: bool,
 }
 
 struct RawArg {
@@ -68,7 +70,7 @@ impl Args {
             Ok(raw) => raw,
             Err(e) => {
                 cx.push(e);
-                return Args { args: Vec::new() };
+                return Args { args: Vec::new(), unparsed: true };
             }
         };
         let mut args: Vec<Arg> = Vec::new();
@@ -97,7 +99,12 @@ impl Args {
                 Err(e) => cx.push(e),
             }
         }
-        Args { args }
+        Args { args, unparsed: false }
+    }
+
+    /// Whether `key` is absent from a list that parsed (so "missing" is the real problem).
+    pub fn missing(&self, key: &str) -> bool {
+        !self.unparsed && !self.has(key)
     }
 
     fn get(&self, key: &str) -> Option<&Arg> {
@@ -151,7 +158,9 @@ where
     T::Err: std::fmt::Display,
 {
     if !args.has(key) {
-        cx.push(syn::Error::new(Span::call_site(), format!("missing `{key}`: {example}")));
+        if args.missing(key) {
+            cx.push(syn::Error::new(Span::call_site(), format!("missing `{key}`: {example}")));
+        }
         return None;
     }
     let (v, span) = args.int::<T>(cx, key)?;

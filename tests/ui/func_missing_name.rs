@@ -1,0 +1,6 @@
+use klp_runtime::klp_func;
+
+#[klp_func(object = "vmlinux")]
+extern "C" fn replacement() {}
+
+fn main() {}

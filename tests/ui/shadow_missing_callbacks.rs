@@ -1,0 +1,6 @@
+use klp_runtime::klp_shadow;
+
+#[klp_shadow(type = u64, id = 0x10)]
+pub struct Counter;
+
+fn main() {}
