@@ -63,7 +63,8 @@ pub fn check<F>(patch: &Patch<'_, F>) -> Vec<CheckError> {
         }
     }
     for (i, f) in patch.funcs.iter().enumerate() {
-        let same = |g: &&crate::reader::Func<'_, F>| g.object == f.object && g.old_name == f.old_name && g.sympos == f.sympos;
+        let same =
+            |g: &&crate::reader::Func<'_, F>| g.object == f.object && g.old_name == f.old_name && g.sympos == f.sympos;
         if let Some(first) = patch.funcs[..i].iter().find(same) {
             let (first, second) = in_source_order(first.origin, f.origin);
             errors.push(CheckError::DuplicateFunc {

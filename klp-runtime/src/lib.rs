@@ -56,10 +56,18 @@ pub fn __log(args: core::fmt::Arguments<'_>) {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __section {
-    (patch) => { ::core::concat!("klp_rs_patch_", ::core::env!("CARGO_CRATE_NAME")) };
-    (funcs) => { ::core::concat!("klp_rs_funcs_", ::core::env!("CARGO_CRATE_NAME")) };
-    (sets) => { ::core::concat!("klp_rs_sets_", ::core::env!("CARGO_CRATE_NAME")) };
-    (shadows) => { ::core::concat!("klp_rs_shadows_", ::core::env!("CARGO_CRATE_NAME")) };
+    (patch) => {
+        ::core::concat!("klp_rs_patch_", ::core::env!("CARGO_CRATE_NAME"))
+    };
+    (funcs) => {
+        ::core::concat!("klp_rs_funcs_", ::core::env!("CARGO_CRATE_NAME"))
+    };
+    (sets) => {
+        ::core::concat!("klp_rs_sets_", ::core::env!("CARGO_CRATE_NAME"))
+    };
+    (shadows) => {
+        ::core::concat!("klp_rs_shadows_", ::core::env!("CARGO_CRATE_NAME"))
+    };
 }
 
 /// Declares the patch: once, at the root of a patch crate. It emits the patch header

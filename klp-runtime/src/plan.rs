@@ -118,11 +118,8 @@ fn sets_not_in<'p, 'a, F, G>(
     patch: &'p Patch<'a, F>,
     other: Option<&'p Patch<'a, G>>,
 ) -> Vec<&'p crate::reader::CallbackSet<'a, F>> {
-    let mut v: Vec<_> = patch
-        .sets
-        .iter()
-        .filter(|s| other.is_none_or(|o| !o.sets.iter().any(|t| t.id == s.id)))
-        .collect();
+    let mut v: Vec<_> =
+        patch.sets.iter().filter(|s| other.is_none_or(|o| !o.sets.iter().any(|t| t.id == s.id))).collect();
     v.sort_by_key(|s| s.id);
     v
 }
@@ -152,11 +149,7 @@ fn frees<'a, F, G>(side: Side, patch: &Patch<'a, F>, set: u32, survivor: Survivo
 
 /// Enable `new`, replacing `old` if there is one. `loaded` says whether a module object is
 /// loaded (`vmlinux` always is).
-pub fn replace<'a, F, G>(
-    old: Option<&Patch<'a, F>>,
-    new: &Patch<'a, G>,
-    loaded: &dyn Fn(&str) -> bool,
-) -> Plan<'a> {
+pub fn replace<'a, F, G>(old: Option<&Patch<'a, F>>, new: &Patch<'a, G>, loaded: &dyn Fn(&str) -> bool) -> Plan<'a> {
     let is_loaded = |o: &str| o == "vmlinux" || loaded(o);
     let new_only = sets_not_in(new, old);
     let old_only: Vec<_> = old.map(|o| sets_not_in(o, Some(new))).unwrap_or_default();

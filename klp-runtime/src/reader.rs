@@ -36,7 +36,9 @@ pub enum ReadError {
     TooNew { found: u32, supported: u32 },
     #[error("{table} is truncated at offset {offset:#x}: an entry needs {need} bytes, {have} remain")]
     Truncated { table: TableKind, offset: usize, need: usize, have: usize },
-    #[error("{table} entry at offset {offset:#x} declares size {size}, below the minimum {min} or not a multiple of 8")]
+    #[error(
+        "{table} entry at offset {offset:#x} declares size {size}, below the minimum {min} or not a multiple of 8"
+    )]
     BadEntrySize { table: TableKind, offset: usize, size: u32, min: usize },
     #[error("{table}: the string at field offset {offset:#x} cannot be read ({why})")]
     BadString { table: TableKind, offset: usize, why: &'static str },
@@ -245,9 +247,8 @@ impl<'a> Resolver<'a> for Memory {
 /// (the tables of a loaded module, or of a crate linked into this program).
 pub unsafe fn read_memory<'a>(header: &'a abi::PatchHeader) -> Result<Patch<'a, usize>, ReadError> {
     // SAFETY: a PatchHeader is plain data; viewing it as bytes is always valid.
-    let hdr = unsafe {
-        core::slice::from_raw_parts(header as *const abi::PatchHeader as *const u8, layout::HEADER_SIZE)
-    };
+    let hdr =
+        unsafe { core::slice::from_raw_parts(header as *const abi::PatchHeader as *const u8, layout::HEADER_SIZE) };
     let version = header_version(hdr)?;
     let table = |t: abi::Table| -> &'a [u8] {
         let len = (t.end as usize).saturating_sub(t.start as usize);

@@ -35,7 +35,7 @@ struct PatchSpec {
 
 thread_local! {
     /// (patch, set) -> shadow ids the set owns: what the synthetic pre_patch allocates.
-    static OWNED: RefCell<BTreeMap<(String, u32), Vec<u64>>> = RefCell::new(BTreeMap::new());
+    static OWNED: RefCell<BTreeMap<(String, u32), Vec<u64>>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// Where the synthetic hooks hang their shadow variables.
@@ -48,7 +48,9 @@ unsafe extern "C" fn pre_patch(_obj: *const c_char) -> c_int {
     let ids = OWNED.with(|o| o.borrow().get(&(patch.to_string(), set)).cloned().unwrap_or_default());
     for id in ids {
         let mut value = Some(0u64);
-        let p = store::alloc(key(set), id, 8, klp_runtime::shadow::ctor::<u64>, (&raw mut value).cast(), true);
+        // SAFETY: ctor::<u64> takes an Option<u64>.
+        let p =
+            unsafe { store::alloc(key(set), id, 8, klp_runtime::shadow::ctor::<u64>, (&raw mut value).cast(), true) };
         assert!(!p.is_null());
     }
     0

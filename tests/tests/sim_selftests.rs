@@ -67,9 +67,13 @@ fn target_module_loaded_before_the_patch() {
 fn the_patched_module_function_reads_the_new_text() {
     let mut buf = [0u8; 64];
     let mut pos = 0i64;
-    let n = modobj::bm_status_read(std::ptr::null_mut(), buf.as_mut_ptr(), buf.len(), &mut pos);
+    // SAFETY: ordinary memory stands in for the user buffer and file position.
+    let read = |buf: &mut [u8], pos: &mut i64| unsafe {
+        modobj::bm_status_read(std::ptr::null_mut(), buf.as_mut_ptr(), buf.len(), pos)
+    };
+    let n = read(&mut buf, &mut pos);
     assert_eq!(&buf[..n as usize], modobj::STATUS);
-    assert_eq!(modobj::bm_status_read(std::ptr::null_mut(), buf.as_mut_ptr(), buf.len(), &mut pos), 0, "EOF");
+    assert_eq!(read(&mut buf, &mut pos), 0, "EOF");
 }
 
 #[test]
@@ -77,7 +81,8 @@ fn pre_patch_enodev_cancels_and_leaves_the_old_patch_as_it_was() {
     let mut k = Kernel::new();
     k.insmod(&p3::KLP_PATCH).unwrap();
     let mut m = SeqFile::new();
-    p3::cmdline_proc_show(&mut m, std::ptr::null_mut());
+    // SAFETY: a host SeqFile stands in for the kernel's.
+    unsafe { p3::cmdline_proc_show(&mut m, std::ptr::null_mut()) };
     assert_eq!(store::count(0x20), 1);
     k.clear_log();
 

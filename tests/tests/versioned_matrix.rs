@@ -18,16 +18,119 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
     vec![
         (1, 2, vec!["'p2': starting patching transition", "'p2': patching complete"]),
         (2, 1, vec!["'p1': starting patching transition", "'p1': patching complete"]),
-        (1, 3, vec!["'p3': starting patching transition", "'p3': patching complete", "p3: set 2 vmlinux post_patch", "p3: counting reads per task on vmlinux"]),
-        (2, 3, vec!["'p3': starting patching transition", "'p3': patching complete", "p3: set 2 vmlinux post_patch", "p3: counting reads per task on vmlinux"]),
-        (3, 1, vec!["p3: set 2 vmlinux pre_unpatch", "'p1': starting patching transition", "'p1': patching complete", "p3: set 2 free shadow 0x20"]),
-        (3, 2, vec!["p3: set 2 vmlinux pre_unpatch", "'p2': starting patching transition", "'p2': patching complete", "p3: set 2 free shadow 0x20"]),
-        (1, 4, vec!["p4: set 3 vmlinux pre_patch", "p4: task stats ready on vmlinux", "'p4': starting patching transition", "'p4': patching complete", "p4: set 3 vmlinux post_patch"]),
-        (2, 4, vec!["p4: set 3 vmlinux pre_patch", "p4: task stats ready on vmlinux", "'p4': starting patching transition", "'p4': patching complete", "p4: set 3 vmlinux post_patch"]),
-        (4, 1, vec!["p4: set 3 vmlinux pre_unpatch", "'p1': starting patching transition", "'p1': patching complete", "p4: set 3 vmlinux post_unpatch", "p4: task stats retired on vmlinux", "p4: set 3 free shadow 0x30"]),
-        (4, 2, vec!["p4: set 3 vmlinux pre_unpatch", "'p2': starting patching transition", "'p2': patching complete", "p4: set 3 vmlinux post_unpatch", "p4: task stats retired on vmlinux", "p4: set 3 free shadow 0x30"]),
-        (3, 4, vec!["p4: set 3 vmlinux pre_patch", "p4: task stats ready on vmlinux", "p3: set 2 vmlinux pre_unpatch", "'p4': starting patching transition", "'p4': patching complete", "p3: set 2 free shadow 0x20", "p4: set 3 vmlinux post_patch"]),
-        (4, 3, vec!["p4: set 3 vmlinux pre_unpatch", "'p3': starting patching transition", "'p3': patching complete", "p4: set 3 vmlinux post_unpatch", "p4: task stats retired on vmlinux", "p4: set 3 free shadow 0x30", "p3: set 2 vmlinux post_patch", "p3: counting reads per task on vmlinux"]),
+        (
+            1,
+            3,
+            vec![
+                "'p3': starting patching transition",
+                "'p3': patching complete",
+                "p3: set 2 vmlinux post_patch",
+                "p3: counting reads per task on vmlinux",
+            ],
+        ),
+        (
+            2,
+            3,
+            vec![
+                "'p3': starting patching transition",
+                "'p3': patching complete",
+                "p3: set 2 vmlinux post_patch",
+                "p3: counting reads per task on vmlinux",
+            ],
+        ),
+        (
+            3,
+            1,
+            vec![
+                "p3: set 2 vmlinux pre_unpatch",
+                "'p1': starting patching transition",
+                "'p1': patching complete",
+                "p3: set 2 free shadow 0x20",
+            ],
+        ),
+        (
+            3,
+            2,
+            vec![
+                "p3: set 2 vmlinux pre_unpatch",
+                "'p2': starting patching transition",
+                "'p2': patching complete",
+                "p3: set 2 free shadow 0x20",
+            ],
+        ),
+        (
+            1,
+            4,
+            vec![
+                "p4: set 3 vmlinux pre_patch",
+                "p4: task stats ready on vmlinux",
+                "'p4': starting patching transition",
+                "'p4': patching complete",
+                "p4: set 3 vmlinux post_patch",
+            ],
+        ),
+        (
+            2,
+            4,
+            vec![
+                "p4: set 3 vmlinux pre_patch",
+                "p4: task stats ready on vmlinux",
+                "'p4': starting patching transition",
+                "'p4': patching complete",
+                "p4: set 3 vmlinux post_patch",
+            ],
+        ),
+        (
+            4,
+            1,
+            vec![
+                "p4: set 3 vmlinux pre_unpatch",
+                "'p1': starting patching transition",
+                "'p1': patching complete",
+                "p4: set 3 vmlinux post_unpatch",
+                "p4: task stats retired on vmlinux",
+                "p4: set 3 free shadow 0x30",
+            ],
+        ),
+        (
+            4,
+            2,
+            vec![
+                "p4: set 3 vmlinux pre_unpatch",
+                "'p2': starting patching transition",
+                "'p2': patching complete",
+                "p4: set 3 vmlinux post_unpatch",
+                "p4: task stats retired on vmlinux",
+                "p4: set 3 free shadow 0x30",
+            ],
+        ),
+        (
+            3,
+            4,
+            vec![
+                "p4: set 3 vmlinux pre_patch",
+                "p4: task stats ready on vmlinux",
+                "p3: set 2 vmlinux pre_unpatch",
+                "'p4': starting patching transition",
+                "'p4': patching complete",
+                "p3: set 2 free shadow 0x20",
+                "p4: set 3 vmlinux post_patch",
+            ],
+        ),
+        (
+            4,
+            3,
+            vec![
+                "p4: set 3 vmlinux pre_unpatch",
+                "'p3': starting patching transition",
+                "'p3': patching complete",
+                "p4: set 3 vmlinux post_unpatch",
+                "p4: task stats retired on vmlinux",
+                "p4: set 3 free shadow 0x30",
+                "p3: set 2 vmlinux post_patch",
+                "p3: counting reads per task on vmlinux",
+            ],
+        ),
     ]
 }
 
@@ -42,7 +145,8 @@ fn read_cmdline(k: &Kernel, task: usize) -> String {
         Some("p4") => p4::cmdline_proc_show,
         other => panic!("no versioned patch enabled: {other:?}"),
     };
-    show(&mut m, std::ptr::null_mut());
+    // SAFETY: a host SeqFile stands in for the kernel's.
+    unsafe { show(&mut m, std::ptr::null_mut()) };
     m.text().to_string()
 }
 

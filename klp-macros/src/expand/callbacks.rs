@@ -14,7 +14,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     })?;
     let mut cx = Ctxt::default();
     let args = Args::parse(&mut cx, args, &[(ID, Kind::Int), (OBJECT, Kind::Str)]);
-    let id = nonzero_id::<u32>(&mut cx, &args, ID, "each callback set needs an id, for example #[klp_callbacks(id = 1)]");
+    let id =
+        nonzero_id::<u32>(&mut cx, &args, ID, "each callback set needs an id, for example #[klp_callbacks(id = 1)]");
     let object = args.str(&mut cx, OBJECT).map_or(VMLINUX.to_string(), |o| o.value());
 
     let Some((_, items)) = &m.content else {
@@ -54,10 +55,13 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         let call = if f.sig.inputs.is_empty() {
             quote_spanned!(f.sig.span()=> |_| #name())
         } else {
+            // A closure spanned at the parameters: a wrong parameter type is then reported
+            // there, as a plain type mismatch.
             quote_spanned!(f.sig.inputs.span()=> |o| #name(o))
         };
         if i == 0 {
             wrappers.push(quote! {
+                #[allow(clippy::redundant_closure)]
                 unsafe extern "C" fn #wrapper(obj: *const ::core::ffi::c_char) -> ::core::ffi::c_int {
                     // SAFETY: the runtime passes the object's NUL-terminated name.
                     unsafe { ::klp_runtime::hook::__private::call_pre_patch(obj, #call) }
@@ -66,6 +70,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             slots.push(quote!(::core::option::Option::Some(#wrapper as ::klp_runtime::abi::PrePatchFn)));
         } else {
             wrappers.push(quote! {
+                #[allow(clippy::redundant_closure)]
                 unsafe extern "C" fn #wrapper(obj: *const ::core::ffi::c_char) {
                     // SAFETY: as for pre_patch.
                     unsafe { ::klp_runtime::hook::__private::call_hook(obj, #call) }

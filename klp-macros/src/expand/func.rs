@@ -3,9 +3,9 @@ use quote::quote;
 use syn::ItemFn;
 
 use crate::internals::attr::{Args, Kind};
+use crate::internals::check;
 use crate::internals::ctxt::Ctxt;
 use crate::internals::symbol::{NAME, OBJECT, SYMPOS, VMLINUX};
-use crate::internals::check;
 
 pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let f: ItemFn = syn::parse2(item).map_err(|e| {

@@ -85,14 +85,20 @@ impl Args {
             }
             let parsed = match kind {
                 Kind::Str => syn::parse2::<LitStr>(value.clone()).map(Value::Str).map_err(|_| {
-                    syn::Error::new_spanned(&value, format!("`{key}` takes a string literal, for example `{key} = \"vmlinux\"`"))
+                    syn::Error::new_spanned(
+                        &value,
+                        format!("`{key}` takes a string literal, for example `{key} = \"vmlinux\"`"),
+                    )
                 }),
                 Kind::Int => syn::parse2::<LitInt>(value.clone()).map(Value::Int).map_err(|_| {
-                    syn::Error::new_spanned(&value, format!("`{key}` takes an integer literal, for example `{key} = 3`"))
+                    syn::Error::new_spanned(
+                        &value,
+                        format!("`{key}` takes an integer literal, for example `{key} = 3`"),
+                    )
                 }),
-                Kind::Type => syn::parse2::<syn::Type>(value.clone())
-                    .map(|t| Value::Type(Box::new(t)))
-                    .map_err(|_| syn::Error::new_spanned(&value, format!("`{key}` takes a type, for example `{key} = u64`"))),
+                Kind::Type => syn::parse2::<syn::Type>(value.clone()).map(|t| Value::Type(Box::new(t))).map_err(|_| {
+                    syn::Error::new_spanned(&value, format!("`{key}` takes a type, for example `{key} = u64`"))
+                }),
             };
             match parsed {
                 Ok(value) => args.push(Arg { key, value }),

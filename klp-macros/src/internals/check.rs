@@ -24,7 +24,10 @@ pub fn replacement_fn(cx: &mut Ctxt, f: &ItemFn) {
         cx.error_spanned_by(a, "a replacement function cannot be `async`");
     }
     if let Some(v) = &sig.variadic {
-        cx.error_spanned_by(v, "a variadic replacement function cannot be written in Rust; patch a non-variadic caller instead");
+        cx.error_spanned_by(
+            v,
+            "a variadic replacement function cannot be written in Rust; patch a non-variadic caller instead",
+        );
     }
 }
 
@@ -57,7 +60,10 @@ pub fn hook_index(cx: &mut Ctxt, f: &ItemFn) -> Option<usize> {
         cx.error_spanned_by(a, "a hook cannot be `async`: the kernel calls it synchronously");
     }
     if sig.abi.is_some() {
-        cx.error_spanned_by(&sig.abi, "write hooks as plain Rust functions; the macro generates the `extern \"C\"` entry point");
+        cx.error_spanned_by(
+            &sig.abi,
+            "write hooks as plain Rust functions; the macro generates the `extern \"C\"` entry point",
+        );
     }
     if sig.inputs.len() > 1 {
         cx.error_spanned_by(&sig.inputs, format!("`{name}` takes at most one argument, `obj: &klp_runtime::Object`"));

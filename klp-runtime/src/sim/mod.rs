@@ -47,13 +47,30 @@ pub enum Event {
     /// A plan step; `step` names the patch's tables by side, `patch` resolves it. Steps of
     /// hooks a set does not define are kept (they mark set-up and tear-down) but are not
     /// printed by [`Kernel::lines`], as the kernel runtime prints nothing for them.
-    Step { patch: &'static str, step: Step<'static> },
+    Step {
+        patch: &'static str,
+        step: Step<'static>,
+    },
     /// A hook returned an error.
-    HookFailed { patch: &'static str, set: u32, object: &'static str, hook: Hook, errno: i32 },
+    HookFailed {
+        patch: &'static str,
+        set: u32,
+        object: &'static str,
+        hook: Hook,
+        errno: i32,
+    },
     /// A transition started (`to` is the patch being enabled or disabled).
-    TransitionStart { to: &'static str, patching: bool },
-    TransitionComplete { to: &'static str, patching: bool },
-    TransitionReversed { to: &'static str },
+    TransitionStart {
+        to: &'static str,
+        patching: bool,
+    },
+    TransitionComplete {
+        to: &'static str,
+        patching: bool,
+    },
+    TransitionReversed {
+        to: &'static str,
+    },
     /// A patch's code logged something (`klp_runtime::pr_info!`).
     Message(String),
 }
@@ -284,7 +301,8 @@ impl Kernel {
         }
         let Some(i) = self.enabled() else { return Ok(()) };
         let plan = plan::module_coming(&self.modules[i].tables, object);
-        let mut exec = Exec { old: Some(&self.modules[i]), new: &self.modules[i], log: &mut self.log, failures: &self.failures };
+        let mut exec =
+            Exec { old: Some(&self.modules[i]), new: &self.modules[i], log: &mut self.log, failures: &self.failures };
         match plan::run_before(&mut exec, &plan) {
             Ok(()) => plan::run(&mut exec, &plan.after),
             // The kernel refuses the module load when a pre_patch fails; the cancel ran.
@@ -305,7 +323,12 @@ impl Kernel {
         }
         if let Some(i) = self.enabled() {
             let plan = plan::module_going(&self.modules[i].tables, object);
-            let mut exec = Exec { old: Some(&self.modules[i]), new: &self.modules[i], log: &mut self.log, failures: &self.failures };
+            let mut exec = Exec {
+                old: Some(&self.modules[i]),
+                new: &self.modules[i],
+                log: &mut self.log,
+                failures: &self.failures,
+            };
             plan::run(&mut exec, &plan.before.iter().map(|p| p.step).collect::<Vec<_>>());
             plan::run(&mut exec, &plan.after);
         }
@@ -429,8 +452,16 @@ pub(crate) mod sys {
         super::store::get(obj, id)
     }
 
-    pub fn shadow_alloc(obj: *const c_void, id: u64, size: usize, ctor: ShadowCtorFn, data: *mut c_void, or_get: bool) -> *mut c_void {
-        super::store::alloc(obj, id, size, ctor, data, or_get)
+    pub fn shadow_alloc(
+        obj: *const c_void,
+        id: u64,
+        size: usize,
+        ctor: ShadowCtorFn,
+        data: *mut c_void,
+        or_get: bool,
+    ) -> *mut c_void {
+        // SAFETY: `crate::shadow` pairs `data` with `ctor`.
+        unsafe { super::store::alloc(obj, id, size, ctor, data, or_get) }
     }
 
     pub fn shadow_free(obj: *const c_void, id: u64, dtor: ShadowDtorFn) {

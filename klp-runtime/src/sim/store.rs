@@ -31,7 +31,17 @@ pub fn get(obj: *const c_void, id: u64) -> *mut c_void {
 }
 
 /// `klp_shadow_alloc` (`or_get` false) and `klp_shadow_get_or_alloc` (true).
-pub fn alloc(obj: *const c_void, id: u64, size: usize, ctor: ShadowCtorFn, ctor_data: *mut c_void, or_get: bool) -> *mut c_void {
+///
+/// # Safety
+/// `ctor_data` is what `ctor` expects (for `klp_runtime::shadow::ctor::<T>`, an `Option<T>`).
+pub unsafe fn alloc(
+    obj: *const c_void,
+    id: u64,
+    size: usize,
+    ctor: ShadowCtorFn,
+    ctor_data: *mut c_void,
+    or_get: bool,
+) -> *mut c_void {
     let existing = get(obj, id);
     if !existing.is_null() {
         if !or_get {
@@ -44,7 +54,7 @@ pub fn alloc(obj: *const c_void, id: u64, size: usize, ctor: ShadowCtorFn, ctor_
     let mut data: Data = vec![MaybeUninit::new(0u64); size.div_ceil(8).max(1)].into_boxed_slice();
     let p = data.as_mut_ptr().cast::<c_void>();
     // The store is not borrowed while the constructor runs: it may use shadow variables too.
-    // SAFETY: `p` is valid for `size` bytes; ctor_data is whatever the caller paired with ctor.
+    // SAFETY: `p` is valid for `size` bytes; the caller paired ctor_data with ctor.
     let r = unsafe { ctor(obj as *mut c_void, p, ctor_data) };
     if r != 0 {
         warn(format!("Failed to construct shadow variable <{obj:p}, {id:#x}> ({r})"));

@@ -11,8 +11,12 @@ klp_runtime::patch!();
 #[path = "../../common/mod.rs"]
 pub mod common;
 
+/// Replaces `fs/proc/cmdline.c:cmdline_proc_show`.
+///
+/// # Safety
+/// Called by the kernel (or a test) with a live `seq_file`.
 #[klp_func(name = "cmdline_proc_show")]
-pub extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> c_int {
+pub unsafe extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> c_int {
     let banner = common::banner_on();
     // SAFETY: `m` is the seq_file the kernel passes to this show function.
     unsafe { seq_print(m, format_args!("klp versioned p2 banner={banner}\n")) };

@@ -34,8 +34,12 @@ pub mod counting {
     }
 }
 
+/// Replaces `fs/proc/cmdline.c:cmdline_proc_show`.
+///
+/// # Safety
+/// Called by the kernel (or a test) with a live `seq_file`.
 #[klp_func(name = "cmdline_proc_show")]
-pub extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> c_int {
+pub unsafe extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> c_int {
     let banner = common::banner_on();
     let mut reads = 0;
     if COUNTING.load(Ordering::Acquire) {

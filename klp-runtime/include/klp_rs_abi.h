@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The klp-rs table format, for the generic C init (docs/table-format.md). Mirrors
+ * klp-runtime/src/abi.rs; a test compiles this header and compares every offset.
+ */
+#ifndef KLP_RS_ABI_H
+#define KLP_RS_ABI_H
+
+#define KLP_RS_FORMAT_VERSION 1
+#define KLP_RS_STATE_ID 0x6b6c707273000001UL
+#define KLP_RS_STATE_VERSION 1
+
+struct klp_rs_table {
+	const void *start;
+	const void *end;
+};
+
+struct klp_rs_patch_header {
+	char magic[8];
+	unsigned int format_version;
+	unsigned int size;
+	const char *name;
+	struct klp_rs_table funcs;
+	struct klp_rs_table sets;
+	struct klp_rs_table shadows;
+};
+
+struct klp_rs_func {
+	unsigned int size;
+	unsigned int sympos;
+	const char *object;
+	const char *old_name;
+	void *new_func;
+	const char *origin;
+};
+
+struct klp_rs_set {
+	unsigned int size;
+	unsigned int id;
+	const char *object;
+	int (*pre_patch)(const char *object);
+	void (*post_patch)(const char *object);
+	void (*pre_unpatch)(const char *object);
+	void (*post_unpatch)(const char *object);
+	const char *origin;
+};
+
+struct klp_rs_shadow {
+	unsigned int size;
+	unsigned int owner;
+	unsigned long id;
+	const char *type_name;
+	unsigned int type_size;
+	unsigned int type_align;
+	int (*ctor)(void *obj, void *shadow_data, void *ctor_data);
+	void (*dtor)(void *obj, void *shadow_data);
+	const char *origin;
+};
+
+#endif

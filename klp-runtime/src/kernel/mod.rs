@@ -1,0 +1,170 @@
+//! The in-kernel runtime (target `x86_64-unknown-none`): the dispatcher the generic C init
+//! calls for every object and hook, the kernel side of [`crate::sys`], an allocator over
+//! `kmalloc`, and the panic handler.
+//!
+//! Kernel structures whose layout depends on the kernel config (`klp_patch`, `klp_object`,
+//! `klp_state`) never cross into Rust: the C init owns them and hands us names and pointers
+//! to tables. See docs/kernel-runtime.md for the protocol.
+
+mod dispatch;
+
+pub use dispatch::klp_rs_dispatch;
+
+use core::ffi::{c_char, c_int, c_void};
+use core::fmt;
+
+use crate::abi::{ShadowCtorFn, ShadowDtorFn};
+use crate::bindings::SeqFile;
+
+// Helpers in the generic C init (klp_rs_init.c): anything that depends on the kernel config.
+unsafe extern "C" {
+    fn klp_rs_log(msg: *const u8, len: usize);
+    fn klp_rs_current() -> *const c_void;
+    fn klp_rs_alloc(size: usize) -> *mut c_void;
+    fn klp_rs_free(ptr: *mut c_void);
+    fn klp_rs_panic(msg: *const u8, len: usize) -> !;
+    fn klp_rs_shadow_alloc(
+        obj: *const c_void,
+        id: u64,
+        size: usize,
+        ctor: ShadowCtorFn,
+        data: *mut c_void,
+        or_get: c_int,
+    ) -> *mut c_void;
+    /// `klp_shadow_free_all`, returning how many variables were freed.
+    fn klp_rs_shadow_free_all(id: u64, dtor: Option<ShadowDtorFn>) -> usize;
+    /// The previous patch's header through our `klp_state` (only during a transition).
+    fn klp_rs_prev_header() -> *const crate::abi::PatchHeader;
+    /// Whether the object is loaded (`vmlinux` always is).
+    fn klp_rs_object_loaded(name: *const c_char) -> c_int;
+
+    // Kernel exports.
+    fn klp_shadow_get(obj: *const c_void, id: u64) -> *mut c_void;
+    fn klp_shadow_free(obj: *const c_void, id: u64, dtor: Option<ShadowDtorFn>);
+    fn seq_write(m: *mut SeqFile, data: *const c_void, len: usize) -> c_int;
+    #[link_name = "simple_read_from_buffer"]
+    fn kernel_simple_read_from_buffer(
+        to: *mut u8,
+        count: usize,
+        ppos: *mut i64,
+        from: *const u8,
+        available: usize,
+    ) -> isize;
+}
+
+/// A fixed buffer for one log line; longer lines are cut (dmesg lines are short anyway).
+struct Line {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+pub(crate) fn log(args: fmt::Arguments<'_>) {
+    let mut line = Line { buf: [0; 256], len: 0 };
+    let _ = fmt::write(&mut line, args);
+    // SAFETY: the buffer holds `len` initialized bytes.
+    unsafe { klp_rs_log(line.buf.as_ptr(), line.len) }
+}
+
+struct Seq(*mut SeqFile);
+
+impl fmt::Write for Seq {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // SAFETY: `self.0` is the live seq_file of the show call (see `seq_print`).
+        unsafe { seq_write(self.0, s.as_ptr().cast(), s.len()) };
+        Ok(())
+    }
+}
+
+/// # Safety
+/// `m` is the seq_file of the running show function.
+pub(crate) unsafe fn seq_print(m: *mut SeqFile, args: fmt::Arguments<'_>) {
+    let _ = fmt::write(&mut Seq(m), args);
+}
+
+pub(crate) fn current_task() -> *const c_void {
+    // SAFETY: reads `current`, always valid in process context.
+    unsafe { klp_rs_current() }
+}
+
+/// # Safety
+/// As [`crate::bindings::simple_read_from_buffer`].
+pub(crate) unsafe fn simple_read_from_buffer(to: *mut u8, count: usize, ppos: *mut i64, data: &[u8]) -> isize {
+    // SAFETY: forwarded contract; `data` is a live slice.
+    unsafe { kernel_simple_read_from_buffer(to, count, ppos, data.as_ptr(), data.len()) }
+}
+
+/// The kernel side of [`crate::sys`].
+pub(crate) mod sys {
+    use super::*;
+
+    pub fn shadow_get(obj: *const c_void, id: u64) -> *mut c_void {
+        // SAFETY: klp_shadow_get only compares the key.
+        unsafe { klp_shadow_get(obj, id) }
+    }
+
+    pub fn shadow_alloc(
+        obj: *const c_void,
+        id: u64,
+        size: usize,
+        ctor: ShadowCtorFn,
+        data: *mut c_void,
+        or_get: bool,
+    ) -> *mut c_void {
+        // SAFETY: ctor and data are paired by `crate::shadow`.
+        unsafe { klp_rs_shadow_alloc(obj, id, size, ctor, data, or_get as c_int) }
+    }
+
+    pub fn shadow_free(obj: *const c_void, id: u64, dtor: ShadowDtorFn) {
+        // SAFETY: dtor matches the type stored under `id`.
+        unsafe { klp_shadow_free(obj, id, Some(dtor)) }
+    }
+
+    pub fn shadow_free_all(id: u64, dtor: ShadowDtorFn) {
+        // SAFETY: as above.
+        unsafe { klp_rs_shadow_free_all(id, Some(dtor)) };
+    }
+
+    pub fn log(args: fmt::Arguments<'_>) {
+        super::log(args)
+    }
+}
+
+/// `kmalloc`-backed allocations for the runtime's plans and decoded tables.
+struct KernelAllocator;
+
+// SAFETY: kmalloc returns memory aligned to at least 8 bytes (ARCH_KMALLOC_MINALIGN); larger
+// alignments are refused with null, which `alloc` reports as an allocation failure.
+unsafe impl core::alloc::GlobalAlloc for KernelAllocator {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        if layout.align() > 8 {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: plain kmalloc.
+        unsafe { klp_rs_alloc(layout.size()).cast() }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: core::alloc::Layout) {
+        // SAFETY: `ptr` came from `alloc` above.
+        unsafe { klp_rs_free(ptr.cast()) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: KernelAllocator = KernelAllocator;
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let mut line = Line { buf: [0; 256], len: 0 };
+    let _ = fmt::write(&mut line, format_args!("{info}"));
+    // SAFETY: the buffer holds `len` initialized bytes; the kernel's panic() does not return.
+    unsafe { klp_rs_panic(line.buf.as_ptr(), line.len) }
+}

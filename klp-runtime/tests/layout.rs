@@ -1,0 +1,116 @@
+//! docs/table-format.md, include/klp_rs_abi.h and `abi.rs` describe one layout: every
+//! offset and size in the document is checked against the Rust definition and against the C
+//! header as the C compiler lays it out.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use klp_runtime::abi::layout::*;
+
+type Layout = BTreeMap<(String, String), (usize, usize)>;
+
+/// (struct, field) -> (offset, size), from the document's layout table.
+fn documented() -> Layout {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/table-format.md")).unwrap();
+    doc.lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.trim().trim_matches('|').split('|').map(str::trim).collect();
+            let [s, f, o, n] = cells[..] else { return None };
+            Some(((s.to_string(), f.to_string()), (o.parse().ok()?, n.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// (struct, field) -> (offset, size), from the Rust definition.
+fn rust() -> Layout {
+    let e = |s: &str, f: &str, o: usize, n: usize| ((s.to_string(), f.to_string()), (o, n));
+    let [pre, post, preu, postu] = SET_HOOKS;
+    BTreeMap::from([
+        e("PatchHeader", "magic", 0, 8),
+        e("PatchHeader", "format_version", HEADER_FORMAT_VERSION, 4),
+        e("PatchHeader", "size", HEADER_SIZE_FIELD, 4),
+        e("PatchHeader", "name", HEADER_NAME, 8),
+        e("PatchHeader", "funcs", HEADER_FUNCS, 16),
+        e("PatchHeader", "sets", HEADER_SETS, 16),
+        e("PatchHeader", "shadows", HEADER_SHADOWS, 16),
+        e("PatchHeader", "(total)", 0, HEADER_SIZE),
+        e("FuncEntry", "size", 0, 4),
+        e("FuncEntry", "sympos", FUNC_SYMPOS, 4),
+        e("FuncEntry", "object", FUNC_OBJECT, 8),
+        e("FuncEntry", "old_name", FUNC_OLD_NAME, 8),
+        e("FuncEntry", "new_func", FUNC_NEW_FUNC, 8),
+        e("FuncEntry", "origin", FUNC_ORIGIN, 8),
+        e("FuncEntry", "(total)", 0, FUNC_SIZE),
+        e("CallbackSetEntry", "size", 0, 4),
+        e("CallbackSetEntry", "id", SET_ID, 4),
+        e("CallbackSetEntry", "object", SET_OBJECT, 8),
+        e("CallbackSetEntry", "pre_patch", pre, 8),
+        e("CallbackSetEntry", "post_patch", post, 8),
+        e("CallbackSetEntry", "pre_unpatch", preu, 8),
+        e("CallbackSetEntry", "post_unpatch", postu, 8),
+        e("CallbackSetEntry", "origin", SET_ORIGIN, 8),
+        e("CallbackSetEntry", "(total)", 0, SET_SIZE),
+        e("ShadowEntry", "size", 0, 4),
+        e("ShadowEntry", "owner", SHADOW_OWNER, 4),
+        e("ShadowEntry", "id", SHADOW_ID, 8),
+        e("ShadowEntry", "type_name", SHADOW_TYPE_NAME, 8),
+        e("ShadowEntry", "type_size", SHADOW_TYPE_SIZE, 4),
+        e("ShadowEntry", "type_align", SHADOW_TYPE_ALIGN, 4),
+        e("ShadowEntry", "ctor", SHADOW_CTOR, 8),
+        e("ShadowEntry", "dtor", SHADOW_DTOR, 8),
+        e("ShadowEntry", "origin", SHADOW_ORIGIN, 8),
+        e("ShadowEntry", "(total)", 0, SHADOW_SIZE),
+    ])
+}
+
+#[test]
+fn the_document_matches_the_rust_definition() {
+    assert_eq!(documented(), rust());
+}
+
+#[test]
+fn the_c_header_matches_the_document() {
+    let c_struct = |s: &str| match s {
+        "PatchHeader" => "klp_rs_patch_header",
+        "FuncEntry" => "klp_rs_func",
+        "CallbackSetEntry" => "klp_rs_set",
+        "ShadowEntry" => "klp_rs_shadow",
+        other => panic!("unknown struct {other} in the document"),
+    };
+    let doc = documented();
+    let mut prog =
+        String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"klp_rs_abi.h\"\nint main(void) {\n");
+    for (s, f) in doc.keys() {
+        let t = c_struct(s);
+        if f == "(total)" {
+            prog += &format!("printf(\"{s} {f} 0 %zu\\n\", sizeof(struct {t}));\n");
+        } else {
+            prog += &format!(
+                "printf(\"{s} {f} %zu %zu\\n\", offsetof(struct {t}, {f}), sizeof(((struct {t} *)0)->{f}));\n"
+            );
+        }
+    }
+    prog += "return 0; }\n";
+    let dir = std::env::temp_dir().join(format!("klp-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("layout.c"), prog).unwrap();
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+    let cc = Command::new("cc")
+        .args(["-I", include, "-o"])
+        .arg(dir.join("layout"))
+        .arg(dir.join("layout.c"))
+        .status()
+        .expect("a C compiler (cc) is needed for this test");
+    assert!(cc.success());
+    let out = Command::new(dir.join("layout")).output().unwrap();
+    let c: Layout = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Vec<&str> = l.split(' ').collect();
+            ((v[0].to_string(), v[1].to_string()), (v[2].parse().unwrap(), v[3].parse().unwrap()))
+        })
+        .collect();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(c, doc);
+}
