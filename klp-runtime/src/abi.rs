@@ -272,3 +272,24 @@ pub const fn cstr(s: &'static str) -> &'static core::ffi::CStr {
         Err(_) => panic!("string is not NUL-terminated or has an inner NUL"),
     }
 }
+
+/// The C side of the format and the generic init, for `cargo klp build` to hand to Kbuild.
+pub mod c {
+    /// `klp_rs_abi.h`: the table format for C.
+    pub const ABI_H: &str = include_str!("../include/klp_rs_abi.h");
+    /// `klp_rs_init.c`: builds the kernel's structures from the tables and enables the patch.
+    pub const INIT_C: &str = include_str!("../c/klp_rs_init.c");
+}
+
+/// Symbols the generic C init (`c::INIT_C`) and the link script define for the Rust object:
+/// the only undefined symbols besides kernel exports that a patch object may have.
+pub const INIT_PROVIDES: &[&str] = &[
+    "klp_rs_log",
+    "klp_rs_current",
+    "klp_rs_alloc",
+    "klp_rs_free",
+    "klp_rs_shadow_alloc",
+    "klp_rs_shadow_free_all",
+    "klp_rs_prev_header",
+    "klp_rs_object_loaded",
+];

@@ -22,7 +22,6 @@ unsafe extern "C" {
     fn klp_rs_current() -> *const c_void;
     fn klp_rs_alloc(size: usize) -> *mut c_void;
     fn klp_rs_free(ptr: *mut c_void);
-    fn klp_rs_panic(msg: *const u8, len: usize) -> !;
     fn klp_rs_shadow_alloc(
         obj: *const c_void,
         id: u64,
@@ -38,7 +37,10 @@ unsafe extern "C" {
     /// Whether the object is loaded (`vmlinux` always is).
     fn klp_rs_object_loaded(name: *const c_char) -> c_int;
 
-    // Kernel exports.
+    // Kernel exports. `panic` is called directly (not through a C helper) because objtool
+    // knows it does not return.
+    #[link_name = "panic"]
+    fn kernel_panic(fmt: *const c_char, ...) -> !;
     fn klp_shadow_get(obj: *const c_void, id: u64) -> *mut c_void;
     fn klp_shadow_free(obj: *const c_void, id: u64, dtor: Option<ShadowDtorFn>);
     fn seq_write(m: *mut SeqFile, data: *const c_void, len: usize) -> c_int;
@@ -165,6 +167,6 @@ static ALLOCATOR: KernelAllocator = KernelAllocator;
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut line = Line { buf: [0; 256], len: 0 };
     let _ = fmt::write(&mut line, format_args!("{info}"));
-    // SAFETY: the buffer holds `len` initialized bytes; the kernel's panic() does not return.
-    unsafe { klp_rs_panic(line.buf.as_ptr(), line.len) }
+    // SAFETY: a printf format with its matching arguments; the kernel's panic() does not return.
+    unsafe { kernel_panic(c"klp-rs: Rust panic: %.*s\n".as_ptr(), line.len as c_int, line.buf.as_ptr()) }
 }

@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * klp-rs generic init. Builds klp_patch, klp_object and klp_func from the tables that the
+ * Rust object carries (klp_rs_abi.h), registers the klp-rs klp_state whose data points to
+ * those tables, and enables the patch. Nothing here is patch-specific: the module's settings
+ * come from klp_rs_modinfo.h, which cargo klp writes.
+ *
+ * The kernel structures live here, compiled against the target kernel's headers, because
+ * their layout depends on its config. Every hook of every object goes to the Rust
+ * dispatcher, which runs the replace planner. vmlinux is always the first object, even when
+ * the patch changes nothing there: the dispatcher does its work in vmlinux's hooks, which
+ * the kernel calls first and always calls.
+ */
+#include <linux/kernel.h>
+#include <linux/livepatch.h>
+#include <linux/module.h>
+#include <linux/preempt.h>
+#include <linux/sched.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+
+#include "klp_rs_abi.h"
+#include "klp_rs_modinfo.h"
+
+/* Defined by the link script at the start of .klp_rs.patch. */
+extern const struct klp_rs_patch_header klp_rs_header;
+
+/* The Rust side: the dispatcher, and the helpers it calls. */
+int klp_rs_dispatch(const struct klp_rs_patch_header *header, int hook, const char *object);
+void klp_rs_log(const char *msg, size_t len);
+const void *klp_rs_current(void);
+void *klp_rs_alloc(size_t size);
+void klp_rs_free(void *ptr);
+void *klp_rs_shadow_alloc(void *obj, unsigned long id, size_t size, klp_shadow_ctor_t ctor, void *data,
+			  int or_get);
+size_t klp_rs_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor);
+const struct klp_rs_patch_header *klp_rs_prev_header(void);
+int klp_rs_object_loaded(const char *name);
+
+#define KLP_RS_FOR_EACH(type, e, table)                                              \
+	for (e = (const type *)(table).start; (const void *)e < (table).end;        \
+	     e = (const type *)((const char *)e + e->size))
+
+static struct klp_patch patch;
+static struct klp_state states[2];
+static const char **object_names;
+
+static bool is_vmlinux(const char *name)
+{
+	return !strcmp(name, "vmlinux");
+}
+
+static const char *object_name(struct klp_object *obj)
+{
+	return obj->name ? obj->name : "vmlinux";
+}
+
+static int klp_rs_pre_patch(struct klp_object *obj)
+{
+	return klp_rs_dispatch(&klp_rs_header, 0, object_name(obj));
+}
+
+static void klp_rs_post_patch(struct klp_object *obj)
+{
+	klp_rs_dispatch(&klp_rs_header, 1, object_name(obj));
+}
+
+static void klp_rs_pre_unpatch(struct klp_object *obj)
+{
+	klp_rs_dispatch(&klp_rs_header, 2, object_name(obj));
+}
+
+static void klp_rs_post_unpatch(struct klp_object *obj)
+{
+	klp_rs_dispatch(&klp_rs_header, 3, object_name(obj));
+}
+
+static size_t add_object(const char *name, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (!strcmp(object_names[i], name))
+			return n;
+	object_names[n] = name;
+	return n + 1;
+}
+
+static void free_objects(void)
+{
+	struct klp_object *o;
+
+	if (patch.objs)
+		for (o = patch.objs; o->funcs; o++)
+			kfree(o->funcs);
+	kfree(patch.objs);
+	patch.objs = NULL;
+	kfree(object_names);
+	object_names = NULL;
+}
+
+static int __init klp_rs_init(void)
+{
+	const struct klp_rs_patch_header *h = &klp_rs_header;
+	const struct klp_rs_func *f;
+	const struct klp_rs_set *s;
+	size_t nfuncs = 0, nsets = 0, nobjs, i, j;
+	int ret;
+
+	if (memcmp(h->magic, "KLPRSPT", 8) || h->format_version != KLP_RS_FORMAT_VERSION) {
+		pr_err("%s: klp-rs tables of format %u; this init reads %u\n", KBUILD_MODNAME,
+		       h->format_version, KLP_RS_FORMAT_VERSION);
+		return -EINVAL;
+	}
+	KLP_RS_FOR_EACH(struct klp_rs_func, f, h->funcs)
+		nfuncs++;
+	KLP_RS_FOR_EACH(struct klp_rs_set, s, h->sets)
+		nsets++;
+
+	object_names = kcalloc(1 + nfuncs + nsets, sizeof(*object_names), GFP_KERNEL);
+	if (!object_names)
+		return -ENOMEM;
+	nobjs = add_object("vmlinux", 0);
+	KLP_RS_FOR_EACH(struct klp_rs_func, f, h->funcs)
+		nobjs = add_object(f->object, nobjs);
+	KLP_RS_FOR_EACH(struct klp_rs_set, s, h->sets)
+		nobjs = add_object(s->object, nobjs);
+
+	patch.objs = kcalloc(nobjs + 1, sizeof(*patch.objs), GFP_KERNEL);
+	if (!patch.objs)
+		goto nomem;
+	for (i = 0; i < nobjs; i++) {
+		struct klp_object *o = &patch.objs[i];
+		size_t n = 0;
+
+		KLP_RS_FOR_EACH(struct klp_rs_func, f, h->funcs)
+			n += !strcmp(f->object, object_names[i]);
+		o->funcs = kcalloc(n + 1, sizeof(*o->funcs), GFP_KERNEL);
+		if (!o->funcs)
+			goto nomem;
+		o->name = is_vmlinux(object_names[i]) ? NULL : object_names[i];
+		o->callbacks.pre_patch = klp_rs_pre_patch;
+		o->callbacks.post_patch = klp_rs_post_patch;
+		o->callbacks.pre_unpatch = klp_rs_pre_unpatch;
+		o->callbacks.post_unpatch = klp_rs_post_unpatch;
+		j = 0;
+		KLP_RS_FOR_EACH(struct klp_rs_func, f, h->funcs) {
+			if (strcmp(f->object, object_names[i]))
+				continue;
+			o->funcs[j].old_name = f->old_name;
+			o->funcs[j].new_func = f->new_func;
+			o->funcs[j].old_sympos = f->sympos;
+			j++;
+		}
+	}
+
+	states[0].id = KLP_RS_STATE_ID;
+	states[0].version = KLP_RS_STATE_VERSION;
+	states[0].data = (void *)h;
+	patch.mod = THIS_MODULE;
+	patch.states = states;
+	patch.replace = KLP_RS_REPLACE;
+
+	ret = klp_enable_patch(&patch);
+	if (ret)
+		free_objects();
+	return ret;
+nomem:
+	free_objects();
+	return -ENOMEM;
+}
+
+static void __exit klp_rs_exit(void)
+{
+	free_objects();
+}
+
+module_init(klp_rs_init);
+module_exit(klp_rs_exit);
+MODULE_INFO(livepatch, "Y");
+
+/* Helpers for the Rust runtime: whatever depends on the kernel config. */
+
+void klp_rs_log(const char *msg, size_t len)
+{
+	printk(KERN_INFO KBUILD_MODNAME ": %.*s\n", (int)len, msg);
+}
+
+const void *klp_rs_current(void)
+{
+	return current;
+}
+
+/* Patched code may run where sleeping is not allowed. */
+static gfp_t klp_rs_gfp(void)
+{
+	return preemptible() ? GFP_KERNEL : GFP_ATOMIC;
+}
+
+void *klp_rs_alloc(size_t size)
+{
+	return kmalloc(size, klp_rs_gfp());
+}
+
+void klp_rs_free(void *ptr)
+{
+	kfree(ptr);
+}
+
+void *klp_rs_shadow_alloc(void *obj, unsigned long id, size_t size, klp_shadow_ctor_t ctor, void *data,
+			  int or_get)
+{
+	if (or_get)
+		return klp_shadow_get_or_alloc(obj, id, size, klp_rs_gfp(), ctor, data);
+	return klp_shadow_alloc(obj, id, size, klp_rs_gfp(), ctor, data);
+}
+
+/* Counting happens under klp_mutex (callbacks) and klp_shadow_lock (the dtor calls). */
+static klp_shadow_dtor_t klp_rs_gc_dtor;
+static size_t klp_rs_gc_count;
+
+static void klp_rs_counting_dtor(void *obj, void *shadow_data)
+{
+	klp_rs_gc_count++;
+	if (klp_rs_gc_dtor)
+		klp_rs_gc_dtor(obj, shadow_data);
+}
+
+size_t klp_rs_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor)
+{
+	klp_rs_gc_dtor = dtor;
+	klp_rs_gc_count = 0;
+	klp_shadow_free_all(id, klp_rs_counting_dtor);
+	return klp_rs_gc_count;
+}
+
+const struct klp_rs_patch_header *klp_rs_prev_header(void)
+{
+	struct klp_state *state = klp_get_prev_state(KLP_RS_STATE_ID);
+
+	return state ? state->data : NULL;
+}
+
+int klp_rs_object_loaded(const char *name)
+{
+	struct klp_patch *p = &patch;
+	struct klp_object *obj;
+
+	if (is_vmlinux(name))
+		return 1;
+	/* Includes the nop objects the kernel added for objects only the replaced patch has. */
+	klp_for_each_object(p, obj)
+		if (obj->name && !strcmp(obj->name, name))
+			return obj->mod != NULL;
+	return 0;
+}
