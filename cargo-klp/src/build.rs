@@ -76,9 +76,12 @@ impl KernelTree {
         if !config.enabled("LIVEPATCH") {
             bail!("{}: the kernel is built without CONFIG_LIVEPATCH; it cannot load live patches", dir.display());
         }
-        let release = std::fs::read_to_string(dir.join("include/config/kernel.release"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        // UTS_RELEASE is the name the module's vermagic carries (Debian's kernel.release file
+        // holds the upstream version instead).
+        let release = std::fs::read_to_string(dir.join("include/generated/utsrelease.h"))
+            .ok()
+            .and_then(|h| h.split('"').nth(1).map(str::to_string))
+            .unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         Ok(KernelTree { dir, config, release })
     }
 
@@ -151,7 +154,8 @@ fn find_package(opts: &BuildOptions) -> Result<(Package, PathBuf)> {
 
 fn run(shell: &Shell, cmd: &mut Command, what: &str) -> Result<String> {
     shell.command(cmd);
-    let out = cmd.stderr(Stdio::piped()).stdout(Stdio::piped()).output().with_context(|| format!("cannot run {what}"))?;
+    let out =
+        cmd.stderr(Stdio::piped()).stdout(Stdio::piped()).output().with_context(|| format!("cannot run {what}"))?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if shell.verbose && !text.trim().is_empty() {
         eprintln!("{}", text.trim_end());
@@ -173,11 +177,20 @@ fn flags_hash(flags: &[String]) -> String {
 }
 
 /// Compiles the crate into one object for the kernel.
-fn compile(shell: &Shell, opts: &BuildOptions, pkg: &Package, target_dir: &Path, tree: &KernelTree, staging: &Path)
-    -> Result<PathBuf> {
+fn compile(
+    shell: &Shell,
+    opts: &BuildOptions,
+    pkg: &Package,
+    target_dir: &Path,
+    tree: &KernelTree,
+    staging: &Path,
+) -> Result<PathBuf> {
     let flags = tree.config.rustflags();
     let (profile, inherits, opt) = if opts.release { ("klp-release", "release", "3") } else { ("klp", "dev", "2") };
-    let object = staging.join(format!("{}.rust.o", pkg.name.replace('-', "_")));
+    let cache = target_dir.join("klp").join(format!("rustc-{}", flags_hash(&flags)));
+    // rustc writes the object only when cargo rebuilds the crate, so it lives beside cargo's
+    // cache (where a fresh build finds it) and is copied into the staging directory.
+    let emitted = cache.join(format!("{profile}-{}.o", pkg.name.replace('-', "_")));
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.arg("rustc")
         .arg("--manifest-path")
@@ -193,10 +206,10 @@ fn compile(shell: &Shell, opts: &BuildOptions, pkg: &Package, target_dir: &Path,
         .args(["--config", &format!("profile.{profile}.debug=false")])
         .args(["--config", &format!("profile.{profile}.incremental=false")])
         .arg("--target-dir")
-        .arg(target_dir.join("klp").join(format!("rustc-{}", flags_hash(&flags))))
+        .arg(&cache)
         .arg("--message-format=json-render-diagnostics")
         .arg("--")
-        .arg(format!("--emit=obj={}", object.display()))
+        .arg(format!("--emit=obj={}", emitted.display()))
         // The kernel builds its own Rust this way; build-std and the -Z flags need it.
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
@@ -210,7 +223,17 @@ fn compile(shell: &Shell, opts: &BuildOptions, pkg: &Package, target_dir: &Path,
     let stderr = child.stderr.take().expect("piped");
     let progress = std::thread::spawn(move || {
         use std::io::BufRead;
+        let mut skipping = false;
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            // rustc has no stable name for the SLS hardening features the kernel's config
+            // asks for, and says so for every crate; they take effect all the same.
+            if line.starts_with("warning: unknown and unstable feature") && line.contains("harden-sls") {
+                skipping = true;
+            }
+            if skipping {
+                skipping = !line.is_empty();
+                continue;
+            }
             if !(line.starts_with("warning: `") && line.contains(" generated ")) {
                 eprintln!("{line}");
             }
@@ -219,8 +242,7 @@ fn compile(shell: &Shell, opts: &BuildOptions, pkg: &Package, target_dir: &Path,
     let reader = std::io::BufReader::new(child.stdout.take().expect("piped"));
     for msg in Message::parse_stream(reader) {
         if let Ok(Message::CompilerMessage(m)) = msg {
-            // rustc has no stable name for the SLS hardening features the kernel's config
-            // asks for, and says so on every crate; they take effect all the same.
+            // The same warning, when it comes as a diagnostic.
             if m.message.message.contains("unknown and unstable feature") && m.message.message.contains("harden-sls") {
                 continue;
             }
@@ -240,6 +262,16 @@ fn compile(shell: &Shell, opts: &BuildOptions, pkg: &Package, target_dir: &Path,
         };
         bail!("compiling {} for the kernel failed{hint}", pkg.name);
     }
+    if !emitted.exists() {
+        bail!(
+            "cargo considered {} up to date but {} is gone; remove {} and build again",
+            pkg.name,
+            emitted.display(),
+            cache.display()
+        );
+    }
+    let object = staging.join(format!("{}.rust.o", pkg.name.replace('-', "_")));
+    std::fs::copy(&emitted, &object)?;
     Ok(object)
 }
 
@@ -352,7 +384,8 @@ fn objtool(shell: &Shell, tree: &KernelTree, object: &Path, staging: &Path) -> R
         object.to_path_buf()
     };
     let mut cmd = Command::new(tree.dir.join("tools/objtool/objtool"));
-    cmd.args(tree.config.objtool_args()).arg(&target);
+    // Debian's 6.12 objtool is a wrapper that picks the binary by SRCARCH, as Kbuild sets it.
+    cmd.env("SRCARCH", "x86").args(tree.config.objtool_args()).arg(&target);
     let out = run(shell, &mut cmd, "objtool")?;
     if !out.trim().is_empty() {
         bail!("objtool reported problems in the Rust object:\n{}", out.trim_end());

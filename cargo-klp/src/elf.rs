@@ -70,7 +70,9 @@ impl<'d> Resolver<'d> for Relocations<'d, '_> {
         let at = sym.address() as i64 + addend;
         self.file
             .symbols()
-            .find(|s| s.section_index() == Some(index) && s.address() as i64 == at && s.kind() == object::SymbolKind::Text)
+            .find(|s| {
+                s.section_index() == Some(index) && s.address() as i64 == at && s.kind() == object::SymbolKind::Text
+            })
             .and_then(|s| s.name().ok())
             .map(Some)
             .ok_or(unresolved("no function symbol at the target"))

@@ -125,6 +125,9 @@ impl KernelConfig {
                 a.push(format!("--prefix={n}"));
             }
         }
+        if self.objtool_on_link() {
+            a.push("--link".into());
+        }
         a.push("--module".into());
         a
     }
@@ -178,7 +181,8 @@ mod tests {
         assert!(f.contains(&"-Zpatchable-function-entry=16,16".to_string()));
         assert!(c.objtool_on_link());
         let a = c.objtool_args();
-        for want in ["--ibt", "--hacks=skylake", "--prefix=16", "--retpoline", "--rethunk", "--sls", "--orc"] {
+        for want in ["--ibt", "--hacks=skylake", "--prefix=16", "--retpoline", "--rethunk", "--sls", "--orc", "--link"]
+        {
             assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
         }
         assert!(!a.contains(&"--mnop".to_string()), "--mnop only goes with --mcount");

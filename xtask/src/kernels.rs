@@ -1,0 +1,192 @@
+//! Debian kernels for the tests: resolve the newest ABI of a series from apt, fetch its
+//! headers and image packages, and unpack them under the target dir (nothing is installed
+//! system-wide). Each kernel's directory is complete when its `.complete` marker exists.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// A kernel series the project supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Series {
+    /// Debian 12's kernel.
+    V6_1,
+    /// Debian 12's security-updated 6.12 (IBT on).
+    V6_12,
+}
+
+impl Series {
+    pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
+
+    /// apt name pattern of the headers package; the capture is the release.
+    fn headers_pattern(self) -> &'static str {
+        match self {
+            Series::V6_1 => r"^linux-headers-6\.1\.0-[0-9]+-amd64$",
+            Series::V6_12 => r"^linux-headers-6\.12\.[0-9]+\+deb[0-9]+-amd64$",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Series::V6_1 => "6.1",
+            Series::V6_12 => "6.12",
+        }
+    }
+}
+
+/// An unpacked kernel: build tree, bootable image and modules.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub series: Series,
+    /// The ABI name, e.g. `6.1.0-56-amd64`.
+    pub release: String,
+    /// KDIR for `cargo klp build`.
+    pub kdir: PathBuf,
+    /// The uncompressed kernel (qemu boots it through its PVH entry).
+    pub vmlinux: PathBuf,
+    /// `lib/modules/<release>` of the image.
+    pub modules: PathBuf,
+}
+
+/// Compares Debian-ish version strings by their numeric runs.
+fn version_key(s: &str) -> Vec<u64> {
+    s.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).filter_map(|p| p.parse().ok()).collect()
+}
+
+fn apt(args: &[&str]) -> Result<String> {
+    let out = Command::new("apt-cache").args(args).output().context("apt-cache is needed (Debian)")?;
+    if !out.status.success() {
+        bail!("apt-cache {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The newest release of a series that apt offers.
+pub fn resolve(series: Series) -> Result<String> {
+    let out = apt(&["search", "--names-only", series.headers_pattern()])?;
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|p| p.strip_prefix("linux-headers-"))
+        .max_by_key(|r| version_key(r))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("apt knows no {} kernel headers; run `apt-get update` first", series.name()))
+}
+
+/// The packages to unpack for a release: its headers, what they include (common headers,
+/// kbuild tools) and the unsigned image.
+fn packages(release: &str) -> Result<Vec<String>> {
+    let headers = format!("linux-headers-{release}");
+    let mut pkgs = vec![headers.clone()];
+    for line in apt(&["depends", &headers])?.lines() {
+        if let Some(dep) = line.trim().strip_prefix("Depends: ") {
+            if dep.starts_with("linux-headers-") || dep.starts_with("linux-kbuild-") {
+                pkgs.push(dep.to_string());
+            }
+        }
+    }
+    pkgs.push(format!("linux-image-{release}-unsigned"));
+    Ok(pkgs)
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Decompresses the first xz stream of `data` (what follows it is ignored) with xz-utils:
+/// the kernel's payload uses the x86 BCJ filter, which the pure-Rust decoders lack.
+pub fn xz_decompress(data: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut child = Command::new("xz")
+        .args(["--decompress", "--stdout", "--single-stream"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run xz (install xz-utils)")?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    if out.stdout.is_empty() {
+        bail!("xz: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+/// Finds the compressed payload in a bzImage and decompresses it: xz on 6.1, zstd on 6.12.
+fn vmlinux_from_bzimage(bz: &[u8]) -> Result<Vec<u8>> {
+    const XZ: &[u8] = b"\xfd7zXZ\x00";
+    const ZSTD: &[u8] = b"\x28\xb5\x2f\xfd";
+    let find = |magic: &[u8]| bz.windows(magic.len()).position(|w| w == magic);
+    let mut out = Vec::new();
+    if let Some(off) = find(XZ) {
+        out = xz_decompress(&bz[off..])?;
+    } else if let Some(off) = find(ZSTD) {
+        let mut dec = ruzstd::decoding::StreamingDecoder::new(&bz[off..]).map_err(|e| anyhow!("zstd: {e}"))?;
+        std::io::copy(&mut dec, &mut out)?;
+    } else {
+        bail!("no xz or zstd payload in the kernel image");
+    }
+    if !out.starts_with(b"\x7fELF") {
+        bail!("the decompressed kernel is not an ELF file ({} bytes)", out.len());
+    }
+    Ok(out)
+}
+
+/// Fetches and unpacks the newest kernel of `series` under `cache`, unless already there.
+pub fn ensure(series: Series, cache: &Path) -> Result<Kernel> {
+    let release = resolve(series)?;
+    let dir = cache.join(&release);
+    let root = dir.join("root");
+    let kernel = Kernel {
+        series,
+        kdir: root.join(format!("usr/src/linux-headers-{release}")),
+        vmlinux: dir.join("vmlinux"),
+        modules: root.join(format!("lib/modules/{release}")),
+        release: release.clone(),
+    };
+    if dir.join(".complete").exists() {
+        return Ok(kernel);
+    }
+    eprintln!("    Fetching Debian kernel {release} (headers and image)");
+    let debs = dir.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let pkgs = packages(&release)?;
+    run(Command::new("apt-get").arg("download").args(&pkgs).current_dir(&debs), "apt-get download")?;
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    std::fs::create_dir_all(&root)?;
+    for deb in std::fs::read_dir(&debs)? {
+        let deb = deb?.path();
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root), "dpkg-deb -x")?;
+    }
+    // The headers' Makefile includes the common headers by absolute path.
+    let makefile = kernel.kdir.join("Makefile");
+    let text = std::fs::read_to_string(&makefile)?;
+    std::fs::write(&makefile, text.replace("include /usr/src/", &format!("include {}/usr/src/", root.display())))?;
+    let bz = std::fs::read(root.join(format!("boot/vmlinuz-{release}")))?;
+    std::fs::write(&kernel.vmlinux, vmlinux_from_bzimage(&bz)?)?;
+    std::fs::remove_dir_all(&debs)?;
+    std::fs::write(dir.join(".complete"), "")?;
+    Ok(kernel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_abis_sort_higher() {
+        let mut v = ["6.1.0-9-amd64", "6.1.0-56-amd64", "6.1.0-10-amd64"];
+        v.sort_by_key(|r| version_key(r));
+        assert_eq!(v, ["6.1.0-9-amd64", "6.1.0-10-amd64", "6.1.0-56-amd64"]);
+        assert!(version_key("6.12.117+deb12-amd64") > version_key("6.12.57+deb12-amd64"));
+    }
+}

@@ -1,0 +1,141 @@
+//! The project's tasks and its real-kernel harness: set up a fresh machine, fetch Debian
+//! kernels, build patch crates with `cargo klp build`, and boot them under qemu.
+
+pub mod initramfs;
+pub mod kernels;
+pub mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{bail, Context, Result};
+
+pub use kernels::{Kernel, Series};
+pub use vm::GuestLog;
+
+/// Debian packages the harness and `cargo klp build` need: qemu and busybox for the VM,
+/// and what Kbuild runs (the kernel headers are unpacked separately, see [`kernels`]).
+pub const HOST_PACKAGES: &[&str] =
+    &["qemu-system-x86", "busybox-static", "make", "gcc-12", "libc6-dev", "libelf1", "libssl3", "binutils", "xz-utils"];
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+}
+
+/// Where kernels, builds and VM files go: under the workspace's target dir.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"))
+}
+
+fn kernel_cache() -> PathBuf {
+    target_dir().join("klp-kernels")
+}
+
+fn status(verb: &str, msg: impl std::fmt::Display) {
+    eprintln!("{verb:>12} {msg}");
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let s = cmd.status().with_context(|| format!("cannot run {what}"))?;
+    if !s.success() {
+        bail!("{what} failed ({s})");
+    }
+    Ok(())
+}
+
+/// Installs what a fresh machine lacks: the Debian packages above, refreshed apt lists (to
+/// find the newest kernels), and the rustup target and `rust-src` for rebuilding `core`.
+pub fn setup_host() -> Result<()> {
+    let missing: Vec<&str> = HOST_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    status("Updating", "apt package lists");
+    run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update (run as root)")?;
+    if !missing.is_empty() {
+        status("Installing", missing.join(" "));
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install",
+        )?;
+    }
+    status("Installing", "rustup target x86_64-unknown-none and component rust-src");
+    run(Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]), "rustup target add")?;
+    run(Command::new("rustup").args(["component", "add", "rust-src"]), "rustup component add")?;
+    Ok(())
+}
+
+/// The newest kernel of a series, fetched if needed.
+pub fn fetch_kernel(series: Series) -> Result<Kernel> {
+    kernels::ensure(series, &kernel_cache())
+}
+
+/// A kernel the setup step fetched, for tests: they never download or install.
+pub fn kernel(series: Series) -> Result<Kernel> {
+    static KERNELS: OnceLock<Mutex<Vec<Kernel>>> = OnceLock::new();
+    let cache = KERNELS.get_or_init(|| Mutex::new(Vec::new()));
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(k) = cache.iter().find(|k| k.series == series) {
+        return Ok(k.clone());
+    }
+    let k = kernels::ensure(series, &kernel_cache())
+        .with_context(|| format!("the {} kernel is not set up; run `cargo xtask setup`", series.name()))?;
+    cache.push(k.clone());
+    Ok(k)
+}
+
+/// Builds a workspace patch crate for `kernel` with `cargo klp build`; each (crate, kernel)
+/// once per process.
+pub fn build_patch(package: &str, kernel: &Kernel) -> Result<PathBuf> {
+    static BUILT: OnceLock<Mutex<Vec<(String, String, PathBuf)>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    // One build at a time: cargo and Kbuild both lock, and two cores are all there is.
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, ko)) = built.iter().find(|(p, r, _)| p == package && *r == kernel.release) {
+        return Ok(ko.clone());
+    }
+    let opts = cargo_klp::build::BuildOptions {
+        manifest_path: Some(workspace().join("Cargo.toml")),
+        package: Some(package.to_string()),
+        kdir: Some(kernel.kdir.clone()),
+        out: Some(target_dir().join("klp").join(&kernel.release)),
+        ..Default::default()
+    };
+    let shell = cargo_klp::status::Shell::new(false);
+    let out = cargo_klp::build::build(&shell, &opts).with_context(|| format!("cargo klp build -p {package}"))?;
+    built.push((package.to_string(), kernel.release.clone(), out.ko.clone()));
+    Ok(out.ko)
+}
+
+/// Boots `kernel` with `modules` and runs `script` in it.
+pub fn boot(kernel: &Kernel, modules: &[&Path], script: &str) -> Result<GuestLog> {
+    vm::run(kernel, modules, script, &target_dir().join("klp-vm"))
+}
+
+/// A module of the kernel image (e.g. `fs/binfmt_misc`), decompressed if the image ships it
+/// compressed, copied to the VM work dir.
+pub fn image_module(kernel: &Kernel, path: &str) -> Result<PathBuf> {
+    let base = kernel.modules.join("kernel").join(path);
+    let name = Path::new(path).file_name().context("module path")?.to_string_lossy().into_owned();
+    let out = target_dir().join("klp-vm").join(&kernel.release).join(format!("{name}.ko"));
+    std::fs::create_dir_all(out.parent().expect("has a parent"))?;
+    let plain = base.with_extension("ko");
+    if plain.exists() {
+        std::fs::copy(&plain, &out)?;
+        return Ok(out);
+    }
+    let xz = base.with_extension("ko.xz");
+    let data = std::fs::read(&xz).with_context(|| format!("{} not in the image", xz.display()))?;
+    let plain = kernels::xz_decompress(&data).with_context(|| xz.display().to_string())?;
+    std::fs::write(&out, plain)?;
+    Ok(out)
+}

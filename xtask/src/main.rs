@@ -1,0 +1,96 @@
+//! `cargo xtask`: the project's tasks.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use xtask::Series;
+
+#[derive(Parser)]
+#[command(about = "klp-rs project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine needs and fetch the newest Debian 6.1 and 6.12 kernels.
+    Setup,
+    /// Build the cmdline example and live patch a real Debian kernel with it, in qemu.
+    Demo {
+        /// Kernel series: 6.1 or 6.12.
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+    },
+    /// Set up, then run the whole test suite (simulator, macros, real kernels).
+    Test,
+}
+
+fn series(s: &str) -> Result<Series> {
+    match s {
+        "6.1" => Ok(Series::V6_1),
+        "6.12" => Ok(Series::V6_12),
+        _ => bail!("unknown kernel series `{s}`: use 6.1 or 6.12"),
+    }
+}
+
+fn demo(series: Series) -> Result<()> {
+    xtask::setup_host()?;
+    let kernel = xtask::fetch_kernel(series)?;
+    let ko = xtask::build_patch("cmdline", &kernel)?;
+    eprintln!("     Booting Debian {} under qemu (TCG) with {}", kernel.release, ko.display());
+    let log = xtask::boot(
+        &kernel,
+        &[&ko],
+        "section before; cat /proc/cmdline\n\
+         load klp_cmdline\n\
+         section patched; cat /proc/cmdline; lpstate\n\
+         disable klp_cmdline\n\
+         section disabled; cat /proc/cmdline\n\
+         rmmod klp_cmdline; echo \"rmmod rc=$?\"\n\
+         section dmesg; dmesg | grep -E 'livepatch|klp_cmdline' | grep -v taint\n",
+    )?;
+    println!("\n/proc/cmdline before the patch:\n  {}", log.section("before").join("\n  "));
+    println!("\n/proc/cmdline with klp_cmdline live:\n  {}", log.section("patched").join("\n  "));
+    println!("\n/proc/cmdline after disabling it:\n  {}", log.section("disabled").join("\n  "));
+    println!("\nKernel log:\n  {}", log.section("dmesg").join("\n  "));
+    println!("\n(booted, patched, unpatched and powered off in {:.1}s)", log.elapsed.as_secs_f64());
+    let patched = log.section("patched").join("\n");
+    if !patched.contains("this has been live patched by Rust") {
+        bail!("the patch did not take effect:\n{}", log.serial);
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    xtask::setup_host()?;
+    for s in Series::ALL {
+        xtask::fetch_kernel(s)?;
+    }
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["test", "--workspace", "--all-targets"])
+        .status()?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.task {
+        Task::Setup => {
+            xtask::setup_host().and_then(|()| Series::ALL.iter().try_for_each(|s| xtask::fetch_kernel(*s).map(drop)))
+        }
+        Task::Demo { kernel } => series(&kernel).and_then(demo),
+        Task::Test => test(),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

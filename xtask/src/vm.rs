@@ -1,0 +1,107 @@
+//! Boots a kernel under qemu (TCG: KVM does not work on these machines) with a test
+//! initramfs, and returns what the serial console printed.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::initramfs;
+use crate::kernels::Kernel;
+
+/// What a boot printed.
+#[derive(Debug, Clone)]
+pub struct GuestLog {
+    pub serial: String,
+    pub elapsed: Duration,
+}
+
+impl GuestLog {
+    /// Lines of a section the script started with `section NAME`, up to the next marker.
+    pub fn section(&self, name: &str) -> Vec<String> {
+        let start = format!("@@@ section {name}");
+        self.serial
+            .lines()
+            // The first marker may share its line with the firmware's last words.
+            .skip_while(|l| !l.trim_end().ends_with(&start))
+            .skip(1)
+            .take_while(|l| !l.starts_with("@@@ "))
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    }
+
+    /// Kernel log lines a module printed (`[time] module: text`), as `text`, in order.
+    pub fn module_lines(&self, module: &str) -> Vec<String> {
+        let prefix = format!("{module}: ");
+        self.serial
+            .lines()
+            .filter_map(|l| {
+                let rest = l.trim_end().split_once("] ").map_or(l, |(_, r)| r);
+                rest.strip_prefix(&prefix).map(str::to_string)
+            })
+            .collect()
+    }
+}
+
+/// Signs of a kernel in trouble; any of them fails the run.
+const TROUBLE: [&str; 6] = ["Kernel panic", "Oops", "BUG:", "WARNING:", "general protection fault", "Call Trace:"];
+
+/// Boots `kernel`, runs `script` (after the helpers in [`initramfs::GUEST_LIB`]) with
+/// `modules` in `/mod`, and returns the console output. Fails on a timeout, an oops or
+/// panic, or a script that did not finish, with the whole log in the error.
+pub fn run(kernel: &Kernel, modules: &[&Path], script: &str, work: &Path) -> Result<GuestLog> {
+    std::fs::create_dir_all(work)?;
+    let initrd: PathBuf = work.join(format!("initrd-{}.cpio", std::process::id()));
+    std::fs::write(&initrd, initramfs::build(Path::new("/bin/busybox"), modules, script)?)?;
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-kernel"])
+        .arg(&kernel.vmlinux)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 panic=-1 oops=panic quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run qemu-system-x86_64 (install qemu-system-x86)")?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let limit = Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let serial = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
+    let _ = std::fs::remove_file(&initrd);
+    let log = GuestLog { serial, elapsed: started.elapsed() };
+    let show = |why: &str| format!("{why} on {} ({:.1}s):\n{}", kernel.release, log.elapsed.as_secs_f64(), log.serial);
+    match status {
+        None => bail!(show(&format!("the VM did not power off within {}s", limit.as_secs()))),
+        Some(s) if !s.success() => bail!(show(&format!("qemu exited with {s}"))),
+        _ => {}
+    }
+    if let Some(t) = TROUBLE.iter().find(|t| log.serial.contains(*t)) {
+        bail!(show(&format!("the kernel reported trouble (`{t}`)")));
+    }
+    if log.serial.contains("@@@ transition-timeout") {
+        bail!(show("a livepatch transition did not finish"));
+    }
+    if !log.serial.contains("@@@ exit ") {
+        bail!(show("the test script did not finish"));
+    }
+    Ok(log)
+}
