@@ -16,26 +16,34 @@ use object::{RelocationFlags, SectionFlags, SectionIndex, SymbolIndex};
 /// A relocation: the symbol and the addend.
 type Reloc = (SymbolIndex, i64);
 
-/// The tables' section of one kind in this file: the `.ko` name or a crate object's.
-fn table_section<'d, 'f>(file: &'f object::File<'d>, ko: &str, prefix: &str) -> Option<object::Section<'d, 'f>> {
-    file.section_by_name(ko).or_else(|| {
-        file.sections().find(|s| s.name().is_ok_and(|n| n.strip_prefix(prefix).is_some_and(|r| r.starts_with('_'))))
-    })
+/// The sections holding one table in this file: the single merged section of a `.ko`, or
+/// in a crate's object the sections the compiler emitted (one per entry, all the same name).
+fn table_sections<'d, 'f>(file: &'f object::File<'d>, ko: &str, prefix: &str) -> Vec<object::Section<'d, 'f>> {
+    let merged: Vec<_> = file.sections().filter(|s| s.name() == Ok(ko)).collect();
+    if !merged.is_empty() {
+        return merged;
+    }
+    file.sections()
+        .filter(|s| s.name().is_ok_and(|n| n.strip_prefix(prefix).is_some_and(|r| r.starts_with('_'))))
+        .collect()
 }
 
-/// Resolves pointer fields through the relocations of the table sections.
+/// Resolves the pointer fields of one section through its relocations.
 struct Relocations<'d, 'f> {
     file: &'f object::File<'d>,
-    relocs: BTreeMap<(u8, u64), Reloc>,
+    relocs: BTreeMap<u64, Reloc>,
 }
 
-fn kind_key(t: TableKind) -> u8 {
-    t as u8
-}
-
-impl<'d> Relocations<'d, '_> {
-    fn reloc(&self, table: TableKind, offset: usize) -> Result<Option<Reloc>, ReadError> {
-        Ok(self.relocs.get(&(kind_key(table), offset as u64)).copied())
+impl<'d, 'f> Relocations<'d, 'f> {
+    fn of(file: &'f object::File<'d>, section: &object::Section<'d, 'f>) -> Self {
+        let relocs = section
+            .relocations()
+            .filter_map(|(offset, r)| match r.target() {
+                RelocationTarget::Symbol(sym) => Some((offset, (sym, r.addend()))),
+                _ => None,
+            })
+            .collect();
+        Relocations { file, relocs }
     }
 
     fn section_bytes(&self, index: SectionIndex) -> Option<&'d [u8]> {
@@ -48,7 +56,7 @@ impl<'d> Resolver<'d> for Relocations<'d, '_> {
 
     fn string(&self, table: TableKind, offset: usize, _raw: u64) -> Result<&'d str, ReadError> {
         let unresolved = |why| ReadError::Unresolved { table, offset, why };
-        let (sym, addend) = self.reloc(table, offset)?.ok_or(unresolved("no relocation for a string field"))?;
+        let &(sym, addend) = self.relocs.get(&(offset as u64)).ok_or(unresolved("no relocation for a string field"))?;
         let sym = self.file.symbol_by_index(sym).map_err(|_| unresolved("bad symbol index"))?;
         let index = sym.section_index().ok_or(unresolved("string symbol has no section"))?;
         let data = self.section_bytes(index).ok_or(unresolved("string section has no data"))?;
@@ -60,7 +68,7 @@ impl<'d> Resolver<'d> for Relocations<'d, '_> {
 
     fn func(&self, table: TableKind, offset: usize, _raw: u64) -> Result<Option<&'d str>, ReadError> {
         let unresolved = |why| ReadError::Unresolved { table, offset, why };
-        let Some((sym, addend)) = self.reloc(table, offset)? else { return Ok(None) };
+        let Some(&(sym, addend)) = self.relocs.get(&(offset as u64)) else { return Ok(None) };
         let sym = self.file.symbol_by_index(sym).map_err(|_| unresolved("bad symbol index"))?;
         if sym.kind() != object::SymbolKind::Section && addend == 0 {
             return sym.name().map(Some).map_err(|_| unresolved("symbol name"));
@@ -86,39 +94,48 @@ pub enum TablesError {
     Read { section: String, source: ReadError },
     #[error("section {section} cannot be read: {why}")]
     Section { section: String, why: String },
+    #[error("{count} patch headers (sections {section}); a patch crate has one `klp_runtime::patch!()`")]
+    Headers { count: usize, section: String },
+}
+
+fn section_data<'d>(sec: &object::Section<'d, '_>) -> Result<&'d [u8], TablesError> {
+    sec.data().map_err(|e| TablesError::Section { section: sec.name().unwrap_or("?").into(), why: e.to_string() })
 }
 
 /// Reads the patch tables of an object or `.ko`; `None` if it has no klp-rs header.
 pub fn read_patch<'d>(file: &object::File<'d>) -> Result<Option<Patch<'d, &'d str>>, TablesError> {
-    let Some(header) = table_section(file, section::KO_PATCH, section::PATCH) else { return Ok(None) };
-    let header_name = header.name().unwrap_or("?").to_string();
-    let kinds = [
-        (TableKind::Header, Some(header)),
-        (TableKind::Funcs, table_section(file, section::KO_FUNCS, section::FUNCS)),
-        (TableKind::Sets, table_section(file, section::KO_SETS, section::SETS)),
-        (TableKind::Shadows, table_section(file, section::KO_SHADOWS, section::SHADOWS)),
-    ];
-    let mut relocs = BTreeMap::new();
-    let mut data: [&'d [u8]; 4] = [&[]; 4];
-    for (i, (kind, sec)) in kinds.iter().enumerate() {
-        let Some(sec) = sec else { continue };
-        let name = sec.name().unwrap_or("?").to_string();
-        let bad = |why: String| TablesError::Section { section: name.clone(), why };
-        data[i] = sec.data().map_err(|e| bad(e.to_string()))?;
-        for (offset, r) in sec.relocations() {
-            if let RelocationTarget::Symbol(sym) = r.target() {
-                relocs.insert((kind_key(*kind), offset), (sym, r.addend()));
-            }
+    let headers: Vec<_> =
+        table_sections(file, section::KO_PATCH, section::PATCH).into_iter().filter(|s| s.size() > 0).collect();
+    let header = match headers.as_slice() {
+        [] => return Ok(None),
+        [h] => h,
+        more => {
+            let section = more.iter().map(|s| s.name().unwrap_or("?")).collect::<Vec<_>>().join(", ");
+            return Err(TablesError::Headers { count: more.len(), section });
         }
-    }
-    let wrap = |section: &str| {
-        let section = section.to_string();
+    };
+    let name_of = |s: &object::Section<'d, '_>| s.name().unwrap_or("?").to_string();
+    let wrap = |sec: &object::Section<'d, '_>| {
+        let section = name_of(sec);
         move |source| TablesError::Read { section, source }
     };
-    let version = reader::header_version(data[0]).map_err(wrap(&header_name))?;
-    let r = Relocations { file, relocs };
-    let name = r.string(TableKind::Header, layout::HEADER_NAME, 0).map_err(wrap(&header_name))?;
-    let patch = reader::read_tables(&r, name, version, data[1], data[2], data[3]).map_err(wrap("klp-rs tables"))?;
+    let data = section_data(header)?;
+    let version = reader::header_version(data).map_err(wrap(header))?;
+    let name = Relocations::of(file, header).string(TableKind::Header, layout::HEADER_NAME, 0).map_err(wrap(header))?;
+    let mut patch = Patch { name, format_version: version, funcs: vec![], sets: vec![], shadows: vec![] };
+    // Each section is decoded on its own (its relocations are its own), then merged.
+    for sec in table_sections(file, section::KO_FUNCS, section::FUNCS) {
+        let p = reader::read_tables(&Relocations::of(file, &sec), name, version, section_data(&sec)?, &[], &[]);
+        patch.funcs.extend(p.map_err(wrap(&sec))?.funcs);
+    }
+    for sec in table_sections(file, section::KO_SETS, section::SETS) {
+        let p = reader::read_tables(&Relocations::of(file, &sec), name, version, &[], section_data(&sec)?, &[]);
+        patch.sets.extend(p.map_err(wrap(&sec))?.sets);
+    }
+    for sec in table_sections(file, section::KO_SHADOWS, section::SHADOWS) {
+        let p = reader::read_tables(&Relocations::of(file, &sec), name, version, &[], &[], section_data(&sec)?);
+        patch.shadows.extend(p.map_err(wrap(&sec))?.shadows);
+    }
     Ok(Some(patch))
 }
 

@@ -150,7 +150,7 @@ fn entries(table: TableKind, bytes: &[u8], min: usize) -> impl Iterator<Item = R
             return Some(Err(e));
         }
         let size = u32_at(rest, 0);
-        if (size as usize) < min || size as usize % layout::ENTRY_ALIGN != 0 {
+        if (size as usize) < min || !(size as usize).is_multiple_of(layout::ENTRY_ALIGN) {
             let e = ReadError::BadEntrySize { table, offset: off, size, min };
             off = bytes.len();
             return Some(Err(e));

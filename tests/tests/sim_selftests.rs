@@ -29,9 +29,9 @@ fn target_module_loaded_after_the_patch() {
             "modobj: set 2 binfmt_misc post_unpatch",
             "modobj: binfmt set down on binfmt_misc",
             "'modobj': starting unpatching transition",
-            "'modobj': unpatching complete",
             "modobj: set 1 vmlinux post_unpatch",
             "modobj: core set down on vmlinux",
+            "'modobj': unpatching complete",
         ]
     );
 }
@@ -50,15 +50,15 @@ fn target_module_loaded_before_the_patch() {
             "modobj: set 2 binfmt_misc pre_patch",
             "modobj: binfmt set up on binfmt_misc",
             "'modobj': starting patching transition",
-            "'modobj': patching complete",
             "modobj: set 2 binfmt_misc post_patch",
+            "'modobj': patching complete",
             "modobj: set 2 binfmt_misc pre_unpatch",
             "'modobj': starting unpatching transition",
-            "'modobj': unpatching complete",
             "modobj: set 2 binfmt_misc post_unpatch",
             "modobj: binfmt set down on binfmt_misc",
             "modobj: set 1 vmlinux post_unpatch",
             "modobj: core set down on vmlinux",
+            "'modobj': unpatching complete",
         ]
     );
 }

@@ -10,7 +10,8 @@ fn patch(n: usize) -> &'static PatchHeader {
     [&p1::KLP_PATCH, &p2::KLP_PATCH, &p3::KLP_PATCH, &p4::KLP_PATCH][n - 1]
 }
 
-/// What `insmod pN` logs when it replaces `pM`: (M, N, lines).
+/// What `insmod pN` logs when it replaces `pM`: (M, N, lines). As in the kernel, the
+/// transition's completion is announced after its post callbacks.
 fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
     // Set 1 is in every patch: a replace never runs it, and its shadow 0x10 carries over.
     // Set 2 (P3) has post_patch and
@@ -23,9 +24,9 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
             3,
             vec![
                 "'p3': starting patching transition",
-                "'p3': patching complete",
                 "p3: set 2 vmlinux post_patch",
                 "p3: counting reads per task on vmlinux",
+                "'p3': patching complete",
             ],
         ),
         (
@@ -33,9 +34,9 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
             3,
             vec![
                 "'p3': starting patching transition",
-                "'p3': patching complete",
                 "p3: set 2 vmlinux post_patch",
                 "p3: counting reads per task on vmlinux",
+                "'p3': patching complete",
             ],
         ),
         (
@@ -44,8 +45,8 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
             vec![
                 "p3: set 2 vmlinux pre_unpatch",
                 "'p1': starting patching transition",
-                "'p1': patching complete",
                 "p3: set 2 free shadow 0x20",
+                "'p1': patching complete",
             ],
         ),
         (
@@ -54,8 +55,8 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
             vec![
                 "p3: set 2 vmlinux pre_unpatch",
                 "'p2': starting patching transition",
-                "'p2': patching complete",
                 "p3: set 2 free shadow 0x20",
+                "'p2': patching complete",
             ],
         ),
         (
@@ -65,8 +66,8 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
                 "p4: set 3 vmlinux pre_patch",
                 "p4: task stats ready on vmlinux",
                 "'p4': starting patching transition",
-                "'p4': patching complete",
                 "p4: set 3 vmlinux post_patch",
+                "'p4': patching complete",
             ],
         ),
         (
@@ -76,8 +77,8 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
                 "p4: set 3 vmlinux pre_patch",
                 "p4: task stats ready on vmlinux",
                 "'p4': starting patching transition",
-                "'p4': patching complete",
                 "p4: set 3 vmlinux post_patch",
+                "'p4': patching complete",
             ],
         ),
         (
@@ -86,10 +87,10 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
             vec![
                 "p4: set 3 vmlinux pre_unpatch",
                 "'p1': starting patching transition",
-                "'p1': patching complete",
                 "p4: set 3 vmlinux post_unpatch",
                 "p4: task stats retired on vmlinux",
                 "p4: set 3 free shadow 0x30",
+                "'p1': patching complete",
             ],
         ),
         (
@@ -98,10 +99,10 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
             vec![
                 "p4: set 3 vmlinux pre_unpatch",
                 "'p2': starting patching transition",
-                "'p2': patching complete",
                 "p4: set 3 vmlinux post_unpatch",
                 "p4: task stats retired on vmlinux",
                 "p4: set 3 free shadow 0x30",
+                "'p2': patching complete",
             ],
         ),
         (
@@ -112,9 +113,9 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
                 "p4: task stats ready on vmlinux",
                 "p3: set 2 vmlinux pre_unpatch",
                 "'p4': starting patching transition",
-                "'p4': patching complete",
                 "p3: set 2 free shadow 0x20",
                 "p4: set 3 vmlinux post_patch",
+                "'p4': patching complete",
             ],
         ),
         (
@@ -123,12 +124,12 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
             vec![
                 "p4: set 3 vmlinux pre_unpatch",
                 "'p3': starting patching transition",
-                "'p3': patching complete",
                 "p4: set 3 vmlinux post_unpatch",
                 "p4: task stats retired on vmlinux",
                 "p4: set 3 free shadow 0x30",
                 "p3: set 2 vmlinux post_patch",
                 "p3: counting reads per task on vmlinux",
+                "'p3': patching complete",
             ],
         ),
     ]
@@ -208,14 +209,14 @@ fn the_banner_is_off_while_a_patch_is_disabled_and_on_while_enabled() {
             "p2: set 1 vmlinux pre_patch",
             "p2: banner ready on vmlinux",
             "'p2': starting patching transition",
-            "'p2': patching complete",
             "p2: set 1 vmlinux post_patch",
+            "'p2': patching complete",
             "p2: set 1 vmlinux pre_unpatch",
             "'p2': starting unpatching transition",
-            "'p2': unpatching complete",
             "p2: set 1 vmlinux post_unpatch",
             "p2: banner gone from vmlinux",
             "p2: set 1 free shadow 0x10",
+            "'p2': unpatching complete",
         ]
     );
 }

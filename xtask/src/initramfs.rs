@@ -30,7 +30,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
     }
@@ -72,7 +72,8 @@ waitlp() {
   while [ $i -lt 300 ]; do
     busy=0
     for t in /sys/kernel/livepatch/*/transition; do
-      [ -e "$t" ] && [ "$(cat "$t")" = 1 ] && busy=1
+      # A patch's directory goes away when its disable completes.
+      [ "$(cat "$t" 2>/dev/null)" = 1 ] && busy=1
     done
     [ $busy = 0 ] && return 0
     usleep 100000; i=$((i + 1))

@@ -53,7 +53,9 @@ const TROUBLE: [&str; 6] = ["Kernel panic", "Oops", "BUG:", "WARNING:", "general
 /// panic, or a script that did not finish, with the whole log in the error.
 pub fn run(kernel: &Kernel, modules: &[&Path], script: &str, work: &Path) -> Result<GuestLog> {
     std::fs::create_dir_all(work)?;
-    let initrd: PathBuf = work.join(format!("initrd-{}.cpio", std::process::id()));
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let initrd: PathBuf = work.join(format!("initrd-{}-{run}.cpio", std::process::id()));
     std::fs::write(&initrd, initramfs::build(Path::new("/bin/busybox"), modules, script)?)?;
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")

@@ -40,6 +40,10 @@ struct Dispatcher {
     /// which is until our transition completes or is reversed. Dropped then.
     old: Option<Patch<'static, usize>>,
     plan: Option<Plan<'static>>,
+    /// A target module between its pre_patch and post_patch (coming) or pre_unpatch and
+    /// post_unpatch (going). After an enable completes at vmlinux, the kernel still calls
+    /// post_patch for the other objects: those calls must not look like a module coming.
+    module: Option<&'static str>,
 }
 
 /// Mutable global state, serialized by the kernel.
@@ -50,7 +54,7 @@ struct Global<T>(UnsafeCell<T>);
 unsafe impl<T> Sync for Global<T> {}
 
 static STATE: Global<Dispatcher> =
-    Global(UnsafeCell::new(Dispatcher { phase: Phase::Idle, own: None, old: None, plan: None }));
+    Global(UnsafeCell::new(Dispatcher { phase: Phase::Idle, own: None, old: None, plan: None, module: None }));
 
 const EINVAL: c_int = 22;
 
@@ -129,11 +133,15 @@ impl Dispatcher {
             (Hook::PrePatch, Phase::Enabled, false) => {
                 let plan = plan::module_coming(self.own(), object);
                 match plan::run_before(&mut self.runner(), &plan) {
-                    Ok(()) => 0,
+                    Ok(()) => {
+                        self.module = self.own().sets.iter().map(|s| s.object).find(|o| *o == object);
+                        0
+                    }
                     Err(errno) => errno_to_kernel(errno),
                 }
             }
-            (Hook::PostPatch, Phase::Enabled, false) => {
+            (Hook::PostPatch, Phase::Enabled, false) if self.module == Some(object) => {
+                self.module = None;
                 let plan = plan::module_coming(self.own(), object);
                 plan::run(&mut self.runner(), &plan.after);
                 0
@@ -142,9 +150,11 @@ impl Dispatcher {
                 let plan = plan::module_going(self.own(), object);
                 let steps: alloc::vec::Vec<_> = plan.before.iter().map(|p| p.step).collect();
                 plan::run(&mut self.runner(), &steps);
+                self.module = self.own().sets.iter().map(|s| s.object).find(|o| *o == object);
                 0
             }
-            (Hook::PostUnpatch, Phase::Enabled, false) => {
+            (Hook::PostUnpatch, Phase::Enabled, false) if self.module == Some(object) => {
+                self.module = None;
                 let plan = plan::module_going(self.own(), object);
                 plan::run(&mut self.runner(), &plan.after);
                 0

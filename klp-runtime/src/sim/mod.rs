@@ -350,7 +350,6 @@ impl Kernel {
     pub fn complete_transition(&mut self) -> Result<(), SimError> {
         let t = self.transition.take().ok_or(SimError::NoTransition)?;
         let to = self.modules[t.target].name;
-        self.log.push(Event::TransitionComplete { to, patching: t.patching });
         if let Some(r) = t.replaced {
             self.modules[r].enabled = false;
         }
@@ -358,6 +357,8 @@ impl Kernel {
         let (old, new) = sides(&self.modules, &t);
         let mut exec = Exec { old, new, log: &mut self.log, failures: &self.failures };
         plan::run(&mut exec, &t.plan.after);
+        // The kernel announces completion after the post callbacks (klp_complete_transition).
+        self.log.push(Event::TransitionComplete { to, patching: t.patching });
         Ok(())
     }
 

@@ -1,0 +1,406 @@
+//! Real-kernel scenarios: modules built by `cargo klp build`, loaded into unmodified Debian
+//! 6.1 and 6.12 kernels booted under qemu, checked through dmesg and /sys/kernel/livepatch.
+//!
+//! Expected callback steps come from the planner reading the built `.ko` files; the planner's
+//! own tests (versioned_matrix.rs) come from hand-written expectations, so the two checks
+//! meet in the middle. The simulator must print the same steps as the kernel.
+
+use std::path::{Path, PathBuf};
+
+use klp_runtime::abi::PatchHeader;
+use klp_runtime::plan::{self, StepLine};
+use klp_runtime::sim::Kernel as Sim;
+use xtask::{GuestLog, Kernel, Series};
+
+/// One test per kernel series for each scenario.
+macro_rules! on_both_kernels {
+    ($($name:ident),* $(,)?) => {
+        mod v6_1 { $( #[test] fn $name() { super::$name(xtask::Series::V6_1) } )* }
+        mod v6_12 { $( #[test] fn $name() { super::$name(xtask::Series::V6_12) } )* }
+    };
+}
+
+on_both_kernels!(
+    cmdline_example_patches_unpatches_and_unloads,
+    target_module_loaded_after_the_patch,
+    target_module_loaded_before_the_patch,
+    versioned_all_twelve_replace_pairs_match_the_planner_and_the_simulator,
+    versioned_chain_ends_with_every_shadow_variable_freed,
+    failing_pre_patch_leaves_the_old_patch_in_effect,
+    replace_with_a_target_module_loaded_late,
+    module_carries_modinfo_and_endbr64_where_ibt_needs_it,
+);
+
+fn kernel(series: Series) -> Kernel {
+    xtask::kernel(series).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn build(package: &str, k: &Kernel) -> PathBuf {
+    xtask::build_patch(package, k).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn boot(k: &Kernel, modules: &[&Path], script: &str) -> GuestLog {
+    xtask::boot(k, modules, script).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Kernel log lines of a section printed with `dmesg -c`, without timestamps.
+fn kernel_lines(log: &GuestLog, section: &str) -> Vec<String> {
+    log.section(section)
+        .iter()
+        .filter_map(|l| l.split_once("] ").map(|(_, r)| r.to_string()))
+        .filter(|l| !l.contains("taint"))
+        .collect()
+}
+
+/// Our dispatcher's step lines (`p3: set 2 vmlinux pre_unpatch`, `p3: set 2 free shadow
+/// 0x20`) and the kernel's transition lines, whoever printed them.
+fn steps_and_transitions(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let (source, text) = l.split_once(": ")?;
+            if source == "livepatch" && (text.contains("transition") || text.contains("complete")) {
+                return Some(text.to_string());
+            }
+            let (_, rest) = text.split_once(": set ")?;
+            rest.split(' ').next()?.parse::<u32>().ok()?;
+            source.starts_with("klp_").then(|| text.to_string())
+        })
+        .collect()
+}
+
+fn read_ko(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn cmdline_example_patches_unpatches_and_unloads(series: Series) {
+    let k = kernel(series);
+    let ko = build("cmdline", &k);
+    let log = boot(
+        &k,
+        &[&ko],
+        "section before; cat /proc/cmdline; lpstate\n\
+         section load; load klp_cmdline\n\
+         section patched; cat /proc/cmdline; lpstate\n\
+         section disable; disable klp_cmdline\n\
+         section disabled; cat /proc/cmdline; lpstate\n\
+         section rmmod; rmmod klp_cmdline; echo \"rmmod rc=$?\"; ls /sys/kernel/livepatch | wc -l\n",
+    );
+    let original = "console=ttyS0 panic=-1 oops=panic quiet";
+    assert_eq!(log.section("before"), [original]);
+    assert_eq!(log.section("load"), ["insmod klp_cmdline rc=0"]);
+    assert_eq!(
+        log.section("patched"),
+        ["this has been live patched by Rust", "patch klp_cmdline enabled=1 transition=0"]
+    );
+    assert_eq!(log.section("disable"), ["disable klp_cmdline rc=0"]);
+    assert_eq!(log.section("disabled"), [original], "the original is back and the patch is gone from sysfs");
+    assert_eq!(log.section("rmmod"), ["rmmod rc=0", "0"]);
+}
+
+/// binfmt_misc's `status` file, which klp_modobj patches.
+const BINFMT_STATUS: &str =
+    "mount -t binfmt_misc none /proc/sys/fs/binfmt_misc 2>/dev/null; cat /proc/sys/fs/binfmt_misc/status";
+
+fn target_module_loaded_after_the_patch(series: Series) {
+    let k = kernel(series);
+    let ko = build("modobj", &k);
+    let binfmt = xtask::image_module(&k, "fs/binfmt_misc").unwrap();
+    let log = boot(
+        &k,
+        &[&ko, &binfmt],
+        &format!(
+            "load klp_modobj\n\
+             section patch; dmesg -c\n\
+             insmod /mod/binfmt_misc.ko; echo \"insmod binfmt_misc rc=$?\"\n\
+             section status; {BINFMT_STATUS}\n\
+             section coming; dmesg -c\n\
+             umount /proc/sys/fs/binfmt_misc; rmmod binfmt_misc\n\
+             section going; dmesg -c\n\
+             disable klp_modobj\n"
+        ),
+    );
+    assert_eq!(log.section("status"), ["patched by klp_modobj"]);
+    let ours = |s| -> Vec<String> {
+        kernel_lines(&log, s).into_iter().filter_map(|l| l.strip_prefix("klp_modobj: ").map(str::to_string)).collect()
+    };
+    // The set on binfmt_misc runs nothing until binfmt_misc loads.
+    assert_eq!(ours("patch"), ["modobj: set 1 vmlinux pre_patch", "modobj: core set up on vmlinux"]);
+    assert_eq!(
+        ours("coming"),
+        [
+            "modobj: set 2 binfmt_misc pre_patch",
+            "modobj: binfmt set up on binfmt_misc",
+            "modobj: set 2 binfmt_misc post_patch"
+        ]
+    );
+    assert_eq!(
+        ours("going"),
+        [
+            "modobj: set 2 binfmt_misc pre_unpatch",
+            "modobj: set 2 binfmt_misc post_unpatch",
+            "modobj: binfmt set down on binfmt_misc"
+        ]
+    );
+}
+
+fn target_module_loaded_before_the_patch(series: Series) {
+    let k = kernel(series);
+    let ko = build("modobj", &k);
+    let binfmt = xtask::image_module(&k, "fs/binfmt_misc").unwrap();
+    let log = boot(
+        &k,
+        &[&ko, &binfmt],
+        &format!(
+            "insmod /mod/binfmt_misc.ko\n\
+             section before; {BINFMT_STATUS}\n\
+             section load; load klp_modobj\n\
+             section patched; {BINFMT_STATUS}\n\
+             section disable; disable klp_modobj\n\
+             section disabled; {BINFMT_STATUS}\n\
+             section log; dmesg -c\n"
+        ),
+    );
+    assert_eq!(log.section("before"), ["enabled"]);
+    assert_eq!(log.section("patched"), ["patched by klp_modobj"]);
+    assert_eq!(log.section("disabled"), ["enabled"]);
+    let sim_lines = {
+        let mut sim = Sim::new();
+        sim.load_object("binfmt_misc").unwrap();
+        sim.insmod(&modobj::KLP_PATCH).unwrap();
+        sim.disable("modobj").unwrap();
+        sim.step_lines()
+    };
+    let kernel_steps: Vec<String> =
+        steps_and_transitions(&kernel_lines(&log, "log")).into_iter().filter(|l| l.contains(": set ")).collect();
+    assert_eq!(kernel_steps, sim_lines, "the simulator and the kernel ran different steps");
+}
+
+const VERSIONED: [(&str, &str); 4] = [("p1", "klp_v1"), ("p2", "klp_v2"), ("p3", "klp_v3"), ("p4", "klp_v4")];
+
+fn versioned_modules(k: &Kernel) -> Vec<PathBuf> {
+    VERSIONED.iter().map(|(p, _)| build(p, k)).collect()
+}
+
+fn header(crate_name: &str) -> &'static PatchHeader {
+    match crate_name {
+        "p1" => &p1::KLP_PATCH,
+        "p2" => &p2::KLP_PATCH,
+        "p3" => &p3::KLP_PATCH,
+        "p4" => &p4::KLP_PATCH,
+        other => panic!("{other}"),
+    }
+}
+
+/// What the planner says a replace `old` -> `new` prints, read from the built modules.
+fn planned(old: &Path, new: &Path, new_module: &str) -> Vec<String> {
+    let (old_data, new_data) = (read_ko(old), read_ko(new));
+    let old_file = object::File::parse(&*old_data).unwrap();
+    let new_file = object::File::parse(&*new_data).unwrap();
+    let old_p = cargo_klp::elf::read_patch(&old_file).unwrap().expect("klp-rs tables");
+    let new_p = cargo_klp::elf::read_patch(&new_file).unwrap().expect("klp-rs tables");
+    let plan = plan::replace(Some(&old_p), &new_p, &|_| false);
+    let name = |side| if side == plan::Side::Old { old_p.name } else { new_p.name };
+    let mut lines = Vec::new();
+    for step in plan.steps() {
+        match step {
+            None => lines.push(format!("'{new_module}': starting patching transition")),
+            Some(plan::Step::Hook { defined: false, .. }) => {}
+            Some(s) => {
+                let side = match s {
+                    plan::Step::Hook { side, .. } | plan::Step::FreeShadow { side, .. } => side,
+                };
+                lines.push(StepLine { patch: name(side), step: &s }.to_string());
+            }
+        }
+    }
+    // The kernel announces completion after the post callbacks.
+    lines.push(format!("'{new_module}': patching complete"));
+    lines
+}
+
+fn versioned_all_twelve_replace_pairs_match_the_planner_and_the_simulator(series: Series) {
+    let k = kernel(series);
+    let kos = versioned_modules(&k);
+    let refs: Vec<&Path> = kos.iter().map(PathBuf::as_path).collect();
+    let mut script = String::new();
+    let mut pairs = Vec::new();
+    for (a, (_, ma)) in VERSIONED.iter().enumerate() {
+        for (b, (_, mb)) in VERSIONED.iter().enumerate().filter(|(b, _)| *b != a) {
+            script += &format!(
+                "load {ma}; cat /proc/cmdline >/dev/null; cat /proc/cmdline >/dev/null; dmesg -c >/dev/null\n\
+                 load {mb}\n\
+                 section pair-{a}-{b}; dmesg -c\n\
+                 section cleanup-{a}-{b}; rmmod {ma}; disable {mb}; rmmod {mb}; lpstate; dmesg -c >/dev/null\n"
+            );
+            pairs.push((a, b));
+        }
+    }
+    let log = boot(&k, &refs, &script);
+    assert_eq!(pairs.len(), 12);
+    for (a, b) in pairs {
+        let got = steps_and_transitions(&kernel_lines(&log, &format!("pair-{a}-{b}")));
+        let want = planned(&kos[a], &kos[b], VERSIONED[b].1);
+        assert_eq!(got, want, "{} -> {} on {}", VERSIONED[a].1, VERSIONED[b].1, k.release);
+        // Simulator parity: the same pair in the simulator prints the same steps.
+        let mut sim = Sim::new();
+        sim.insmod(header(VERSIONED[a].0)).unwrap();
+        sim.clear_log();
+        sim.insmod(header(VERSIONED[b].0)).unwrap();
+        let kernel_steps: Vec<&String> = got.iter().filter(|l| l.contains(": set ")).collect();
+        assert_eq!(kernel_steps, sim.step_lines().iter().collect::<Vec<_>>(), "simulator vs kernel, pair {a}->{b}");
+        assert!(log.section(&format!("cleanup-{a}-{b}")).iter().all(|l| !l.starts_with("patch ")), "left loaded");
+    }
+}
+
+fn versioned_chain_ends_with_every_shadow_variable_freed(series: Series) {
+    let k = kernel(series);
+    let kos = versioned_modules(&k);
+    let refs: Vec<&Path> = kos.iter().map(PathBuf::as_path).collect();
+    // P1 -> P3 -> P4 -> P2 -> P1 -> disable, reading /proc/cmdline (creating per-task
+    // shadow variables) at each step: twice in one task (a shell's `read` builtin), once in
+    // another (`cat`).
+    let chain = [0usize, 2, 3, 1, 0];
+    let mut script = String::new();
+    let mut prev: Option<&str> = None;
+    for (i, &p) in chain.iter().enumerate() {
+        let m = VERSIONED[p].1;
+        if i == chain.len() - 1 {
+            // P1 was loaded at the start and replaced since: reload it.
+            script += "rmmod klp_v1\n";
+        }
+        script += &format!("section load-{i}; load {m}\n");
+        if let Some(prev) = prev {
+            if prev != "klp_v1" {
+                script += &format!("rmmod {prev}\n");
+            }
+        }
+        script += &format!(
+            "section read-{i}; sh -c 'read l </proc/cmdline; read l </proc/cmdline; echo \"$l\"'; cat /proc/cmdline\n"
+        );
+        prev = Some(m);
+    }
+    script += "disable klp_v1\nsection end; lpstate\nsection log; dmesg -c\n";
+    let log = boot(&k, &refs, &script);
+    assert_eq!(
+        log.section("read-1"),
+        ["klp versioned p3 banner=true reads=2", "klp versioned p3 banner=true reads=1"],
+        "per-task counters in P3"
+    );
+    assert_eq!(
+        log.section("read-2")[..2],
+        ["klp versioned p4 banner=true reads=2 bytes=32", "klp versioned p4 banner=true reads=1 bytes=16"],
+        "P4 counts afresh in its own records"
+    );
+    assert_eq!(log.section("end"), Vec::<String>::new(), "no patch left");
+    let freed: Vec<String> = kernel_lines(&log, "log")
+        .into_iter()
+        .filter_map(|l| l.split_once(": ").map(|(_, t)| t.to_string()))
+        .filter(|t| t.contains(": shadow 0x"))
+        .collect();
+    // Each task's counter is freed with its set: P3's two (0x20) when P4 replaces it, P4's
+    // two (0x30) when P2 replaces it, and the banner (0x10, set 1) at the final disable.
+    assert_eq!(freed, ["p3: shadow 0x20: 2 freed", "p4: shadow 0x30: 2 freed", "p1: shadow 0x10: 1 freed"]);
+}
+
+fn failing_pre_patch_leaves_the_old_patch_in_effect(series: Series) {
+    let k = kernel(series);
+    let p3 = build("p3", &k);
+    let fail = build("fail", &k);
+    let log = boot(
+        &k,
+        &[&p3, &fail],
+        // `read` is a builtin: the script's own shell reads, so its counter can be followed.
+        "load klp_v3; read l </proc/cmdline; dmesg -c >/dev/null\n\
+         section insmod; insmod /mod/klp_fail.ko; echo \"rc=$?\"\n\
+         waitlp\n\
+         section after; read l </proc/cmdline; echo \"$l\"; lpstate\n\
+         section log; dmesg -c\n",
+    );
+    assert_ne!(log.section("insmod").last().map(String::as_str), Some("rc=0"), "insmod must fail");
+    assert_eq!(
+        log.section("after"),
+        ["klp versioned p3 banner=true reads=2", "patch klp_v3 enabled=1 transition=0"],
+        "P3 stays enabled and in effect, its counter intact"
+    );
+    let lines = kernel_lines(&log, "log");
+    // busybox's insmod retries a failed finit_module with init_module: compare one attempt.
+    let first: Vec<String> = lines
+        .iter()
+        .take_while(|l| !l.contains("failed to enable patch"))
+        .filter_map(|l| l.strip_prefix("klp_fail: ").map(str::to_string))
+        .collect();
+    let mut sim = Sim::new();
+    sim.insmod(&p3::KLP_PATCH).unwrap();
+    sim.clear_log();
+    sim.insmod(&fail::KLP_PATCH).unwrap_err();
+    assert_eq!(first, sim.lines(), "kernel vs simulator");
+    assert!(lines.iter().any(|l| l.contains("pre-patch callback failed for object 'vmlinux'")), "{lines:?}");
+}
+
+fn replace_with_a_target_module_loaded_late(series: Series) {
+    // modobj has sets on vmlinux and binfmt_misc; P2 has neither binfmt_misc nor set 2, so
+    // the kernel gives binfmt_misc's object no callbacks of P2's during the replace: its
+    // teardown must still run, from vmlinux's hooks.
+    let k = kernel(series);
+    let modobj = build("modobj", &k);
+    let p2 = build("p2", &k);
+    let binfmt = xtask::image_module(&k, "fs/binfmt_misc").unwrap();
+    let log = boot(
+        &k,
+        &[&modobj, &p2, &binfmt],
+        &format!(
+            "load klp_modobj\n\
+             insmod /mod/binfmt_misc.ko\n\
+             section patched; {BINFMT_STATUS}\n\
+             section load; dmesg -c >/dev/null; load klp_v2\n\
+             section replaced; cat /proc/sys/fs/binfmt_misc/status; lpstate\n\
+             section log; dmesg -c\n"
+        ),
+    );
+    assert_eq!(log.section("patched"), ["patched by klp_modobj"]);
+    assert_eq!(log.section("replaced"), ["enabled", "patch klp_v2 enabled=1 transition=0"]);
+    let steps = steps_and_transitions(&kernel_lines(&log, "log"));
+    let mut sim = Sim::new();
+    sim.insmod(&modobj::KLP_PATCH).unwrap();
+    sim.load_object("binfmt_misc").unwrap();
+    sim.clear_log();
+    sim.insmod(&p2::KLP_PATCH).unwrap();
+    let kernel_steps: Vec<String> = steps.into_iter().filter(|l| l.contains(": set ")).collect();
+    assert_eq!(kernel_steps, sim.step_lines());
+    assert!(kernel_steps.contains(&"modobj: set 2 binfmt_misc post_unpatch".to_string()), "{kernel_steps:?}");
+}
+
+fn module_carries_modinfo_and_endbr64_where_ibt_needs_it(series: Series) {
+    let k = kernel(series);
+    let ko = build("p4", &k);
+    let data = read_ko(&ko);
+    let file = object::File::parse(&*data).unwrap();
+    use object::{Object, ObjectSection};
+    let modinfo = file.section_by_name(".modinfo").unwrap().data().unwrap();
+    let fields: Vec<&str> = modinfo.split(|b| *b == 0).filter_map(|f| std::str::from_utf8(f).ok()).collect();
+    for want in
+        ["livepatch=Y", "license=GPL", "name=klp_v4", "description=Rust live patch: versioned example, patch 4 of 4"]
+    {
+        assert!(fields.contains(&want), "{want} not in {fields:?}");
+    }
+    assert!(fields.iter().any(|f| f.starts_with(&format!("vermagic={} ", k.release))), "{fields:?}");
+    if series != Series::V6_12 {
+        return;
+    }
+    // IBT: every function the tables point to must begin with endbr64. Disassemble with
+    // objdump (independent of cargo klp's own check).
+    let patch = cargo_klp::elf::read_patch(&file).unwrap().unwrap();
+    let mut targets: Vec<&str> = patch.funcs.iter().filter_map(|f| f.new_func).collect();
+    targets.extend(patch.sets.iter().flat_map(|s| s.hooks.iter().flatten().copied()));
+    targets.extend(patch.shadows.iter().flat_map(|t| [t.ctor, t.dtor]).flatten());
+    assert!(targets.len() >= 7, "{targets:?}");
+    let out = std::process::Command::new("objdump").args(["-d", "--no-show-raw-insn"]).arg(&ko).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for t in targets {
+        let header = format!("<{t}>:");
+        let mut lines = text.lines().skip_while(|l| !l.ends_with(&header)).skip(1);
+        let first = lines.next().unwrap_or_else(|| panic!("{t} not found in the disassembly"));
+        assert!(first.contains("endbr64"), "{t} starts with `{first}`, not endbr64");
+    }
+}
