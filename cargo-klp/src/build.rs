@@ -35,6 +35,8 @@ pub struct Built {
     pub module: String,
     /// The Rust object as it went into Kbuild.
     pub rust_object: PathBuf,
+    /// The Kbuild directory the module was linked in.
+    pub kbuild_dir: PathBuf,
 }
 
 /// The kernel build tree: `KDIR` with its `.config`, `Module.symvers` and objtool.
@@ -176,26 +178,31 @@ fn flags_hash(flags: &[String]) -> String {
     format!("{:08x}", h as u32)
 }
 
-/// Compiles the crate into one object for the kernel.
-fn compile(
-    shell: &Shell,
-    opts: &BuildOptions,
-    pkg: &Package,
+/// Where the kernel object of a crate is cached for a set of codegen flags, and the file
+/// rustc writes it to.
+pub fn object_cache(target_dir: &Path, flags: &[String], release: bool, package: &str) -> (PathBuf, PathBuf) {
+    let cache = target_dir.join("klp").join(format!("rustc-{}", flags_hash(flags)));
+    let profile = if release { "klp-release" } else { "klp" };
+    let emitted = cache.join(format!("{profile}-{}.o", package.replace('-', "_")));
+    (cache, emitted)
+}
+
+/// The cargo command that compiles a patch crate into one kernel object: `core` and `alloc`
+/// rebuilt with the kernel's flags, fat LTO, one codegen unit.
+pub fn kernel_rustc_command(
+    manifest: &Path,
+    package: &str,
+    release: bool,
+    flags: &[String],
     target_dir: &Path,
-    tree: &KernelTree,
-    staging: &Path,
-) -> Result<PathBuf> {
-    let flags = tree.config.rustflags();
-    let (profile, inherits, opt) = if opts.release { ("klp-release", "release", "3") } else { ("klp", "dev", "2") };
-    let cache = target_dir.join("klp").join(format!("rustc-{}", flags_hash(&flags)));
-    // rustc writes the object only when cargo rebuilds the crate, so it lives beside cargo's
-    // cache (where a fresh build finds it) and is copied into the staging directory.
-    let emitted = cache.join(format!("{profile}-{}.o", pkg.name.replace('-', "_")));
+) -> Command {
+    let (profile, inherits, opt) = if release { ("klp-release", "release", "3") } else { ("klp", "dev", "2") };
+    let (cache, emitted) = object_cache(target_dir, flags, release, package);
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.arg("rustc")
         .arg("--manifest-path")
-        .arg(pkg.manifest_path.as_std_path())
-        .args(["-p", pkg.name.as_str(), "--lib", "--target", "x86_64-unknown-none", "-Zbuild-std=core,alloc"])
+        .arg(manifest)
+        .args(["-p", package, "--lib", "--target", "x86_64-unknown-none", "-Zbuild-std=core,alloc"])
         .args(["--crate-type", "staticlib", "--profile", profile])
         // One object with our code and the parts of core and alloc it uses.
         .args(["--config", &format!("profile.{profile}.inherits=\"{inherits}\"")])
@@ -209,13 +216,30 @@ fn compile(
         .arg(&cache)
         .arg("--message-format=json-render-diagnostics")
         .arg("--")
+        // rustc writes the object only when cargo rebuilds the crate, so it lives beside
+        // cargo's cache (where a fresh build finds it) and is copied into the staging dir.
         .arg(format!("--emit=obj={}", emitted.display()))
         // The kernel builds its own Rust this way; build-std and the -Z flags need it.
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
-        .env_remove("RUSTFLAGS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("RUSTFLAGS");
+    cmd
+}
+
+/// Compiles the crate into one object for the kernel.
+fn compile(
+    shell: &Shell,
+    opts: &BuildOptions,
+    pkg: &Package,
+    target_dir: &Path,
+    tree: &KernelTree,
+    staging: &Path,
+) -> Result<PathBuf> {
+    let flags = tree.config.rustflags();
+    let (cache, emitted) = object_cache(target_dir, &flags, opts.release, pkg.name.as_str());
+    let mut cmd =
+        kernel_rustc_command(pkg.manifest_path.as_std_path(), pkg.name.as_str(), opts.release, &flags, target_dir);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     shell.command(&cmd);
     let mut child = cmd.spawn().context("cannot run cargo")?;
     // Cargo's own progress goes through; its per-crate warning counts do not, since they
@@ -393,6 +417,14 @@ fn objtool(shell: &Shell, tree: &KernelTree, object: &Path, staging: &Path) -> R
     Ok(())
 }
 
+/// Writes `text` unless the file already holds it, so make sees no change.
+fn write_if_changed(path: &Path, text: &str) -> Result<()> {
+    if std::fs::read(path).ok().as_deref() != Some(text.as_bytes()) {
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
+
 /// Builds the patch crate into a `.ko`.
 pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     let started = Instant::now();
@@ -405,10 +437,8 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         .find(|t| t.kind.iter().any(|k| k.to_string() == "lib"))
         .map(|t| t.name.replace('-', "_"))
         .ok_or_else(|| anyhow!("{} has no library target; a patch crate is a library", pkg.name))?;
+    // Kept between builds so that Kbuild, like make for a C module, redoes only what changed.
     let staging = target_dir.join("klp").join("build").join(format!("{}-{}", settings.name, tree.release));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
     std::fs::create_dir_all(&staging)?;
 
     shell.status("Compiling", format!("{} v{} for kernel {}", pkg.name, pkg.version, tree.release));
@@ -421,11 +451,11 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     shell.status("Linking", format!("{}.ko (Kbuild, {})", settings.name, tree.dir.display()));
     let kb = staging.join("kbuild");
     std::fs::create_dir_all(&kb)?;
-    std::fs::write(kb.join("Kbuild"), kbuild::kbuild_file(&settings.name))?;
-    std::fs::write(kb.join("klp_rs_init.c"), klp_runtime::abi::c::INIT_C)?;
-    std::fs::write(kb.join("klp_rs_abi.h"), klp_runtime::abi::c::ABI_H)?;
-    std::fs::write(kb.join("klp_rs_modinfo.h"), kbuild::modinfo_header(&settings))?;
-    std::fs::write(kb.join("klp_rs.lds"), kbuild::link_script(&crate_name))?;
+    write_if_changed(&kb.join("Kbuild"), &kbuild::kbuild_file(&settings.name))?;
+    write_if_changed(&kb.join("klp_rs_init.c"), klp_runtime::abi::c::INIT_C)?;
+    write_if_changed(&kb.join("klp_rs_abi.h"), klp_runtime::abi::c::ABI_H)?;
+    write_if_changed(&kb.join("klp_rs_modinfo.h"), &kbuild::modinfo_header(&settings))?;
+    write_if_changed(&kb.join("klp_rs.lds"), &kbuild::link_script(&crate_name))?;
     let mut make = Command::new("make");
     make.arg("-C").arg(&tree.dir).arg(format!("M={}", kb.display())).arg(format!("RUST_OBJ={}", object.display()));
     make.arg(if shell.verbose { "V=1" } else { "-s" }).arg("modules");
@@ -449,5 +479,5 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     std::fs::copy(&built, &tmp)?;
     std::fs::rename(&tmp, &ko)?;
     shell.status("Finished", format!("{} in {:.1}s", ko.display(), started.elapsed().as_secs_f64()));
-    Ok(Built { ko, module: settings.name, rust_object: object })
+    Ok(Built { ko, module: settings.name, rust_object: object, kbuild_dir: kb })
 }

@@ -1,6 +1,7 @@
 //! The project's tasks and its real-kernel harness: set up a fresh machine, fetch Debian
 //! kernels, build patch crates with `cargo klp build`, and boot them under qemu.
 
+pub mod bench;
 pub mod initramfs;
 pub mod kernels;
 pub mod vm;

@@ -25,6 +25,8 @@ enum Task {
     },
     /// Set up, then run the whole test suite (simulator, macros, real kernels).
     Test,
+    /// Time `cargo klp build` against a C module and the bare cargo + make; print ratios.
+    Bench,
 }
 
 fn series(s: &str) -> Result<Series> {
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         }
         Task::Demo { kernel } => series(&kernel).and_then(demo),
         Task::Test => test(),
+        Task::Bench => xtask::bench::bench(),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

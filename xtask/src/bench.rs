@@ -1,0 +1,174 @@
+//! `cargo xtask bench`: how long `cargo klp build` takes against the baselines a kernel
+//! engineer knows, in one run on the same machine: a hand-written C livepatch module under
+//! Kbuild, and the bare `cargo rustc` + `make` that `cargo klp build` wraps. Prints figures
+//! and ratios; it is a benchmark, not a test, and fails only if a build fails.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{fetch_kernel, target_dir, workspace, Series};
+
+const C_MODULE: &str = r#"// The classic livepatch sample, by hand: what klp-rs's cmdline example does.
+#include <linux/kernel.h>
+#include <linux/livepatch.h>
+#include <linux/module.h>
+#include <linux/seq_file.h>
+
+static int livepatch_cmdline_proc_show(struct seq_file *m, void *v)
+{
+	seq_printf(m, "%s\n", "MESSAGE");
+	return 0;
+}
+
+static struct klp_func funcs[] = { { .old_name = "cmdline_proc_show", .new_func = livepatch_cmdline_proc_show }, {} };
+static struct klp_object objs[] = { { .funcs = funcs }, {} };
+static struct klp_patch patch = { .mod = THIS_MODULE, .objs = objs, .replace = true };
+
+static int __init livepatch_init(void)
+{
+	return klp_enable_patch(&patch);
+}
+
+static void __exit livepatch_exit(void)
+{
+}
+
+module_init(livepatch_init);
+module_exit(livepatch_exit);
+MODULE_LICENSE("GPL");
+MODULE_INFO(livepatch, "Y");
+"#;
+
+fn timed(what: &str, f: impl FnOnce() -> Result<()>) -> Result<Duration> {
+    let t = Instant::now();
+    f().with_context(|| what.to_string())?;
+    Ok(t.elapsed())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{:?} failed:\n{}{}", cmd, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// The cmdline example as a crate of its own, outside the workspace, as a user has it.
+fn patch_crate(dir: &Path, message: &str) -> Result<()> {
+    std::fs::create_dir_all(dir.join("src"))?;
+    let runtime = workspace().join("klp-runtime");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"cmdline\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n\n\
+             [dependencies]\nklp-runtime = {{ path = \"{}\" }}\n\n[package.metadata.klp]\nname = \"klp_bench_rs\"\n",
+            runtime.display()
+        ),
+    )?;
+    let src = std::fs::read_to_string(workspace().join("examples/cmdline/src/lib.rs"))?;
+    std::fs::write(dir.join("src/lib.rs"), src.replace("this has been live patched by Rust", message))?;
+    Ok(())
+}
+
+fn c_module(dir: &Path, message: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("Kbuild"), "obj-m := klp_bench_c.o\n")?;
+    std::fs::write(dir.join("klp_bench_c.c"), C_MODULE.replace("MESSAGE", message))?;
+    Ok(())
+}
+
+pub fn bench() -> Result<()> {
+    let kernel = fetch_kernel(Series::V6_1)?;
+    let work = target_dir().join("klp-bench");
+    let (rs, c) = (work.join("cmdline"), work.join("c"));
+    // The crate is a workspace of its own: its target dir is its own too.
+    let rs_target = rs.join("target");
+    // Cold: the first build rebuilds core and alloc for this kernel's flags.
+    if rs_target.exists() {
+        std::fs::remove_dir_all(&rs_target)?;
+    }
+    patch_crate(&rs, "bench 0")?;
+    c_module(&c, "bench 0")?;
+    let shell = cargo_klp::status::Shell::new(false);
+    let opts = cargo_klp::build::BuildOptions {
+        manifest_path: Some(rs.join("Cargo.toml")),
+        kdir: Some(kernel.kdir.clone()),
+        ..Default::default()
+    };
+    let klp = |opts: &cargo_klp::build::BuildOptions| cargo_klp::build::build(&shell, opts).map(drop);
+    let make = |dir: &Path| {
+        let mut m = Command::new("make");
+        m.arg("-C").arg(&kernel.kdir).arg(format!("M={}", dir.display())).arg("-s");
+        m
+    };
+
+    // First build in this target dir: includes rebuilding core and alloc (once per kernel
+    // config, like preparing the kernel tree itself).
+    let first = timed("first cargo klp build", || klp(&opts))?;
+
+    let flags =
+        cargo_klp::kconfig::KernelConfig::parse(&std::fs::read_to_string(kernel.kdir.join(".config"))?).rustflags();
+    let (cache, _) = cargo_klp::build::object_cache(&rs_target, &flags, false, "cmdline");
+    let clean_crate = || {
+        run(Command::new("cargo")
+            .args(["clean", "--quiet", "-p", "cmdline", "--target", "x86_64-unknown-none", "--profile", "klp"])
+            .args(["--config", "profile.klp.inherits=\"dev\""])
+            .arg("--manifest-path")
+            .arg(rs.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&cache))
+    };
+    clean_crate()?;
+    // Like `make clean` for the C module: the Kbuild directory goes too.
+    std::fs::remove_dir_all(rs_target.join("klp").join("build"))?;
+    let klp_clean = timed("clean cargo klp build", || klp(&opts))?;
+
+    patch_crate(&rs, "bench 1")?;
+    let klp_incr = timed("incremental cargo klp build", || klp(&opts))?;
+
+    // The bare steps cargo klp wraps, with the same flags, after the same one-line change.
+    patch_crate(&rs, "bench 2")?;
+    let built = cargo_klp::build::build(&shell, &opts)?;
+    patch_crate(&rs, "bench 3")?;
+    let obj = built.rust_object.clone();
+    let bare_incr = timed("bare cargo rustc + make", || {
+        let mut cmd =
+            cargo_klp::build::kernel_rustc_command(&rs.join("Cargo.toml"), "cmdline", false, &flags, &rs_target);
+        run(&mut cmd)?;
+        let (_, emitted) = cargo_klp::build::object_cache(&rs_target, &flags, false, "cmdline");
+        std::fs::copy(emitted, &obj)?;
+        run(make(&built.kbuild_dir).arg(format!("RUST_OBJ={}", obj.display())).arg("modules"))
+    })?;
+
+    run(make(&c).arg("clean"))?;
+    let c_clean = timed("clean C module build", || run(make(&c).arg("modules")))?;
+    c_module(&c, "bench 1")?;
+    let c_incr = timed("incremental C module build", || run(make(&c).arg("modules")))?;
+
+    let s = |d: Duration| format!("{:>6.2}s", d.as_secs_f64());
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!("\ncargo klp build vs baselines, Debian {} (2 cores)", kernel.release);
+    println!("  first cargo klp build (core and alloc rebuilt)   {}", s(first));
+    println!("  cargo klp build, crate cleaned                   {}", s(klp_clean));
+    println!("  cargo klp build, one-line change                 {}", s(klp_incr));
+    println!("  bare cargo rustc + make, one-line change         {}", s(bare_incr));
+    println!("  C module under Kbuild, clean                     {}", s(c_clean));
+    println!("  C module under Kbuild, one-line change           {}", s(c_incr));
+    let inc = ratio(klp_incr, bare_incr);
+    let clean = ratio(klp_clean, c_clean);
+    println!("  incremental: cargo klp / bare = {inc:.2}x (target <= 1.2x) {}", verdict(inc <= 1.2));
+    println!("  clean: cargo klp / C module  = {clean:.2}x (target <= 2x)  {}", verdict(clean <= 2.0));
+    println!("  incremental: cargo klp / C module = {:.2}x", ratio(klp_incr, c_incr));
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
