@@ -29,6 +29,8 @@ on_both_kernels!(
     failing_pre_patch_leaves_the_old_patch_in_effect,
     replace_with_a_target_module_loaded_late,
     module_carries_modinfo_and_endbr64_where_ibt_needs_it,
+    a_broken_crate_fails_naming_every_problem_and_leaves_no_module,
+    signed_module_carries_the_kernel_signature,
 );
 
 fn kernel(series: Series) -> Kernel {
@@ -403,4 +405,59 @@ fn module_carries_modinfo_and_endbr64_where_ibt_needs_it(series: Series) {
         let first = lines.next().unwrap_or_else(|| panic!("{t} not found in the disassembly"));
         assert!(first.contains("endbr64"), "{t} starts with `{first}`, not endbr64");
     }
+}
+
+fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series) {
+    let k = kernel(series);
+    let out = xtask::target_dir().join("klp").join(format!("broken-{}", k.release));
+    let _ = std::fs::remove_dir_all(&out);
+    let opts = cargo_klp::build::BuildOptions {
+        manifest_path: Some(xtask::workspace().join("Cargo.toml")),
+        package: Some("broken".into()),
+        kdir: Some(k.kdir.clone()),
+        out: Some(out.clone()),
+        ..Default::default()
+    };
+    let err = cargo_klp::build::build(&cargo_klp::status::Shell::new(false), &opts).unwrap_err();
+    let msg = format!("{err:#}");
+    let file = "tests/fixtures/broken/src/lib.rs";
+    for want in [
+        "1 undefined symbol(s) not exported by".to_string(),
+        "klp_rs_test_not_exported_anywhere".to_string(),
+        format!("callback set id 4 is declared twice: at broken::first ({file}:10) and at broken::second ({file}:15)"),
+        "owned by callback set 7, which this patch does not declare".to_string(),
+        "vmlinux:cmdline_proc_show (sympos 0) is patched twice".to_string(),
+    ] {
+        assert!(msg.contains(&want), "`{want}` not in:\n{msg}");
+    }
+    assert!(!out.join("klp_broken.ko").exists(), "a refused build must leave no module behind");
+}
+
+fn signed_module_carries_the_kernel_signature(series: Series) {
+    let k = kernel(series);
+    let dir = xtask::target_dir().join("klp").join(format!("signing-{}", k.release));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, cert) = (dir.join("signing_key.pem"), dir.join("signing_key.x509"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-utf8", "-sha256", "-days", "1", "-batch", "-x509"])
+        .args(["-subj", "/CN=klp-rs test/", "-outform", "DER", "-out"])
+        .arg(&cert)
+        .arg("-keyout")
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let opts = cargo_klp::build::BuildOptions {
+        manifest_path: Some(xtask::workspace().join("Cargo.toml")),
+        package: Some("cmdline".into()),
+        kdir: Some(k.kdir.clone()),
+        out: Some(dir.clone()),
+        sign: Some((key, cert)),
+        ..Default::default()
+    };
+    let built = cargo_klp::build::build(&cargo_klp::status::Shell::new(false), &opts).unwrap();
+    let data = read_ko(&built.ko);
+    assert!(data.ends_with(b"~Module signature appended~\n"), "no module signature at the end of the .ko");
+    let unsigned = read_ko(&build("cmdline", &k));
+    assert!(!unsigned.ends_with(b"~Module signature appended~\n"), "unsigned by default");
 }

@@ -17,8 +17,18 @@ pub use vm::GuestLog;
 
 /// Debian packages the harness and `cargo klp build` need: qemu and busybox for the VM,
 /// and what Kbuild runs (the kernel headers are unpacked separately, see [`kernels`]).
-pub const HOST_PACKAGES: &[&str] =
-    &["qemu-system-x86", "busybox-static", "make", "gcc-12", "libc6-dev", "libelf1", "libssl3", "binutils", "xz-utils"];
+pub const HOST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "make",
+    "gcc-12",
+    "libc6-dev",
+    "libelf1",
+    "libssl3",
+    "binutils",
+    "xz-utils",
+    "openssl",
+];
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
