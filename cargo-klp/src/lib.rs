@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod elf;
+pub mod inspect;
 pub mod kbuild;
 pub mod kconfig;
 pub mod status;
@@ -26,6 +27,21 @@ pub enum Cargo {
 pub enum Klp {
     /// Build the patch crate into a livepatch module (target/klp/<name>.ko).
     Build(BuildArgs),
+    /// Show what is in kernel modules (.ko, .ko.xz, .ko.zst), or what a replace will run.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Modules to read.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Show the plan for FILE replacing OLD (one FILE).
+    #[arg(long, value_name = "OLD")]
+    pub against: Option<PathBuf>,
+    /// JSON (docs/inspect-json.md) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -70,7 +86,54 @@ fn run(cli: Cargo) -> anyhow::Result<()> {
             build::build(&shell, &opts)?;
             Ok(())
         }
+        Klp::Inspect(a) => run_inspect(a),
     }
+}
+
+fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if let Some(old) = &a.against {
+        let [new] = a.files.as_slice() else { anyhow::bail!("--against takes one FILE (the incoming patch)") };
+        let plan = inspect::against(new, old)?;
+        if a.json {
+            serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "schema": inspect::SCHEMA, "plan": plan }))?;
+            writeln!(out)?;
+        } else {
+            write!(out, "{}", inspect::render_plan(&plan))?;
+        }
+        return Ok(());
+    }
+    let results = inspect::inspect_all(&a.files);
+    let mut failed = 0;
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                failed += 1;
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if a.json {
+        let doc = serde_json::json!({ "schema": inspect::SCHEMA, "modules": reports, "errors": errors });
+        serde_json::to_writer(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        for r in &reports {
+            write!(out, "{}", inspect::render(r))?;
+        }
+    }
+    out.flush()?;
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} file(s) could not be read", a.files.len());
+    }
+    Ok(())
 }
 
 /// The command line's entry point.

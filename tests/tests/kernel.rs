@@ -1,14 +1,14 @@
 //! Real-kernel scenarios: modules built by `cargo klp build`, loaded into unmodified Debian
 //! 6.1 and 6.12 kernels booted under qemu, checked through dmesg and /sys/kernel/livepatch.
 //!
-//! Expected callback steps come from the planner reading the built `.ko` files; the planner's
-//! own tests (versioned_matrix.rs) come from hand-written expectations, so the two checks
-//! meet in the middle. The simulator must print the same steps as the kernel.
+//! Expected callback steps come from `cargo klp inspect --against` reading the built `.ko`
+//! files (the planner); the planner's own tests (versioned_matrix.rs) come from hand-written
+//! expectations, so the two checks meet in the middle. The simulator must print the same
+//! steps as the kernel.
 
 use std::path::{Path, PathBuf};
 
 use klp_runtime::abi::PatchHeader;
-use klp_runtime::plan::{self, StepLine};
 use klp_runtime::sim::Kernel as Sim;
 use xtask::{GuestLog, Kernel, Series};
 
@@ -194,29 +194,17 @@ fn header(crate_name: &str) -> &'static PatchHeader {
     }
 }
 
-/// What the planner says a replace `old` -> `new` prints, read from the built modules.
-fn planned(old: &Path, new: &Path, new_module: &str) -> Vec<String> {
-    let (old_data, new_data) = (read_ko(old), read_ko(new));
-    let old_file = object::File::parse(&*old_data).unwrap();
-    let new_file = object::File::parse(&*new_data).unwrap();
-    let old_p = cargo_klp::elf::read_patch(&old_file).unwrap().expect("klp-rs tables");
-    let new_p = cargo_klp::elf::read_patch(&new_file).unwrap().expect("klp-rs tables");
-    let plan = plan::replace(Some(&old_p), &new_p, &|_| false);
-    let name = |side| if side == plan::Side::Old { old_p.name } else { new_p.name };
-    let mut lines = Vec::new();
-    for step in plan.steps() {
-        match step {
-            None => lines.push(format!("'{new_module}': starting patching transition")),
-            Some(plan::Step::Hook { defined: false, .. }) => {}
-            Some(s) => {
-                let side = match s {
-                    plan::Step::Hook { side, .. } | plan::Step::FreeShadow { side, .. } => side,
-                };
-                lines.push(StepLine { patch: name(side), step: &s }.to_string());
-            }
-        }
-    }
-    // The kernel announces completion after the post callbacks.
+/// What `cargo klp inspect NEW --against OLD` predicts, from the files, as the kernel log
+/// shows it: the transition starts at its marker and is announced complete after the post
+/// callbacks.
+fn predicted(old: &Path, new: &Path, new_module: &str) -> Vec<String> {
+    let plan = cargo_klp::inspect::against(new, old).unwrap();
+    assert_eq!(plan.refused, None);
+    let mut lines: Vec<String> = plan
+        .steps
+        .into_iter()
+        .map(|s| if s == "transition" { format!("'{new_module}': starting patching transition") } else { s })
+        .collect();
     lines.push(format!("'{new_module}': patching complete"));
     lines
 }
@@ -242,7 +230,7 @@ fn versioned_all_twelve_replace_pairs_match_the_planner_and_the_simulator(series
     assert_eq!(pairs.len(), 12);
     for (a, b) in pairs {
         let got = steps_and_transitions(&kernel_lines(&log, &format!("pair-{a}-{b}")));
-        let want = planned(&kos[a], &kos[b], VERSIONED[b].1);
+        let want = predicted(&kos[a], &kos[b], VERSIONED[b].1);
         assert_eq!(got, want, "{} -> {} on {}", VERSIONED[a].1, VERSIONED[b].1, k.release);
         // Simulator parity: the same pair in the simulator prints the same steps.
         let mut sim = Sim::new();

@@ -81,6 +81,66 @@ fn c_module(dir: &Path, message: &str) -> Result<()> {
 }
 
 pub fn bench() -> Result<()> {
+    build_bench()?;
+    inspect_bench()
+}
+
+/// Every module file under a kernel's `lib/modules`.
+fn image_modules(kernel: &crate::Kernel) -> Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    let mut dirs = vec![kernel.modules.join("kernel")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.to_string_lossy().contains(".ko") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// `cargo klp inspect --json` over every module of the 6.1 image, against what a user runs
+/// today for the same facts: `readelf -SW` and `modinfo` on each file.
+fn inspect_bench() -> Result<()> {
+    let kernel = fetch_kernel(Series::V6_1)?;
+    let files = image_modules(&kernel)?;
+    // Warm the page cache.
+    for f in &files {
+        std::fs::read(f)?;
+    }
+    run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "cargo-klp"]).current_dir(workspace()))?;
+    let exe = target_dir().join("release/cargo-klp");
+    let ours = timed("cargo klp inspect --json", || {
+        let out = Command::new(&exe).args(["klp", "inspect", "--json"]).args(&files).output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    })?;
+    let theirs = timed("readelf -SW + modinfo", || {
+        for f in &files {
+            run(Command::new("readelf").arg("-SW").arg(f))?;
+            run(Command::new("modinfo").arg(f))?;
+        }
+        Ok(())
+    })?;
+    let r = ours.as_secs_f64() / theirs.as_secs_f64();
+    println!(
+        "\ncargo klp inspect vs readelf + modinfo, {} modules of Debian {} (warm cache)",
+        files.len(),
+        kernel.release
+    );
+    println!("  cargo klp inspect --json (one process, all cores)  {:>7.2}s", ours.as_secs_f64());
+    println!("  readelf -SW + modinfo per file                     {:>7.2}s", theirs.as_secs_f64());
+    println!("  ratio = {r:.3}x (target <= 0.5x) {}", verdict(r <= 0.5));
+    Ok(())
+}
+
+fn build_bench() -> Result<()> {
     let kernel = fetch_kernel(Series::V6_1)?;
     let work = target_dir().join("klp-bench");
     let (rs, c) = (work.join("cmdline"), work.join("c"));
