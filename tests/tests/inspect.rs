@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use cargo_klp::inspect::{self, CallbackSet, Function, Kind, ShadowType, State};
 use proptest::prelude::*;
@@ -18,30 +18,9 @@ fn ours(package: &str) -> PathBuf {
     xtask::build_patch(package, &kernel()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Builds a C fixture module under Kbuild (once per process).
+/// A C fixture module built under Kbuild.
 fn c_module(fixture: &str, module: &str) -> PathBuf {
-    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
-    let _guard = LOCK.get_or_init(|| Mutex::new(())).lock().unwrap_or_else(|e| e.into_inner());
-    let k = kernel();
-    let dir = xtask::target_dir().join("klp-c").join(format!("{fixture}-{}", k.release));
-    let ko = dir.join(format!("{module}.ko"));
-    if ko.exists() {
-        return ko;
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(xtask::workspace().join("tests/fixtures/c").join(fixture)).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-    }
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(&k.kdir)
-        .arg(format!("M={}", dir.display()))
-        .arg("modules")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    ko
+    xtask::build_c_fixture(fixture, module, &kernel()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn set(id: u32, hooks: [Option<&str>; 4]) -> CallbackSet {

@@ -150,3 +150,27 @@ pub fn image_module(kernel: &Kernel, path: &str) -> Result<PathBuf> {
     std::fs::write(&out, plain)?;
     Ok(out)
 }
+
+/// Builds a C fixture module (`tests/fixtures/c/<fixture>`) under Kbuild for `kernel`, once
+/// per process.
+pub fn build_c_fixture(fixture: &str, module: &str, kernel: &Kernel) -> Result<PathBuf> {
+    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
+    let _guard = LOCK.get_or_init(|| Mutex::new(())).lock().unwrap_or_else(|e| e.into_inner());
+    let dir = target_dir().join("klp-c").join(format!("{fixture}-{}", kernel.release));
+    let ko = dir.join(format!("{module}.ko"));
+    let src = workspace().join("tests/fixtures/c").join(fixture);
+    std::fs::create_dir_all(&dir)?;
+    for f in std::fs::read_dir(&src)? {
+        let f = f?.path();
+        let to = dir.join(f.file_name().context("file name")?);
+        // Copy only what changed, so make rebuilds only then.
+        if std::fs::read(&f)? != std::fs::read(&to).unwrap_or_default() {
+            std::fs::copy(&f, &to)?;
+        }
+    }
+    let out = Command::new("make").arg("-C").arg(&kernel.kdir).arg(format!("M={}", dir.display())).arg("modules").output()?;
+    if !out.status.success() {
+        bail!("building {}: {}", src.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(ko)
+}
