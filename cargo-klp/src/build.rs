@@ -26,6 +26,8 @@ pub struct BuildOptions {
     pub kdir: Option<PathBuf>,
     pub out: Option<PathBuf>,
     pub sign: Option<(PathBuf, PathBuf)>,
+    /// Extra rustc flags for the kernel object (after the ones the kernel config implies).
+    pub extra_rustflags: Vec<String>,
 }
 
 /// What a build produced.
@@ -235,7 +237,8 @@ fn compile(
     tree: &KernelTree,
     staging: &Path,
 ) -> Result<PathBuf> {
-    let flags = tree.config.rustflags();
+    let mut flags = tree.config.rustflags();
+    flags.extend(opts.extra_rustflags.iter().cloned());
     let (cache, emitted) = object_cache(target_dir, &flags, opts.release, pkg.name.as_str());
     let mut cmd =
         kernel_rustc_command(pkg.manifest_path.as_std_path(), pkg.name.as_str(), opts.release, &flags, target_dir);
@@ -310,7 +313,7 @@ fn rust_src_installed() -> bool {
 
 /// Everything the module loader, modpost and the livepatch core would trip over, found
 /// before linking, each with the fix.
-fn validate(path: &Path, tree: &KernelTree, license: &str) -> Result<()> {
+fn validate(shell: &Shell, path: &Path, tree: &KernelTree, license: &str) -> Result<()> {
     let data = std::fs::read(path)?;
     let file = object::File::parse(&*data).with_context(|| format!("{}: not an object file", path.display()))?;
     let mut problems = Vec::new();
@@ -371,6 +374,15 @@ fn validate(path: &Path, tree: &KernelTree, license: &str) -> Result<()> {
             "{}: no patch header; add `klp_runtime::patch!();` at the root of the crate",
             path.display()
         )),
+        // The crate uses a klp-runtime newer than this cargo-klp. The module is consistent
+        // (its init checks its tables against its own runtime), but the checks here cannot
+        // read them.
+        Err(elf::TablesError::Read { source: klp_runtime::reader::ReadError::TooNew { found, supported }, .. }) => {
+            shell.warn(format!(
+                "the crate's tables are format {found}; this cargo-klp reads up to {supported}, so the \
+                 cross-item checks were skipped: update cargo-klp"
+            ))
+        }
         Err(e) => problems.push(format!("{}: {e}", path.display())),
     }
 
@@ -446,7 +458,7 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
 
     shell.status("Checking", format!("{} (objtool, relocations, symbols, tables)", object.display()));
     objtool(shell, &tree, &object, &staging)?;
-    validate(&object, &tree, &settings.license)?;
+    validate(shell, &object, &tree, &settings.license)?;
 
     shell.status("Linking", format!("{}.ko (Kbuild, {})", settings.name, tree.dir.display()));
     let kb = staging.join("kbuild");

@@ -82,6 +82,10 @@ fn run(cli: Cargo) -> anyhow::Result<()> {
                 kdir: a.kdir,
                 out: a.out,
                 sign: a.sign.map(|v| (v[0].clone(), v[1].clone())),
+                // Like RUSTFLAGS, but for the kernel object only (space-separated).
+                extra_rustflags: std::env::var("KLP_RUSTFLAGS")
+                    .map(|f| f.split_whitespace().map(str::to_string).collect())
+                    .unwrap_or_default(),
             };
             build::build(&shell, &opts)?;
             Ok(())

@@ -27,6 +27,7 @@ extern const struct klp_rs_patch_header klp_rs_header;
 
 /* The Rust side: the dispatcher, and the helpers it calls. */
 int klp_rs_dispatch(const struct klp_rs_patch_header *header, int hook, const char *object);
+unsigned int klp_rs_format_version(void);
 void klp_rs_log(const char *msg, size_t len);
 const void *klp_rs_current(void);
 void *klp_rs_alloc(size_t size);
@@ -107,9 +108,13 @@ static int __init klp_rs_init(void)
 	size_t nfuncs = 0, nsets = 0, nobjs, i, j;
 	int ret;
 
-	if (memcmp(h->magic, "KLPRSPT", 8) || h->format_version != KLP_RS_FORMAT_VERSION) {
-		pr_err("%s: klp-rs tables of format %u; this init reads %u\n", KBUILD_MODNAME,
-		       h->format_version, KLP_RS_FORMAT_VERSION);
+	/*
+	 * The tables and the runtime come from one build of klp-runtime; this init reads the
+	 * leading fields of each entry, which every format version keeps.
+	 */
+	if (memcmp(h->magic, "KLPRSPT", 8) || h->format_version != klp_rs_format_version()) {
+		pr_err("%s: klp-rs tables of format %u, runtime of format %u\n", KBUILD_MODNAME,
+		       h->format_version, klp_rs_format_version());
 		return -EINVAL;
 	}
 	KLP_RS_FOR_EACH(struct klp_rs_func, f, h->funcs)

@@ -13,7 +13,12 @@ use core::mem::{offset_of, size_of};
 /// `b"KLPRSPT\0"`: marks a patch header.
 pub const MAGIC: [u8; 8] = *b"KLPRSPT\0";
 /// The format this crate writes and the highest one it reads.
+#[cfg(not(klp_rs_next_format))]
 pub const FORMAT_VERSION: u32 = 1;
+/// Tests build a module with `--cfg klp_rs_next_format` to check that older modules refuse
+/// to replace a module whose tables they cannot read.
+#[cfg(klp_rs_next_format)]
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The `klp_state` id every module of ours registers; its `data` points to the module's
 /// [`PatchHeader`]. See docs/kernel-runtime.md for what it means to other livepatch tools.

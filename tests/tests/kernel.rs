@@ -32,6 +32,7 @@ on_both_kernels!(
     a_broken_crate_fails_naming_every_problem_and_leaves_no_module,
     signed_module_carries_the_kernel_signature,
     a_reversed_replace_restores_the_old_patch,
+    tables_of_a_newer_format_are_refused_before_anything_runs,
 );
 
 fn kernel(series: Series) -> Kernel {
@@ -486,7 +487,11 @@ fn a_reversed_replace_restores_the_old_patch(series: Series) {
     assert_eq!(log.section("reverse"), ["rc=0"]);
     let after = log.section("after");
     assert!(after.contains(&"patch klp_v3 enabled=1 transition=0".to_string()), "{after:?}");
-    assert_eq!(after.last().map(String::as_str), Some("klp versioned p3 banner=true reads=2"), "P3 in effect, state kept");
+    assert_eq!(
+        after.last().map(String::as_str),
+        Some("klp versioned p3 banner=true reads=2"),
+        "P3 in effect, state kept"
+    );
     let kernel_steps: Vec<String> =
         steps_and_transitions(&kernel_lines(&log, "log")).into_iter().filter(|l| !l.starts_with('\'')).collect();
     let mut sim = Sim::new();
@@ -508,5 +513,33 @@ fn a_reversed_replace_restores_the_old_patch(series: Series) {
             "busy: set 7 klp_busy post_unpatch",
             "busy: set 6 vmlinux post_unpatch",
         ]
+    );
+}
+
+fn tables_of_a_newer_format_are_refused_before_anything_runs(series: Series) {
+    // P1 built as a future klp-rs would build it (table format 2), then P3 of today's
+    // format 1 tries to replace it: P3 cannot read P1's tables, so it must refuse, run
+    // nothing, and leave P1 in effect.
+    let k = kernel(series);
+    let next = xtask::build_patch_with("p1", &k, &["--cfg", "klp_rs_next_format"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let p3 = build("p3", &k);
+    let log = boot(
+        &k,
+        &[&next, &p3],
+        "load klp_v1; dmesg -c >/dev/null\n\
+         section insmod; insmod /mod/klp_v3.ko; echo \"rc=$?\"; waitlp\n\
+         section after; lpstate; cat /proc/cmdline\n\
+         section log; dmesg -c\n",
+    );
+    assert_ne!(log.section("insmod").last().map(String::as_str), Some("rc=0"), "the replace must fail");
+    assert_eq!(log.section("after"), ["patch klp_v1 enabled=1 transition=0", "klp versioned p1 banner=true"]);
+    let lines = kernel_lines(&log, "log");
+    let ours: Vec<&String> = lines.iter().filter(|l| l.starts_with("klp_v3: ")).collect();
+    assert!(!ours.is_empty(), "{lines:?}");
+    assert!(
+        ours.iter().all(|l| l.starts_with(
+            "klp_v3: klp-rs: p3 cannot replace p1: table format version 2 is newer than this reader understands (up to 1)"
+        )),
+        "no step may run, and the refusal names both patches and formats: {ours:?}"
     );
 }

@@ -107,23 +107,35 @@ pub fn kernel(series: Series) -> Result<Kernel> {
 /// Builds a workspace patch crate for `kernel` with `cargo klp build`; each (crate, kernel)
 /// once per process.
 pub fn build_patch(package: &str, kernel: &Kernel) -> Result<PathBuf> {
+    build_patch_with(package, kernel, &[])
+}
+
+/// As [`build_patch`], with extra rustc flags for the kernel object; modules built with
+/// extra flags go to a directory of their own.
+pub fn build_patch_with(package: &str, kernel: &Kernel, extra_rustflags: &[&str]) -> Result<PathBuf> {
     static BUILT: OnceLock<Mutex<Vec<(String, String, PathBuf)>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     // One build at a time: cargo and Kbuild both lock, and two cores are all there is.
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, ko)) = built.iter().find(|(p, r, _)| p == package && *r == kernel.release) {
+    let key = format!("{package} {}", extra_rustflags.join(" "));
+    if let Some((_, _, ko)) = built.iter().find(|(p, r, _)| *p == key && *r == kernel.release) {
         return Ok(ko.clone());
+    }
+    let mut out_dir = target_dir().join("klp").join(&kernel.release);
+    if !extra_rustflags.is_empty() {
+        out_dir = out_dir.join(extra_rustflags.join("_").replace(['-', ' '], ""));
     }
     let opts = cargo_klp::build::BuildOptions {
         manifest_path: Some(workspace().join("Cargo.toml")),
         package: Some(package.to_string()),
         kdir: Some(kernel.kdir.clone()),
-        out: Some(target_dir().join("klp").join(&kernel.release)),
+        out: Some(out_dir),
+        extra_rustflags: extra_rustflags.iter().map(|f| f.to_string()).collect(),
         ..Default::default()
     };
     let shell = cargo_klp::status::Shell::new(false);
     let out = cargo_klp::build::build(&shell, &opts).with_context(|| format!("cargo klp build -p {package}"))?;
-    built.push((package.to_string(), kernel.release.clone(), out.ko.clone()));
+    built.push((key, kernel.release.clone(), out.ko.clone()));
     Ok(out.ko)
 }
 
@@ -168,7 +180,8 @@ pub fn build_c_fixture(fixture: &str, module: &str, kernel: &Kernel) -> Result<P
             std::fs::copy(&f, &to)?;
         }
     }
-    let out = Command::new("make").arg("-C").arg(&kernel.kdir).arg(format!("M={}", dir.display())).arg("modules").output()?;
+    let out =
+        Command::new("make").arg("-C").arg(&kernel.kdir).arg(format!("M={}", dir.display())).arg("modules").output()?;
     if !out.status.success() {
         bail!("building {}: {}", src.display(), String::from_utf8_lossy(&out.stderr));
     }

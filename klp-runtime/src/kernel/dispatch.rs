@@ -58,6 +58,12 @@ static STATE: Global<Dispatcher> =
 
 const EINVAL: c_int = 22;
 
+/// The table format this module's runtime reads: the C init checks the tables against it.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_rs_format_version() -> u32 {
+    abi::FORMAT_VERSION
+}
+
 /// Called by the C init's trampolines: `hook` is a [`Hook`] number, `object` the object's
 /// name (`vmlinux` spelled out).
 ///
@@ -183,11 +189,7 @@ impl Dispatcher {
                 Err(e) => {
                     // SAFETY: the name field's position is fixed in every format version.
                     let name = unsafe { CStr::from_ptr((*prev).name) }.to_str().unwrap_or("?");
-                    crate::pr_info!(
-                        "klp-rs: {} cannot replace {name}: {e} (this module reads format {})",
-                        self.own().name,
-                        abi::FORMAT_VERSION
-                    );
+                    crate::pr_info!("klp-rs: {} cannot replace {name}: {e}", self.own().name);
                     return -EINVAL;
                 }
             }
