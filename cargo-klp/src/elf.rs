@@ -28,14 +28,16 @@ fn table_sections<'d, 'f>(file: &'f object::File<'d>, ko: &str, prefix: &str) ->
         .collect()
 }
 
-/// Resolves the pointer fields of one section through its relocations.
-struct Relocations<'d, 'f> {
+/// One section's bytes and relocations: pointer fields resolved to what they point to.
+/// Shared by the table reader and `inspect`'s decoders of C structures.
+pub struct SectionRelocs<'d, 'f> {
     file: &'f object::File<'d>,
     relocs: BTreeMap<u64, Reloc>,
+    data: &'d [u8],
 }
 
-impl<'d, 'f> Relocations<'d, 'f> {
-    fn of(file: &'f object::File<'d>, section: &object::Section<'d, 'f>) -> Self {
+impl<'d, 'f> SectionRelocs<'d, 'f> {
+    pub fn of(file: &'f object::File<'d>, section: &object::Section<'d, 'f>) -> Self {
         let relocs = section
             .relocations()
             .filter_map(|(offset, r)| match r.target() {
@@ -43,38 +45,73 @@ impl<'d, 'f> Relocations<'d, 'f> {
                 _ => None,
             })
             .collect();
-        Relocations { file, relocs }
+        SectionRelocs { file, relocs, data: section.data().unwrap_or(&[]) }
     }
 
-    fn section_bytes(&self, index: SectionIndex) -> Option<&'d [u8]> {
-        self.file.section_by_index(index).ok()?.data().ok()
-    }
-}
-
-impl<'d> Resolver<'d> for Relocations<'d, '_> {
-    type Func = &'d str;
-
-    fn string(&self, table: TableKind, offset: usize, _raw: u64) -> Result<&'d str, ReadError> {
-        let unresolved = |why| ReadError::Unresolved { table, offset, why };
-        let &(sym, addend) = self.relocs.get(&(offset as u64)).ok_or(unresolved("no relocation for a string field"))?;
-        let sym = self.file.symbol_by_index(sym).map_err(|_| unresolved("bad symbol index"))?;
-        let index = sym.section_index().ok_or(unresolved("string symbol has no section"))?;
-        let data = self.section_bytes(index).ok_or(unresolved("string section has no data"))?;
-        let start = usize::try_from(sym.address() as i64 + addend).map_err(|_| unresolved("negative string offset"))?;
-        let bytes = data.get(start..).ok_or(unresolved("string offset past its section"))?;
-        let end = bytes.iter().position(|b| *b == 0).ok_or(ReadError::BadString { table, offset, why: "no NUL" })?;
-        std::str::from_utf8(&bytes[..end]).map_err(|_| ReadError::BadString { table, offset, why: "not UTF-8" })
+    pub fn of_index(file: &'f object::File<'d>, index: SectionIndex) -> Option<Self> {
+        Some(Self::of(file, &file.section_by_index(index).ok()?))
     }
 
-    fn func(&self, table: TableKind, offset: usize, _raw: u64) -> Result<Option<&'d str>, ReadError> {
-        let unresolved = |why| ReadError::Unresolved { table, offset, why };
-        let Some(&(sym, addend)) = self.relocs.get(&(offset as u64)) else { return Ok(None) };
-        let sym = self.file.symbol_by_index(sym).map_err(|_| unresolved("bad symbol index"))?;
+    /// Offsets in `range` that carry a relocation.
+    pub fn offsets(&self, range: std::ops::Range<u64>) -> impl Iterator<Item = u64> + '_ {
+        self.relocs.range(range).map(|(o, _)| *o)
+    }
+
+    /// Whether the relocation at `offset` targets the symbol `sym`.
+    pub fn targets_symbol(&self, offset: u64, sym: SymbolIndex) -> bool {
+        self.relocs.get(&offset).is_some_and(|(s, _)| *s == sym)
+    }
+
+    pub fn u64_at(&self, offset: u64) -> Option<u64> {
+        let o = usize::try_from(offset).ok()?;
+        Some(u64::from_le_bytes(self.data.get(o..o + 8)?.try_into().ok()?))
+    }
+
+    pub fn byte_at(&self, offset: u64) -> Option<u8> {
+        self.data.get(usize::try_from(offset).ok()?).copied()
+    }
+
+    fn symbol(&self, offset: u64) -> Result<(object::Symbol<'d, 'f>, i64), &'static str> {
+        let &(sym, addend) = self.relocs.get(&offset).ok_or("no relocation for the field")?;
+        Ok((self.file.symbol_by_index(sym).map_err(|_| "bad symbol index")?, addend))
+    }
+
+    /// The section and offset a pointer field points to.
+    pub fn target(&self, offset: u64) -> Option<(SectionIndex, u64)> {
+        let (sym, addend) = self.symbol(offset).ok()?;
+        Some((sym.section_index()?, u64::try_from(sym.address() as i64 + addend).ok()?))
+    }
+
+    /// A string pointer field: it must point into read-only data (a pointer into writable
+    /// data or code is something else).
+    pub fn string(&self, offset: u64) -> Result<&'d str, &'static str> {
+        let (sym, addend) = self.symbol(offset)?;
+        let sec = self
+            .file
+            .section_by_index(sym.section_index().ok_or("symbol has no section")?)
+            .map_err(|_| "bad section")?;
+        let wx = u64::from(elf::SHF_WRITE | elf::SHF_EXECINSTR);
+        if matches!(sec.flags(), SectionFlags::Elf { sh_flags } if sh_flags & wx != 0) {
+            return Err("points into writable data or code, not a string");
+        }
+        let data = sec.data().map_err(|_| "section has no data")?;
+        let start = usize::try_from(sym.address() as i64 + addend).map_err(|_| "negative offset")?;
+        let bytes = data.get(start..).ok_or("offset past its section")?;
+        let end = bytes.iter().position(|b| *b == 0).ok_or("no NUL")?;
+        std::str::from_utf8(&bytes[..end]).map_err(|_| "not UTF-8")
+    }
+
+    /// A function pointer field, as the name of the function it points to; `None` if null.
+    pub fn function(&self, offset: u64) -> Result<Option<&'d str>, &'static str> {
+        if !self.relocs.contains_key(&offset) {
+            return Ok(None);
+        }
+        let (sym, addend) = self.symbol(offset)?;
         if sym.kind() != object::SymbolKind::Section && addend == 0 {
-            return sym.name().map(Some).map_err(|_| unresolved("symbol name"));
+            return sym.name().map(Some).map_err(|_| "symbol name");
         }
         // A section symbol plus an offset: name the function that starts there.
-        let index = sym.section_index().ok_or(unresolved("function symbol has no section"))?;
+        let index = sym.section_index().ok_or("function symbol has no section")?;
         let at = sym.address() as i64 + addend;
         self.file
             .symbols()
@@ -83,7 +120,19 @@ impl<'d> Resolver<'d> for Relocations<'d, '_> {
             })
             .and_then(|s| s.name().ok())
             .map(Some)
-            .ok_or(unresolved("no function symbol at the target"))
+            .ok_or("no function symbol at the target")
+    }
+}
+
+impl<'d> Resolver<'d> for SectionRelocs<'d, '_> {
+    type Func = &'d str;
+
+    fn string(&self, table: TableKind, offset: usize, _raw: u64) -> Result<&'d str, ReadError> {
+        SectionRelocs::string(self, offset as u64).map_err(|why| ReadError::BadString { table, offset, why })
+    }
+
+    fn func(&self, table: TableKind, offset: usize, _raw: u64) -> Result<Option<&'d str>, ReadError> {
+        self.function(offset as u64).map_err(|why| ReadError::Unresolved { table, offset, why })
     }
 }
 
@@ -121,19 +170,20 @@ pub fn read_patch<'d>(file: &object::File<'d>) -> Result<Option<Patch<'d, &'d st
     };
     let data = section_data(header)?;
     let version = reader::header_version(data).map_err(wrap(header))?;
-    let name = Relocations::of(file, header).string(TableKind::Header, layout::HEADER_NAME, 0).map_err(wrap(header))?;
+    let name = Resolver::string(&SectionRelocs::of(file, header), TableKind::Header, layout::HEADER_NAME, 0)
+        .map_err(wrap(header))?;
     let mut patch = Patch { name, format_version: version, funcs: vec![], sets: vec![], shadows: vec![] };
     // Each section is decoded on its own (its relocations are its own), then merged.
     for sec in table_sections(file, section::KO_FUNCS, section::FUNCS) {
-        let p = reader::read_tables(&Relocations::of(file, &sec), name, version, section_data(&sec)?, &[], &[]);
+        let p = reader::read_tables(&SectionRelocs::of(file, &sec), name, version, section_data(&sec)?, &[], &[]);
         patch.funcs.extend(p.map_err(wrap(&sec))?.funcs);
     }
     for sec in table_sections(file, section::KO_SETS, section::SETS) {
-        let p = reader::read_tables(&Relocations::of(file, &sec), name, version, &[], section_data(&sec)?, &[]);
+        let p = reader::read_tables(&SectionRelocs::of(file, &sec), name, version, &[], section_data(&sec)?, &[]);
         patch.sets.extend(p.map_err(wrap(&sec))?.sets);
     }
     for sec in table_sections(file, section::KO_SHADOWS, section::SHADOWS) {
-        let p = reader::read_tables(&Relocations::of(file, &sec), name, version, &[], &[], section_data(&sec)?);
+        let p = reader::read_tables(&SectionRelocs::of(file, &sec), name, version, &[], &[], section_data(&sec)?);
         patch.shadows.extend(p.map_err(wrap(&sec))?.shadows);
     }
     Ok(Some(patch))

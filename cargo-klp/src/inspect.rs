@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use klp_runtime::plan::{self, Side, StepLine};
 use klp_runtime::reader::Patch;
-use object::read::{Object as _, ObjectSection, ObjectSymbol, RelocationTarget};
-use object::{SectionIndex, SymbolIndex};
+use object::read::{Object as _, ObjectSection, ObjectSymbol};
+use object::SectionIndex;
 use serde::Serialize;
 
-use crate::elf;
+use crate::elf::{self, SectionRelocs};
 
 /// The JSON schema version (docs/inspect-json.md).
 pub const SCHEMA: u32 = 1;
@@ -223,98 +223,29 @@ fn klp_rs_objects(p: &Patch<'_, &str>) -> Vec<KlpObject> {
         .collect()
 }
 
-/// Relocations of a section by offset, and symbol lookups, for decoding C structures.
-struct Relocs<'d, 'f> {
-    file: &'f object::File<'d>,
-    by_offset: std::collections::BTreeMap<u64, (SymbolIndex, i64)>,
-    data: &'d [u8],
-}
-
-impl<'d, 'f> Relocs<'d, 'f> {
-    fn of(file: &'f object::File<'d>, index: SectionIndex) -> Option<Self> {
-        let sec = file.section_by_index(index).ok()?;
-        let by_offset = sec
-            .relocations()
-            .filter_map(|(o, r)| match r.target() {
-                RelocationTarget::Symbol(s) => Some((o, (s, r.addend()))),
-                _ => None,
-            })
-            .collect();
-        Some(Relocs { file, by_offset, data: sec.data().ok()? })
-    }
-
-    fn symbol(&self, offset: u64) -> Option<(object::Symbol<'d, 'f>, i64)> {
-        let &(s, addend) = self.by_offset.get(&offset)?;
-        Some((self.file.symbol_by_index(s).ok()?, addend))
-    }
-
-    /// A string pointer field: it points into read-only data (a pointer into writable data
-    /// or code is something else).
-    fn string(&self, offset: u64) -> Option<String> {
-        let (sym, addend) = self.symbol(offset)?;
-        let sec = self.file.section_by_index(sym.section_index()?).ok()?;
-        let wx = u64::from(object::elf::SHF_WRITE | object::elf::SHF_EXECINSTR);
-        if matches!(sec.flags(), object::SectionFlags::Elf { sh_flags } if sh_flags & wx != 0) {
-            return None;
-        }
-        let bytes = sec.data().ok()?.get(usize::try_from(sym.address() as i64 + addend).ok()?..)?;
-        let end = bytes.iter().position(|b| *b == 0)?;
-        Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
-    }
-
-    /// A function pointer field, as a symbol name.
-    fn function(&self, offset: u64) -> Option<String> {
-        let (sym, addend) = self.symbol(offset)?;
-        if sym.kind() != object::SymbolKind::Section && addend == 0 {
-            return sym.name().ok().map(str::to_string);
-        }
-        let index = sym.section_index()?;
-        let at = sym.address() as i64 + addend;
-        self.file
-            .symbols()
-            .find(|s| {
-                s.section_index() == Some(index) && s.address() as i64 == at && s.kind() == object::SymbolKind::Text
-            })
-            .and_then(|s| s.name().ok().map(str::to_string))
-    }
-
-    /// The target of a data pointer field: (section, offset in it).
-    fn target(&self, offset: u64) -> Option<(SectionIndex, u64)> {
-        let (sym, addend) = self.symbol(offset)?;
-        Some((sym.section_index()?, u64::try_from(sym.address() as i64 + addend).ok()?))
-    }
-
-    fn u64_at(&self, offset: u64) -> Option<u64> {
-        let o = usize::try_from(offset).ok()?;
-        Some(u64::from_le_bytes(self.data.get(o..o + 8)?.try_into().ok()?))
-    }
-}
-
 /// upstream klp-build's compact tables (include/linux/livepatch_external.h):
 /// `klp_object_ext` { name, funcs, callbacks{4 fn ptrs, bool}, nr_funcs } is 64 bytes,
 /// `klp_func_ext` { old_name, new_func, sympos } is 24.
 fn klp_build_objects(file: &object::File<'_>) -> Option<Vec<KlpObject>> {
     let objs = file.section_by_name(".init.klp_objects")?;
     let funcs = file.section_by_name(".init.klp_funcs")?;
-    let (or, fr) = (Relocs::of(file, objs.index())?, Relocs::of(file, funcs.index())?);
+    let (or, fr) = (SectionRelocs::of(file, &objs), SectionRelocs::of(file, &funcs));
     let mut out = Vec::new();
     for base in (0..objs.size()).step_by(64) {
-        let nr = or
-            .data
-            .get(base as usize + 56..base as usize + 60)
-            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
+        // nr_funcs is a u32 at 56, followed by padding.
+        let nr = or.u64_at(base + 56).map_or(0, |v| v as u32);
         let first = or.target(base + 8).map_or(0, |(_, o)| o);
         let functions = (0..u64::from(nr))
             .map(|i| {
                 let f = first + i * 24;
                 Function {
-                    old: fr.string(f).unwrap_or_default(),
+                    old: fr.string(f).unwrap_or_default().into(),
                     sympos: fr.u64_at(f + 16).unwrap_or(0),
-                    new: fr.function(f + 8),
+                    new: fr.function(f + 8).ok().flatten().map(str::to_string),
                 }
             })
             .collect();
-        let cb = |i: u64| or.function(base + 16 + 8 * i);
+        let cb = |i: u64| or.function(base + 16 + 8 * i).ok().flatten().map(str::to_string);
         let callbacks =
             CallbackSet { id: 0, pre_patch: cb(0), post_patch: cb(1), pre_unpatch: cb(2), post_unpatch: cb(3) };
         let any = callbacks.pre_patch.is_some()
@@ -322,7 +253,7 @@ fn klp_build_objects(file: &object::File<'_>) -> Option<Vec<KlpObject>> {
             || callbacks.pre_unpatch.is_some()
             || callbacks.post_unpatch.is_some();
         out.push(KlpObject {
-            name: or.string(base).unwrap_or_else(|| "vmlinux".into()),
+            name: or.string(base).unwrap_or("vmlinux").into(),
             functions,
             callback_sets: vec![],
             callbacks: any.then_some(callbacks),
@@ -339,17 +270,17 @@ fn klp_build_objects(file: &object::File<'_>) -> Option<Vec<KlpObject>> {
 fn c_static_patch(file: &object::File<'_>) -> Option<(Vec<KlpObject>, Vec<State>, bool)> {
     let this_module = file.symbols().find(|s| s.name() == Ok("__this_module"))?.index();
     for sec in file.sections() {
-        let Some(r) = Relocs::of(file, sec.index()) else { continue };
-        let Some((&patch_at, _)) = r.by_offset.iter().find(|(_, (s, _))| *s == this_module) else { continue };
-        if r.file.section_by_index(sec.index()).ok()?.name().ok() == Some(".gnu.linkonce.this_module") {
+        let Some(r) = SectionRelocs::of_index(file, sec.index()) else { continue };
+        if sec.name().ok() == Some(".gnu.linkonce.this_module") {
             continue;
         }
+        let Some(patch_at) = r.offsets(0..u64::MAX).find(|o| r.targets_symbol(*o, this_module)) else { continue };
         let (objs_sec, objs_at) = r.target(patch_at + 8)?;
-        let replace = r.data.get(patch_at as usize + 24).is_some_and(|b| *b != 0);
+        let replace = r.byte_at(patch_at + 24).is_some_and(|b| b != 0);
         let states = r
             .target(patch_at + 16)
             .and_then(|(s, at)| {
-                let sr = Relocs::of(file, s)?;
+                let sr = SectionRelocs::of_index(file, s)?;
                 let end = symbol_end(file, s, at)?;
                 Some(
                     (at..end)
@@ -363,31 +294,25 @@ fn c_static_patch(file: &object::File<'_>) -> Option<(Vec<KlpObject>, Vec<State>
                 )
             })
             .unwrap_or_default();
-        let or = Relocs::of(file, objs_sec)?;
+        let or = SectionRelocs::of_index(file, objs_sec)?;
         let objs_end = symbol_end(file, objs_sec, objs_at)?;
         let mut objects = Vec::new();
         // Each object's `funcs` is the relocation that points to a klp_func array.
-        let funcs_fields: Vec<u64> = or
-            .by_offset
-            .range(objs_at..objs_end)
-            .map(|(o, _)| *o)
-            .filter(|o| or.target(*o).is_some() && or.string(*o).is_none())
-            .collect();
+        let funcs_fields: Vec<u64> =
+            or.offsets(objs_at..objs_end).filter(|o| or.target(*o).is_some() && or.string(*o).is_err()).collect();
         for f in funcs_fields {
             let (fsec, fat) = or.target(f)?;
-            let fr = Relocs::of(file, fsec)?;
+            let fr = SectionRelocs::of_index(file, fsec)?;
             let fend = symbol_end(file, fsec, fat)?;
-            let names: Vec<u64> =
-                fr.by_offset.range(fat..fend).map(|(o, _)| *o).filter(|o| fr.string(*o).is_some()).collect();
-            let functions = names
-                .iter()
-                .map(|&o| Function {
-                    old: fr.string(o).unwrap_or_default(),
-                    sympos: fr.u64_at(o + 16).unwrap_or(0),
-                    new: fr.function(o + 8),
+            let functions = fr
+                .offsets(fat..fend)
+                .filter_map(|o| {
+                    let old = fr.string(o).ok()?;
+                    let new = fr.function(o + 8).ok().flatten().map(str::to_string);
+                    Some(Function { old: old.into(), sympos: fr.u64_at(o + 16).unwrap_or(0), new })
                 })
                 .collect();
-            let name = or.string(f - 8).unwrap_or_else(|| "vmlinux".into());
+            let name = or.string(f - 8).unwrap_or("vmlinux").into();
             objects.push(KlpObject { name, functions, callback_sets: vec![], callbacks: None });
         }
         return Some((objects, states, replace));
