@@ -405,6 +405,7 @@ pub fn inspect_bytes(path: &str, data: &[u8], compression: Option<&'static str>)
         Ok(Some(p)) => {
             report.kind = Kind::KlpRs;
             report.format_version = Some(p.format_version);
+            report.replace = get("klp_rs_replace").map(|v| v == "Y");
             report.objects = klp_rs_objects(&p);
             report.shadow_types = p
                 .shadows
@@ -588,7 +589,14 @@ pub fn render(r: &Report) -> String {
     lines.push((
         1,
         match r.kind {
-            Kind::KlpRs => format!("klp-rs live patch, table format {}", r.format_version.unwrap_or(0)),
+            Kind::KlpRs => format!(
+                "klp-rs live patch, table format {}{}",
+                r.format_version.unwrap_or(0),
+                match r.replace {
+                    Some(false) => ", stacks (replace = false)",
+                    _ => "",
+                }
+            ),
             Kind::KlpBuild => "live patch built by klp-build".into(),
             Kind::CStatic => format!("C live patch (static structures), replace: {}", r.replace.unwrap_or(false)),
             Kind::Livepatch => "live patch (structures not decoded)".into(),

@@ -239,10 +239,17 @@ size_t klp_rs_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor)
 	return klp_rs_gc_count;
 }
 
+/*
+ * The outgoing patch's tables, when this patch replaces it. A patch that does not replace
+ * stacks on the others, which stay enabled: it plans as if alone.
+ */
 const struct klp_rs_patch_header *klp_rs_prev_header(void)
 {
-	struct klp_state *state = klp_get_prev_state(KLP_RS_STATE_ID);
+	struct klp_state *state;
 
+	if (!patch.replace)
+		return NULL;
+	state = klp_get_prev_state(KLP_RS_STATE_ID);
 	return state ? state->data : NULL;
 }
 

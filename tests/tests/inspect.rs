@@ -36,6 +36,7 @@ fn hook_presence(c: &CallbackSet) -> [bool; 4] {
 fn a_klp_rs_module_reads_as_its_source_declares() {
     let r = inspect::inspect(&ours("p4")).unwrap();
     assert_eq!((r.kind, r.format_version, r.livepatch, r.signed), (Kind::KlpRs, Some(1), true, false));
+    assert_eq!(r.replace, Some(true), "replace defaults to true");
     assert_eq!(r.name.as_deref(), Some("klp_v4"));
     assert_eq!(r.license.as_deref(), Some("GPL"));
     assert_eq!(r.description.as_deref(), Some("Rust live patch: versioned example, patch 4 of 4"));

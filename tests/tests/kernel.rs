@@ -33,6 +33,7 @@ on_both_kernels!(
     signed_module_carries_the_kernel_signature,
     a_reversed_replace_restores_the_old_patch,
     tables_of_a_newer_format_are_refused_before_anything_runs,
+    a_stacking_patch_leaves_the_patch_below_alone,
 );
 
 fn kernel(series: Series) -> Kernel {
@@ -542,4 +543,34 @@ fn tables_of_a_newer_format_are_refused_before_anything_runs(series: Series) {
         )),
         "no step may run, and the refusal names both patches and formats: {ours:?}"
     );
+}
+
+fn a_stacking_patch_leaves_the_patch_below_alone(series: Series) {
+    let k = kernel(series);
+    let p3 = build("p3", &k);
+    let stack = build("stack", &k);
+    let log = boot(
+        &k,
+        &[&p3, &stack],
+        "load klp_v3; dmesg -c >/dev/null\n\
+         section load; load klp_stack\n\
+         section both; lpstate; cat /proc/cmdline; cat /proc/version\n\
+         section disable; disable klp_stack\n\
+         section after; lpstate; cat /proc/version | cut -c1-6\n\
+         section log; dmesg -c\n",
+    );
+    assert_eq!(
+        log.section("both"),
+        [
+            "patch klp_stack enabled=1 transition=0",
+            "patch klp_v3 enabled=1 transition=0",
+            "klp versioned p3 banner=true reads=1",
+            "stacked on top"
+        ]
+    );
+    assert_eq!(log.section("after"), ["patch klp_v3 enabled=1 transition=0", "Linux"], "version_proc_show is back");
+    let steps: Vec<String> =
+        steps_and_transitions(&kernel_lines(&log, "log")).into_iter().filter(|l| !l.starts_with('\'')).collect();
+    // Only the stacked patch's own set runs; P3, below it, is not torn down.
+    assert_eq!(steps, ["stack: set 9 vmlinux post_patch", "stack: set 9 vmlinux pre_unpatch"]);
 }
