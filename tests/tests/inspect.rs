@@ -106,6 +106,8 @@ fn a_klp_build_module_is_decoded_from_its_compact_tables() {
     );
     assert_eq!(r.objects[0].callbacks, Some(set(0, [None, Some("build_post_patch"), None, None])));
     assert_eq!(r.objects[1].callbacks, None);
+    assert_eq!(r.klp_rela_sections, [".klp.rela.vmlinux..text.cmdline_proc_show"]);
+    assert_eq!(r.klp_symbols, [".klp.sym.vmlinux.saved_command_line,0"]);
 }
 
 fn image_module(path: &str) -> PathBuf {
