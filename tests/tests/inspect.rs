@@ -201,19 +201,7 @@ fn json_carries_every_documented_field() {
 
 #[test]
 fn every_module_of_the_debian_image_inspects() {
-    let k = kernel();
-    let mut files = Vec::new();
-    let mut dirs = vec![k.modules.join("kernel")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.to_string_lossy().contains(".ko") {
-                files.push(p);
-            }
-        }
-    }
+    let files = xtask::image_modules(&kernel()).unwrap();
     assert!(files.len() > 3500, "{} modules", files.len());
     let results = inspect::inspect_all(&files);
     let errors: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();

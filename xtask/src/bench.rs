@@ -85,29 +85,11 @@ pub fn bench() -> Result<()> {
     inspect_bench()
 }
 
-/// Every module file under a kernel's `lib/modules`.
-fn image_modules(kernel: &crate::Kernel) -> Result<Vec<std::path::PathBuf>> {
-    let mut files = Vec::new();
-    let mut dirs = vec![kernel.modules.join("kernel")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d)? {
-            let p = e?.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.to_string_lossy().contains(".ko") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 /// `cargo klp inspect --json` over every module of the 6.1 image, against what a user runs
 /// today for the same facts: `readelf -SW` and `modinfo` on each file.
 fn inspect_bench() -> Result<()> {
     let kernel = fetch_kernel(Series::V6_1)?;
-    let files = image_modules(&kernel)?;
+    let files = crate::image_modules(&kernel)?;
     // Warm the page cache.
     for f in &files {
         std::fs::read(f)?;

@@ -187,3 +187,21 @@ pub fn build_c_fixture(fixture: &str, module: &str, kernel: &Kernel) -> Result<P
     }
     Ok(ko)
 }
+
+/// Every module file (`.ko`, `.ko.xz`, ...) of a kernel's image, sorted.
+pub fn image_modules(kernel: &Kernel) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut dirs = vec![kernel.modules.join("kernel")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.to_string_lossy().contains(".ko") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}

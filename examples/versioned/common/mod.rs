@@ -7,6 +7,7 @@
 //! P4's copy would never be set. The shadow variable carries over because every version owns
 //! the same id through set 1; it is freed when set 1 finally leaves (disable).
 
+use klp_runtime::bindings::{seq_print, SeqFile};
 use klp_runtime::{klp_callbacks, klp_shadow};
 
 /// Patch-wide state: attached to no particular kernel object.
@@ -22,6 +23,15 @@ pub fn banner_on() -> bool {
     // SAFETY: set 1 frees the variable only after the transition that removes every
     // caller of this function.
     Banner::get(PATCH_WIDE).is_some_and(|b| unsafe { b.as_ref() }.on)
+}
+
+/// The `/proc/cmdline` line of a version whose only feature is the banner.
+///
+/// # Safety
+/// `m` is the seq_file the kernel passed to the show function being replaced.
+pub unsafe fn show_banner(m: *mut SeqFile, version: &str) {
+    // SAFETY: forwarded contract.
+    unsafe { seq_print(m, format_args!("klp versioned {version} banner={}\n", banner_on())) }
 }
 
 #[klp_callbacks(id = 1)]

@@ -3,7 +3,7 @@
 
 use core::ffi::{c_int, c_void};
 
-use klp_runtime::bindings::{seq_print, SeqFile};
+use klp_runtime::bindings::SeqFile;
 use klp_runtime::klp_func;
 
 klp_runtime::patch!();
@@ -17,8 +17,7 @@ pub mod common;
 /// Called by the kernel (or a test) with a live `seq_file`.
 #[klp_func(name = "cmdline_proc_show")]
 pub unsafe extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> c_int {
-    let banner = common::banner_on();
-    // SAFETY: `m` is the seq_file the kernel passes to this show function.
-    unsafe { seq_print(m, format_args!("klp versioned p2 banner={banner}\n")) };
+    // SAFETY: forwarded from the kernel.
+    unsafe { common::show_banner(m, "p2") };
     0
 }
