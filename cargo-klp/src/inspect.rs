@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use klp_runtime::plan::{self, Side, StepLine};
-use klp_runtime::reader::Patch;
+use klp_runtime::reader::{Patch, ReadError};
 use object::read::{Object as _, ObjectSection, ObjectSymbol};
 use object::SectionIndex;
 use serde::Serialize;
@@ -113,6 +113,8 @@ pub struct Report {
     pub states: Vec<State>,
     pub klp_rela_sections: Vec<String>,
     pub klp_symbols: Vec<String>,
+    /// What could not be read, with the reason (the rest of the report stands).
+    pub warnings: Vec<String>,
 }
 
 /// A module's bytes: mapped, or decompressed into memory.
@@ -393,6 +395,7 @@ pub fn inspect_bytes(path: &str, data: &[u8], compression: Option<&'static str>)
             .filter_map(|s| s.name().ok().filter(|n| n.starts_with(".klp.rela.")).map(str::to_string))
             .collect(),
         klp_symbols: vec![],
+        warnings: vec![],
     };
     if !livepatch && report.klp_rela_sections.is_empty() {
         return Ok(report);
@@ -423,6 +426,17 @@ pub fn inspect_bytes(path: &str, data: &[u8], compression: Option<&'static str>)
             return Ok(report);
         }
         Ok(None) => {}
+        Err(elf::TablesError::Read { source: ReadError::TooNew { found, supported }, .. }) => {
+            report.kind = Kind::KlpRs;
+            report.format_version = Some(found);
+            report.replace = get("klp_rs_replace").map(|v| v == "Y");
+            report.states =
+                vec![State { id: klp_runtime::abi::KLP_STATE_ID, version: klp_runtime::abi::KLP_STATE_VERSION }];
+            report.warnings.push(format!(
+                "klp-rs tables of format {found}; this cargo-klp reads up to {supported}: update it to see them"
+            ));
+            return Ok(report);
+        }
         Err(e) => return Err(InspectError::Tables { file: path.into(), what: e.to_string() }),
     }
     if let Some(objects) = klp_build_objects(&file) {
@@ -543,7 +557,24 @@ pub fn against(new_path: &Path, old_path: &Path) -> Result<ReplacePlan, InspectE
         move |e: elf::TablesError| InspectError::Tables { file, what: e.to_string() }
     };
     let new_p = elf::read_patch(&new_file).map_err(bad(&new_r))?;
-    let old_p = elf::read_patch(&old_file).map_err(bad(&old_r))?;
+    let old_p = match elf::read_patch(&old_file) {
+        // What the incoming module's runtime would find: it refuses before running anything.
+        Err(elf::TablesError::Read { source: ReadError::TooNew { found, supported }, .. }) => {
+            let reads = new_p.as_ref().map_or(supported, |p| p.format_version.max(supported));
+            if found > reads {
+                plan.refused = Some(format!(
+                    "the runtime of {} refuses it: {}'s tables are format {found}, it reads up to {reads}",
+                    plan.new, plan.old
+                ));
+                return Ok(plan);
+            }
+            return Err(InspectError::Tables {
+                file: old_r.file.clone(),
+                what: format!("tables of format {found}; this cargo-klp reads up to {supported}: update it"),
+            });
+        }
+        other => other.map_err(bad(&old_r))?,
+    };
     let Some(new_p) = new_p else {
         plan.refused.get_or_insert(format!("{} has no klp-rs tables: it runs only its own callbacks", plan.new));
         return Ok(plan);
@@ -640,6 +671,9 @@ pub fn render(r: &Report) -> String {
     }
     if !r.klp_symbols.is_empty() {
         lines.push((1, format!("{} .klp.sym symbols", r.klp_symbols.len())));
+    }
+    for w in &r.warnings {
+        lines.push((1, format!("warning: {w}")));
     }
     let mut s = format!("{}{}\n", r.file, r.compression.map(|c| format!(" ({c}-compressed)")).unwrap_or_default());
     for (i, (depth, text)) in lines.iter().enumerate() {

@@ -162,6 +162,18 @@ fn against_ours_replacing_a_c_patch_with_a_state_we_lack_is_refused() {
 }
 
 #[test]
+fn against_a_module_with_tables_of_a_newer_format_is_refused() {
+    let next = xtask::build_patch_with("p1", &kernel(), &["--cfg", "klp_rs_next_format"]).unwrap();
+    let plan = inspect::against(&ours("p3"), &next).unwrap();
+    let why = plan.refused.expect("refused");
+    assert!(why.contains("klp_v1's tables are format 2, it reads up to 1"), "{why}");
+    assert!(plan.steps.is_empty(), "nothing runs");
+    let r = inspect::inspect(&next).unwrap();
+    assert_eq!((r.kind, r.format_version), (Kind::KlpRs, Some(2)));
+    assert_eq!(r.warnings, ["klp-rs tables of format 2; this cargo-klp reads up to 1: update it to see them"]);
+}
+
+#[test]
 fn against_lists_functions_added_removed_and_kept() {
     let plan = inspect::against(&ours("modobj"), &ours("p3")).unwrap();
     assert_eq!(plan.refused, None);
