@@ -46,11 +46,11 @@ fn demo(series: Series) -> Result<()> {
         &kernel,
         &[&ko],
         "section before; cat /proc/cmdline\n\
-         load klp_cmdline\n\
+         section load; load klp_cmdline\n\
          section patched; cat /proc/cmdline; lpstate\n\
-         disable klp_cmdline\n\
+         section disable; disable klp_cmdline\n\
          section disabled; cat /proc/cmdline\n\
-         rmmod klp_cmdline; echo \"rmmod rc=$?\"\n\
+         section rmmod; rmmod klp_cmdline; echo \"rmmod rc=$?\"\n\
          section dmesg; dmesg | grep -E 'livepatch|klp_cmdline' | grep -v taint\n",
     )?;
     println!("\n/proc/cmdline before the patch:\n  {}", log.section("before").join("\n  "));
