@@ -78,15 +78,26 @@ impl KernelTree {
         need("Module.symvers")?;
         need("tools/objtool/objtool")?;
         if !config.enabled("LIVEPATCH") {
-            bail!("{}: the kernel is built without CONFIG_LIVEPATCH; it cannot load live patches", dir.display());
+            bail!(
+                "{}: the kernel is built without CONFIG_LIVEPATCH; it cannot load live patches",
+                dir.display()
+            );
         }
         // UTS_RELEASE is the name the module's vermagic carries (Debian's kernel.release file
         // holds the upstream version instead).
         let release = std::fs::read_to_string(dir.join("include/generated/utsrelease.h"))
             .ok()
             .and_then(|h| h.split('"').nth(1).map(str::to_string))
-            .unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        Ok(KernelTree { dir, config, release })
+            .unwrap_or_else(|| {
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+        Ok(KernelTree {
+            dir,
+            config,
+            release,
+        })
     }
 
     /// Exported symbols: name -> (module, export type).
@@ -96,7 +107,10 @@ impl KernelTree {
             .lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
-                Some((f.get(1)?.to_string(), (f.get(2)?.to_string(), f.get(3)?.to_string())))
+                Some((
+                    f.get(1)?.to_string(),
+                    (f.get(2)?.to_string(), f.get(3)?.to_string()),
+                ))
             })
             .collect())
     }
@@ -108,19 +122,25 @@ fn settings(pkg: &Package) -> Result<ModuleSettings> {
     let string = |k: &str| -> Result<Option<String>> {
         match get(k) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(|s| Some(s.to_string()))
-                .ok_or_else(|| anyhow!("[package.metadata.klp] {k} in {} must be a string", pkg.manifest_path)),
+            Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| {
+                anyhow!(
+                    "[package.metadata.klp] {k} in {} must be a string",
+                    pkg.manifest_path
+                )
+            }),
         }
     };
     let name = string("name")?.unwrap_or_else(|| format!("klp_{}", pkg.name.replace('-', "_")));
-    kbuild::check_module_name(&name).map_err(|e| anyhow!("[package.metadata.klp] in {}: {e}", pkg.manifest_path))?;
+    kbuild::check_module_name(&name)
+        .map_err(|e| anyhow!("[package.metadata.klp] in {}: {e}", pkg.manifest_path))?;
     let replace = match get("replace") {
         None => true,
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| anyhow!("[package.metadata.klp] replace in {} must be true or false", pkg.manifest_path))?,
+        Some(v) => v.as_bool().ok_or_else(|| {
+            anyhow!(
+                "[package.metadata.klp] replace in {} must be true or false",
+                pkg.manifest_path
+            )
+        })?,
     };
     Ok(ModuleSettings {
         name,
@@ -140,27 +160,43 @@ fn find_package(opts: &BuildOptions) -> Result<(Package, PathBuf)> {
     let meta = cmd.exec().context("cargo metadata failed")?;
     let target_dir = meta.target_directory.clone().into_std_path_buf();
     let pkg = match &opts.package {
-        Some(p) => meta.packages.iter().find(|k| k.name.as_str() == p.as_str()).cloned(),
+        Some(p) => meta
+            .packages
+            .iter()
+            .find(|k| k.name.as_str() == p.as_str())
+            .cloned(),
         None => {
             let manifest = match &opts.manifest_path {
                 Some(m) => std::fs::canonicalize(m)?,
                 None => std::env::current_dir()?.join("Cargo.toml"),
             };
-            meta.packages.iter().find(|k| k.manifest_path.as_std_path() == manifest).cloned()
+            meta.packages
+                .iter()
+                .find(|k| k.manifest_path.as_std_path() == manifest)
+                .cloned()
         }
     };
     let pkg = pkg.ok_or_else(|| match &opts.package {
         Some(p) => anyhow!("no package `{p}` in this workspace"),
-        None => anyhow!("run cargo klp in a patch crate's directory, or pass -p or --manifest-path"),
+        None => {
+            anyhow!("run cargo klp in a patch crate's directory, or pass -p or --manifest-path")
+        }
     })?;
     Ok((pkg, target_dir))
 }
 
 fn run(shell: &Shell, cmd: &mut Command, what: &str) -> Result<String> {
     shell.command(cmd);
-    let out =
-        cmd.stderr(Stdio::piped()).stdout(Stdio::piped()).output().with_context(|| format!("cannot run {what}"))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if shell.verbose && !text.trim().is_empty() {
         eprintln!("{}", text.trim_end());
     }
@@ -182,8 +218,15 @@ fn flags_hash(flags: &[String]) -> String {
 
 /// Where the kernel object of a crate is cached for a set of codegen flags, and the file
 /// rustc writes it to.
-pub fn object_cache(target_dir: &Path, flags: &[String], release: bool, package: &str) -> (PathBuf, PathBuf) {
-    let cache = target_dir.join("klp").join(format!("rustc-{}", flags_hash(flags)));
+pub fn object_cache(
+    target_dir: &Path,
+    flags: &[String],
+    release: bool,
+    package: &str,
+) -> (PathBuf, PathBuf) {
+    let cache = target_dir
+        .join("klp")
+        .join(format!("rustc-{}", flags_hash(flags)));
     let profile = if release { "klp-release" } else { "klp" };
     let emitted = cache.join(format!("{profile}-{}.o", package.replace('-', "_")));
     (cache, emitted)
@@ -198,16 +241,30 @@ pub fn kernel_rustc_command(
     flags: &[String],
     target_dir: &Path,
 ) -> Command {
-    let (profile, inherits, opt) = if release { ("klp-release", "release", "3") } else { ("klp", "dev", "2") };
+    let (profile, inherits, opt) = if release {
+        ("klp-release", "release", "3")
+    } else {
+        ("klp", "dev", "2")
+    };
     let (cache, emitted) = object_cache(target_dir, flags, release, package);
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.arg("rustc")
         .arg("--manifest-path")
         .arg(manifest)
-        .args(["-p", package, "--lib", "--target", "x86_64-unknown-none", "-Zbuild-std=core,alloc"])
+        .args([
+            "-p",
+            package,
+            "--lib",
+            "--target",
+            "x86_64-unknown-none",
+            "-Zbuild-std=core,alloc",
+        ])
         .args(["--crate-type", "staticlib", "--profile", profile])
         // One object with our code and the parts of core and alloc it uses.
-        .args(["--config", &format!("profile.{profile}.inherits=\"{inherits}\"")])
+        .args([
+            "--config",
+            &format!("profile.{profile}.inherits=\"{inherits}\""),
+        ])
         .args(["--config", &format!("profile.{profile}.lto=\"fat\"")])
         .args(["--config", &format!("profile.{profile}.codegen-units=1")])
         .args(["--config", &format!("profile.{profile}.panic=\"abort\"")])
@@ -240,8 +297,13 @@ fn compile(
     let mut flags = tree.config.rustflags();
     flags.extend(opts.extra_rustflags.iter().cloned());
     let (cache, emitted) = object_cache(target_dir, &flags, opts.release, pkg.name.as_str());
-    let mut cmd =
-        kernel_rustc_command(pkg.manifest_path.as_std_path(), pkg.name.as_str(), opts.release, &flags, target_dir);
+    let mut cmd = kernel_rustc_command(
+        pkg.manifest_path.as_std_path(),
+        pkg.name.as_str(),
+        opts.release,
+        &flags,
+        target_dir,
+    );
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     shell.command(&cmd);
     let mut child = cmd.spawn().context("cannot run cargo")?;
@@ -251,10 +313,15 @@ fn compile(
     let progress = std::thread::spawn(move || {
         use std::io::BufRead;
         let mut skipping = false;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             // rustc has no stable name for the SLS hardening features the kernel's config
             // asks for, and says so for every crate; they take effect all the same.
-            if line.starts_with("warning: unknown and unstable feature") && line.contains("harden-sls") {
+            if line.starts_with("warning: unknown and unstable feature")
+                && line.contains("harden-sls")
+            {
                 skipping = true;
             }
             if skipping {
@@ -270,7 +337,9 @@ fn compile(
     for msg in Message::parse_stream(reader) {
         if let Ok(Message::CompilerMessage(m)) = msg {
             // The same warning, when it comes as a diagnostic.
-            if m.message.message.contains("unknown and unstable feature") && m.message.message.contains("harden-sls") {
+            if m.message.message.contains("unknown and unstable feature")
+                && m.message.message.contains("harden-sls")
+            {
                 continue;
             }
             if let Some(r) = m.message.rendered {
@@ -307,7 +376,10 @@ fn rust_src_installed() -> bool {
         .args(["--print", "sysroot"])
         .output()
         .ok()
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library"))
+        .map(|o| {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+                .join("lib/rustlib/src/rust/library")
+        })
         .is_some_and(|p| p.exists())
 }
 
@@ -315,7 +387,8 @@ fn rust_src_installed() -> bool {
 /// before linking, each with the fix.
 fn validate(shell: &Shell, path: &Path, tree: &KernelTree, license: &str) -> Result<()> {
     let data = std::fs::read(path)?;
-    let file = object::File::parse(&*data).with_context(|| format!("{}: not an object file", path.display()))?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("{}: not an object file", path.display()))?;
     let mut problems = Vec::new();
 
     for (sec, offset, ty) in elf::bad_relocations(&file) {
@@ -328,7 +401,10 @@ fn validate(shell: &Shell, path: &Path, tree: &KernelTree, license: &str) -> Res
         ));
     }
     for sec in elf::writable_executable(&file) {
-        problems.push(format!("{}: section {sec} is writable and executable; the kernel refuses W+X", path.display()));
+        problems.push(format!(
+            "{}: section {sec} is writable and executable; the kernel refuses W+X",
+            path.display()
+        ));
     }
 
     let exports = tree.exports()?;
@@ -389,22 +465,41 @@ fn validate(shell: &Shell, path: &Path, tree: &KernelTree, license: &str) -> Res
     if problems.is_empty() {
         Ok(())
     } else {
-        bail!("the kernel object is not loadable as it is:\n  - {}", problems.join("\n  - "))
+        bail!(
+            "the kernel object is not loadable as it is:\n  - {}",
+            problems.join("\n  - ")
+        )
     }
 }
 
 /// Functions the kernel or the runtime call through a pointer must start with `endbr64`
 /// under IBT. qemu does not enforce IBT, so this is checked here, statically.
-fn missing_endbr(file: &object::File<'_>, patch: &klp_runtime::reader::Patch<'_, &str>) -> Vec<String> {
+fn missing_endbr(
+    file: &object::File<'_>,
+    patch: &klp_runtime::reader::Patch<'_, &str>,
+) -> Vec<String> {
     let mut referenced: Vec<&str> = patch.funcs.iter().filter_map(|f| f.new_func).collect();
-    referenced.extend(patch.sets.iter().flat_map(|s| s.hooks.iter().flatten().copied()));
-    referenced.extend(patch.shadows.iter().flat_map(|t| [t.ctor, t.dtor]).flatten());
+    referenced.extend(
+        patch
+            .sets
+            .iter()
+            .flat_map(|s| s.hooks.iter().flatten().copied()),
+    );
+    referenced.extend(
+        patch
+            .shadows
+            .iter()
+            .flat_map(|t| [t.ctor, t.dtor])
+            .flatten(),
+    );
     referenced.sort_unstable();
     referenced.dedup();
     referenced
         .into_iter()
         .filter(|name| elf::function_prefix(file, name, 4) != Some(&elf::ENDBR64[..]))
-        .map(|name| format!("`{name}` is called through a pointer but does not start with endbr64 (IBT)"))
+        .map(|name| {
+            format!("`{name}` is called through a pointer but does not start with endbr64 (IBT)")
+        })
         .collect()
 }
 
@@ -421,10 +516,15 @@ fn objtool(shell: &Shell, tree: &KernelTree, object: &Path, staging: &Path) -> R
     };
     let mut cmd = Command::new(tree.dir.join("tools/objtool/objtool"));
     // Debian's 6.12 objtool is a wrapper that picks the binary by SRCARCH, as Kbuild sets it.
-    cmd.env("SRCARCH", "x86").args(tree.config.objtool_args()).arg(&target);
+    cmd.env("SRCARCH", "x86")
+        .args(tree.config.objtool_args())
+        .arg(&target);
     let out = run(shell, &mut cmd, "objtool")?;
     if !out.trim().is_empty() {
-        bail!("objtool reported problems in the Rust object:\n{}", out.trim_end());
+        bail!(
+            "objtool reported problems in the Rust object:\n{}",
+            out.trim_end()
+        );
     }
     Ok(())
 }
@@ -448,37 +548,70 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         .iter()
         .find(|t| t.kind.iter().any(|k| k.to_string() == "lib"))
         .map(|t| t.name.replace('-', "_"))
-        .ok_or_else(|| anyhow!("{} has no library target; a patch crate is a library", pkg.name))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "{} has no library target; a patch crate is a library",
+                pkg.name
+            )
+        })?;
     // Kept between builds so that Kbuild, like make for a C module, redoes only what changed.
-    let staging = target_dir.join("klp").join("build").join(format!("{}-{}", settings.name, tree.release));
+    let staging = target_dir
+        .join("klp")
+        .join("build")
+        .join(format!("{}-{}", settings.name, tree.release));
     std::fs::create_dir_all(&staging)?;
 
-    shell.status("Compiling", format!("{} v{} for kernel {}", pkg.name, pkg.version, tree.release));
+    shell.status(
+        "Compiling",
+        format!("{} v{} for kernel {}", pkg.name, pkg.version, tree.release),
+    );
     let object = compile(shell, opts, &pkg, &target_dir, &tree, &staging)?;
 
-    shell.status("Checking", format!("{} (objtool, relocations, symbols, tables)", object.display()));
+    shell.status(
+        "Checking",
+        format!(
+            "{} (objtool, relocations, symbols, tables)",
+            object.display()
+        ),
+    );
     objtool(shell, &tree, &object, &staging)?;
     validate(shell, &object, &tree, &settings.license)?;
 
-    shell.status("Linking", format!("{}.ko (Kbuild, {})", settings.name, tree.dir.display()));
+    shell.status(
+        "Linking",
+        format!("{}.ko (Kbuild, {})", settings.name, tree.dir.display()),
+    );
     let kb = staging.join("kbuild");
     std::fs::create_dir_all(&kb)?;
     write_if_changed(&kb.join("Kbuild"), &kbuild::kbuild_file(&settings.name))?;
     write_if_changed(&kb.join("klp_rs_init.c"), klp_runtime::abi::c::INIT_C)?;
     write_if_changed(&kb.join("klp_rs_abi.h"), klp_runtime::abi::c::ABI_H)?;
-    write_if_changed(&kb.join("klp_rs_modinfo.h"), &kbuild::modinfo_header(&settings))?;
+    write_if_changed(
+        &kb.join("klp_rs_modinfo.h"),
+        &kbuild::modinfo_header(&settings),
+    )?;
     write_if_changed(&kb.join("klp_rs.lds"), &kbuild::link_script(&crate_name))?;
     let mut make = Command::new("make");
-    make.arg("-C").arg(&tree.dir).arg(format!("M={}", kb.display())).arg(format!("RUST_OBJ={}", object.display()));
-    make.arg(if shell.verbose { "V=1" } else { "-s" }).arg("modules");
+    make.arg("-C")
+        .arg(&tree.dir)
+        .arg(format!("M={}", kb.display()))
+        .arg(format!("RUST_OBJ={}", object.display()));
+    make.arg(if shell.verbose { "V=1" } else { "-s" })
+        .arg("modules");
     let out = run(shell, &mut make, "Kbuild (make modules)")?;
-    if let Some(w) = out.lines().find(|l| l.contains("objtool") && l.contains("warning")) {
+    if let Some(w) = out
+        .lines()
+        .find(|l| l.contains("objtool") && l.contains("warning"))
+    {
         bail!("objtool warned while Kbuild linked the module:\n{w}");
     }
     let built = kb.join(format!("{}.ko", settings.name));
 
     if let Some((key, cert)) = &opts.sign {
-        shell.status("Signing", format!("{}.ko with {}", settings.name, cert.display()));
+        shell.status(
+            "Signing",
+            format!("{}.ko with {}", settings.name, cert.display()),
+        );
         let mut sign = Command::new(tree.dir.join("scripts/sign-file"));
         sign.arg("sha256").arg(key).arg(cert).arg(&built);
         run(shell, &mut sign, "scripts/sign-file")?;
@@ -490,6 +623,18 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     let tmp = out_dir.join(format!(".{}.ko.tmp", settings.name));
     std::fs::copy(&built, &tmp)?;
     std::fs::rename(&tmp, &ko)?;
-    shell.status("Finished", format!("{} in {:.1}s", ko.display(), started.elapsed().as_secs_f64()));
-    Ok(Built { ko, module: settings.name, rust_object: object, kbuild_dir: kb })
+    shell.status(
+        "Finished",
+        format!(
+            "{} in {:.1}s",
+            ko.display(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(Built {
+        ko,
+        module: settings.name,
+        rust_object: object,
+        kbuild_dir: kb,
+    })
 }

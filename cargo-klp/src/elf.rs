@@ -18,13 +18,20 @@ type Reloc = (SymbolIndex, i64);
 
 /// The sections holding one table in this file: the single merged section of a `.ko`, or
 /// in a crate's object the sections the compiler emitted (one per entry, all the same name).
-fn table_sections<'d, 'f>(file: &'f object::File<'d>, ko: &str, prefix: &str) -> Vec<object::Section<'d, 'f>> {
+fn table_sections<'d, 'f>(
+    file: &'f object::File<'d>,
+    ko: &str,
+    prefix: &str,
+) -> Vec<object::Section<'d, 'f>> {
     let merged: Vec<_> = file.sections().filter(|s| s.name() == Ok(ko)).collect();
     if !merged.is_empty() {
         return merged;
     }
     file.sections()
-        .filter(|s| s.name().is_ok_and(|n| n.strip_prefix(prefix).is_some_and(|r| r.starts_with('_'))))
+        .filter(|s| {
+            s.name()
+                .is_ok_and(|n| n.strip_prefix(prefix).is_some_and(|r| r.starts_with('_')))
+        })
         .collect()
 }
 
@@ -45,7 +52,11 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
                 _ => None,
             })
             .collect();
-        SectionRelocs { file, relocs, data: section.data().unwrap_or(&[]) }
+        SectionRelocs {
+            file,
+            relocs,
+            data: section.data().unwrap_or(&[]),
+        }
     }
 
     pub fn of_index(file: &'f object::File<'d>, index: SectionIndex) -> Option<Self> {
@@ -64,7 +75,9 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
 
     pub fn u64_at(&self, offset: u64) -> Option<u64> {
         let o = usize::try_from(offset).ok()?;
-        Some(u64::from_le_bytes(self.data.get(o..o + 8)?.try_into().ok()?))
+        Some(u64::from_le_bytes(
+            self.data.get(o..o + 8)?.try_into().ok()?,
+        ))
     }
 
     pub fn byte_at(&self, offset: u64) -> Option<u8> {
@@ -72,14 +85,25 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
     }
 
     fn symbol(&self, offset: u64) -> Result<(object::Symbol<'d, 'f>, i64), &'static str> {
-        let &(sym, addend) = self.relocs.get(&offset).ok_or("no relocation for the field")?;
-        Ok((self.file.symbol_by_index(sym).map_err(|_| "bad symbol index")?, addend))
+        let &(sym, addend) = self
+            .relocs
+            .get(&offset)
+            .ok_or("no relocation for the field")?;
+        Ok((
+            self.file
+                .symbol_by_index(sym)
+                .map_err(|_| "bad symbol index")?,
+            addend,
+        ))
     }
 
     /// The section and offset a pointer field points to.
     pub fn target(&self, offset: u64) -> Option<(SectionIndex, u64)> {
         let (sym, addend) = self.symbol(offset).ok()?;
-        Some((sym.section_index()?, u64::try_from(sym.address() as i64 + addend).ok()?))
+        Some((
+            sym.section_index()?,
+            u64::try_from(sym.address() as i64 + addend).ok()?,
+        ))
     }
 
     /// A string pointer field: it must point into read-only data (a pointer into writable
@@ -95,7 +119,8 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
             return Err("points into writable data or code, not a string");
         }
         let data = sec.data().map_err(|_| "section has no data")?;
-        let start = usize::try_from(sym.address() as i64 + addend).map_err(|_| "negative offset")?;
+        let start =
+            usize::try_from(sym.address() as i64 + addend).map_err(|_| "negative offset")?;
         let bytes = data.get(start..).ok_or("offset past its section")?;
         let end = bytes.iter().position(|b| *b == 0).ok_or("no NUL")?;
         std::str::from_utf8(&bytes[..end]).map_err(|_| "not UTF-8")
@@ -111,12 +136,16 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
             return sym.name().map(Some).map_err(|_| "symbol name");
         }
         // A section symbol plus an offset: name the function that starts there.
-        let index = sym.section_index().ok_or("function symbol has no section")?;
+        let index = sym
+            .section_index()
+            .ok_or("function symbol has no section")?;
         let at = sym.address() as i64 + addend;
         self.file
             .symbols()
             .find(|s| {
-                s.section_index() == Some(index) && s.address() as i64 == at && s.kind() == object::SymbolKind::Text
+                s.section_index() == Some(index)
+                    && s.address() as i64 == at
+                    && s.kind() == object::SymbolKind::Text
             })
             .and_then(|s| s.name().ok())
             .map(Some)
@@ -128,11 +157,21 @@ impl<'d> Resolver<'d> for SectionRelocs<'d, '_> {
     type Func = &'d str;
 
     fn string(&self, table: TableKind, offset: usize, _raw: u64) -> Result<&'d str, ReadError> {
-        SectionRelocs::string(self, offset as u64).map_err(|why| ReadError::BadString { table, offset, why })
+        SectionRelocs::string(self, offset as u64).map_err(|why| ReadError::BadString {
+            table,
+            offset,
+            why,
+        })
     }
 
-    fn func(&self, table: TableKind, offset: usize, _raw: u64) -> Result<Option<&'d str>, ReadError> {
-        self.function(offset as u64).map_err(|why| ReadError::Unresolved { table, offset, why })
+    fn func(
+        &self,
+        table: TableKind,
+        offset: usize,
+        _raw: u64,
+    ) -> Result<Option<&'d str>, ReadError> {
+        self.function(offset as u64)
+            .map_err(|why| ReadError::Unresolved { table, offset, why })
     }
 }
 
@@ -143,24 +182,38 @@ pub enum TablesError {
     Read { section: String, source: ReadError },
     #[error("section {section} cannot be read: {why}")]
     Section { section: String, why: String },
-    #[error("{count} patch headers (sections {section}); a patch crate has one `klp_runtime::patch!()`")]
+    #[error(
+        "{count} patch headers (sections {section}); a patch crate has one `klp_runtime::patch!()`"
+    )]
     Headers { count: usize, section: String },
 }
 
 fn section_data<'d>(sec: &object::Section<'d, '_>) -> Result<&'d [u8], TablesError> {
-    sec.data().map_err(|e| TablesError::Section { section: sec.name().unwrap_or("?").into(), why: e.to_string() })
+    sec.data().map_err(|e| TablesError::Section {
+        section: sec.name().unwrap_or("?").into(),
+        why: e.to_string(),
+    })
 }
 
 /// Reads the patch tables of an object or `.ko`; `None` if it has no klp-rs header.
 pub fn read_patch<'d>(file: &object::File<'d>) -> Result<Option<Patch<'d, &'d str>>, TablesError> {
-    let headers: Vec<_> =
-        table_sections(file, section::KO_PATCH, section::PATCH).into_iter().filter(|s| s.size() > 0).collect();
+    let headers: Vec<_> = table_sections(file, section::KO_PATCH, section::PATCH)
+        .into_iter()
+        .filter(|s| s.size() > 0)
+        .collect();
     let header = match headers.as_slice() {
         [] => return Ok(None),
         [h] => h,
         more => {
-            let section = more.iter().map(|s| s.name().unwrap_or("?")).collect::<Vec<_>>().join(", ");
-            return Err(TablesError::Headers { count: more.len(), section });
+            let section = more
+                .iter()
+                .map(|s| s.name().unwrap_or("?"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(TablesError::Headers {
+                count: more.len(),
+                section,
+            });
         }
     };
     let name_of = |s: &object::Section<'d, '_>| s.name().unwrap_or("?").to_string();
@@ -170,20 +223,52 @@ pub fn read_patch<'d>(file: &object::File<'d>) -> Result<Option<Patch<'d, &'d st
     };
     let data = section_data(header)?;
     let version = reader::header_version(data).map_err(wrap(header))?;
-    let name = Resolver::string(&SectionRelocs::of(file, header), TableKind::Header, layout::HEADER_NAME, 0)
-        .map_err(wrap(header))?;
-    let mut patch = Patch { name, format_version: version, funcs: vec![], sets: vec![], shadows: vec![] };
+    let name = Resolver::string(
+        &SectionRelocs::of(file, header),
+        TableKind::Header,
+        layout::HEADER_NAME,
+        0,
+    )
+    .map_err(wrap(header))?;
+    let mut patch = Patch {
+        name,
+        format_version: version,
+        funcs: vec![],
+        sets: vec![],
+        shadows: vec![],
+    };
     // Each section is decoded on its own (its relocations are its own), then merged.
     for sec in table_sections(file, section::KO_FUNCS, section::FUNCS) {
-        let p = reader::read_tables(&SectionRelocs::of(file, &sec), name, version, section_data(&sec)?, &[], &[]);
+        let p = reader::read_tables(
+            &SectionRelocs::of(file, &sec),
+            name,
+            version,
+            section_data(&sec)?,
+            &[],
+            &[],
+        );
         patch.funcs.extend(p.map_err(wrap(&sec))?.funcs);
     }
     for sec in table_sections(file, section::KO_SETS, section::SETS) {
-        let p = reader::read_tables(&SectionRelocs::of(file, &sec), name, version, &[], section_data(&sec)?, &[]);
+        let p = reader::read_tables(
+            &SectionRelocs::of(file, &sec),
+            name,
+            version,
+            &[],
+            section_data(&sec)?,
+            &[],
+        );
         patch.sets.extend(p.map_err(wrap(&sec))?.sets);
     }
     for sec in table_sections(file, section::KO_SHADOWS, section::SHADOWS) {
-        let p = reader::read_tables(&SectionRelocs::of(file, &sec), name, version, &[], &[], section_data(&sec)?);
+        let p = reader::read_tables(
+            &SectionRelocs::of(file, &sec),
+            name,
+            version,
+            &[],
+            &[],
+            section_data(&sec)?,
+        );
         patch.shadows.extend(p.map_err(wrap(&sec))?.shadows);
     }
     Ok(Some(patch))
@@ -231,8 +316,11 @@ pub fn writable_executable(file: &object::File<'_>) -> Vec<String> {
 
 /// Undefined global symbols, sorted.
 pub fn undefined_symbols<'d>(file: &object::File<'d>) -> Vec<&'d str> {
-    let mut v: Vec<&str> =
-        file.symbols().filter(|s| s.is_undefined() && s.is_global()).filter_map(|s| s.name().ok()).collect();
+    let mut v: Vec<&str> = file
+        .symbols()
+        .filter(|s| s.is_undefined() && s.is_global())
+        .filter_map(|s| s.name().ok())
+        .collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -240,7 +328,9 @@ pub fn undefined_symbols<'d>(file: &object::File<'d>) -> Vec<&'d str> {
 
 /// The first bytes of a function symbol, if it is defined here.
 pub fn function_prefix<'d>(file: &object::File<'d>, name: &str, len: usize) -> Option<&'d [u8]> {
-    let sym = file.symbols().find(|s| s.name() == Ok(name) && !s.is_undefined())?;
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok(name) && !s.is_undefined())?;
     let sec = file.section_by_index(sym.section_index()?).ok()?;
     let data = sec.data().ok()?;
     let start = usize::try_from(sym.address()).ok()?;

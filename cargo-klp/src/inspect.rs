@@ -25,7 +25,10 @@ pub const MAX_MODULE: usize = 512 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     #[error("{file}: {source}")]
-    Io { file: String, source: std::io::Error },
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {what}")]
     Decompress { file: String, what: String },
     #[error("{file}: not an ELF object: {what}")]
@@ -152,12 +155,18 @@ impl std::io::Write for Bounded {
 /// Reads a module, decompressing `.ko.xz` and `.ko.zst` as distributions ship them.
 pub fn load(path: &Path) -> Result<(Bytes, Option<&'static str>), InspectError> {
     let file = path.display().to_string();
-    let io = |source| InspectError::Io { file: file.clone(), source };
+    let io = |source| InspectError::Io {
+        file: file.clone(),
+        source,
+    };
     let f = std::fs::File::open(path).map_err(io)?;
     // SAFETY: the map is read-only and private to this process; a file changed under us
     // can only yield wrong bytes, which the parser treats like any malformed input.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
-    let bad = |what: String| InspectError::Decompress { file: file.clone(), what };
+    let bad = |what: String| InspectError::Decompress {
+        file: file.clone(),
+        what,
+    };
     if map.starts_with(b"\xfd7zXZ\x00") {
         let mut out = Bounded(Vec::new());
         lzma_rs::xz_decompress(&mut std::io::BufReader::new(&map[..]), &mut out)
@@ -165,8 +174,8 @@ pub fn load(path: &Path) -> Result<(Bytes, Option<&'static str>), InspectError> 
         return Ok((Bytes::Owned(out.0), Some("xz")));
     }
     if map.starts_with(b"\x28\xb5\x2f\xfd") {
-        let mut dec =
-            ruzstd::decoding::StreamingDecoder::new(&map[..]).map_err(|e| bad(format!("corrupt zstd data: {e}")))?;
+        let mut dec = ruzstd::decoding::StreamingDecoder::new(&map[..])
+            .map_err(|e| bad(format!("corrupt zstd data: {e}")))?;
         let mut out = Bounded(Vec::new());
         std::io::copy(&mut dec, &mut out).map_err(|e| bad(format!("corrupt zstd data: {e}")))?;
         return Ok((Bytes::Owned(out.0), Some("zstd")));
@@ -177,20 +186,35 @@ pub fn load(path: &Path) -> Result<(Bytes, Option<&'static str>), InspectError> 
 const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
 
 fn modinfo<'d>(file: &object::File<'d>) -> Vec<(&'d str, &'d str)> {
-    let Some(sec) = file.section_by_name(".modinfo") else { return Vec::new() };
+    let Some(sec) = file.section_by_name(".modinfo") else {
+        return Vec::new();
+    };
     let data = sec.data().unwrap_or(&[]);
-    data.split(|b| *b == 0).filter_map(|f| std::str::from_utf8(f).ok()?.split_once('=')).collect()
+    data.split(|b| *b == 0)
+        .filter_map(|f| std::str::from_utf8(f).ok()?.split_once('='))
+        .collect()
 }
 
 fn hook_names<F: Copy + ToString>(hooks: &[Option<F>; 4]) -> CallbackSet {
     let h = |i: usize| hooks[i].map(|f| f.to_string());
-    CallbackSet { id: 0, pre_patch: h(0), post_patch: h(1), pre_unpatch: h(2), post_unpatch: h(3) }
+    CallbackSet {
+        id: 0,
+        pre_patch: h(0),
+        post_patch: h(1),
+        pre_unpatch: h(2),
+        post_unpatch: h(3),
+    }
 }
 
 /// Groups a klp-rs patch's entries by object, `vmlinux` first.
 fn klp_rs_objects(p: &Patch<'_, &str>) -> Vec<KlpObject> {
     let mut names: Vec<&str> = vec!["vmlinux"];
-    for n in p.funcs.iter().map(|f| f.object).chain(p.sets.iter().map(|s| s.object)) {
+    for n in p
+        .funcs
+        .iter()
+        .map(|f| f.object)
+        .chain(p.sets.iter().map(|s| s.object))
+    {
         if !names.contains(&n) {
             names.push(n);
         }
@@ -202,7 +226,10 @@ fn klp_rs_objects(p: &Patch<'_, &str>) -> Vec<KlpObject> {
                 .sets
                 .iter()
                 .filter(|s| s.object == name)
-                .map(|s| CallbackSet { id: s.id, ..hook_names(&s.hooks) })
+                .map(|s| CallbackSet {
+                    id: s.id,
+                    ..hook_names(&s.hooks)
+                })
                 .collect();
             sets.sort_by_key(|s| s.id);
             KlpObject {
@@ -231,7 +258,10 @@ fn klp_rs_objects(p: &Patch<'_, &str>) -> Vec<KlpObject> {
 fn klp_build_objects(file: &object::File<'_>) -> Option<Vec<KlpObject>> {
     let objs = file.section_by_name(".init.klp_objects")?;
     let funcs = file.section_by_name(".init.klp_funcs")?;
-    let (or, fr) = (SectionRelocs::of(file, &objs), SectionRelocs::of(file, &funcs));
+    let (or, fr) = (
+        SectionRelocs::of(file, &objs),
+        SectionRelocs::of(file, &funcs),
+    );
     let mut out = Vec::new();
     for base in (0..objs.size()).step_by(64) {
         // nr_funcs is a u32 at 56, followed by padding.
@@ -247,9 +277,19 @@ fn klp_build_objects(file: &object::File<'_>) -> Option<Vec<KlpObject>> {
                 }
             })
             .collect();
-        let cb = |i: u64| or.function(base + 16 + 8 * i).ok().flatten().map(str::to_string);
-        let callbacks =
-            CallbackSet { id: 0, pre_patch: cb(0), post_patch: cb(1), pre_unpatch: cb(2), post_unpatch: cb(3) };
+        let cb = |i: u64| {
+            or.function(base + 16 + 8 * i)
+                .ok()
+                .flatten()
+                .map(str::to_string)
+        };
+        let callbacks = CallbackSet {
+            id: 0,
+            pre_patch: cb(0),
+            post_patch: cb(1),
+            pre_unpatch: cb(2),
+            post_unpatch: cb(3),
+        };
         let any = callbacks.pre_patch.is_some()
             || callbacks.post_patch.is_some()
             || callbacks.pre_unpatch.is_some()
@@ -270,13 +310,23 @@ fn klp_build_objects(file: &object::File<'_>) -> Option<Vec<KlpObject>> {
 /// relocations in them; the leading fields (`old_name`, `new_func`, `old_sympos`; `name`,
 /// `funcs`; `id`, `version`) have the same place in every version.
 fn c_static_patch(file: &object::File<'_>) -> Option<(Vec<KlpObject>, Vec<State>, bool)> {
-    let this_module = file.symbols().find(|s| s.name() == Ok("__this_module"))?.index();
+    let this_module = file
+        .symbols()
+        .find(|s| s.name() == Ok("__this_module"))?
+        .index();
     for sec in file.sections() {
-        let Some(r) = SectionRelocs::of_index(file, sec.index()) else { continue };
+        let Some(r) = SectionRelocs::of_index(file, sec.index()) else {
+            continue;
+        };
         if sec.name().ok() == Some(".gnu.linkonce.this_module") {
             continue;
         }
-        let Some(patch_at) = r.offsets(0..u64::MAX).find(|o| r.targets_symbol(*o, this_module)) else { continue };
+        let Some(patch_at) = r
+            .offsets(0..u64::MAX)
+            .find(|o| r.targets_symbol(*o, this_module))
+        else {
+            continue;
+        };
         let (objs_sec, objs_at) = r.target(patch_at + 8)?;
         let replace = r.byte_at(patch_at + 24).is_some_and(|b| b != 0);
         let states = r
@@ -300,8 +350,10 @@ fn c_static_patch(file: &object::File<'_>) -> Option<(Vec<KlpObject>, Vec<State>
         let objs_end = symbol_end(file, objs_sec, objs_at)?;
         let mut objects = Vec::new();
         // Each object's `funcs` is the relocation that points to a klp_func array.
-        let funcs_fields: Vec<u64> =
-            or.offsets(objs_at..objs_end).filter(|o| or.target(*o).is_some() && or.string(*o).is_err()).collect();
+        let funcs_fields: Vec<u64> = or
+            .offsets(objs_at..objs_end)
+            .filter(|o| or.target(*o).is_some() && or.string(*o).is_err())
+            .collect();
         for f in funcs_fields {
             let (fsec, fat) = or.target(f)?;
             let fr = SectionRelocs::of_index(file, fsec)?;
@@ -311,11 +363,20 @@ fn c_static_patch(file: &object::File<'_>) -> Option<(Vec<KlpObject>, Vec<State>
                 .filter_map(|o| {
                     let old = fr.string(o).ok()?;
                     let new = fr.function(o + 8).ok().flatten().map(str::to_string);
-                    Some(Function { old: old.into(), sympos: fr.u64_at(o + 16).unwrap_or(0), new })
+                    Some(Function {
+                        old: old.into(),
+                        sympos: fr.u64_at(o + 16).unwrap_or(0),
+                        new,
+                    })
                 })
                 .collect();
             let name = or.string(f - 8).unwrap_or("vmlinux").into();
-            objects.push(KlpObject { name, functions, callback_sets: vec![], callbacks: None });
+            objects.push(KlpObject {
+                name,
+                functions,
+                callback_sets: vec![],
+                callbacks: None,
+            });
         }
         return Some((objects, states, replace));
     }
@@ -325,7 +386,12 @@ fn c_static_patch(file: &object::File<'_>) -> Option<(Vec<KlpObject>, Vec<State>
 /// The end of the symbol that covers `at` in section `sec` (arrays are sized symbols).
 fn symbol_end(file: &object::File<'_>, sec: SectionIndex, at: u64) -> Option<u64> {
     file.symbols()
-        .filter(|s| s.section_index() == Some(sec) && s.size() > 0 && s.address() <= at && at < s.address() + s.size())
+        .filter(|s| {
+            s.section_index() == Some(sec)
+                && s.size() > 0
+                && s.address() <= at
+                && at < s.address() + s.size()
+        })
         .map(|s| s.address() + s.size())
         .min()
 }
@@ -338,9 +404,16 @@ fn check_extent(data: &[u8]) -> Result<(), String> {
         Some(b.iter().rev().fold(0u64, |v, x| (v << 8) | u64::from(*x)))
     };
     if data.len() < 64 || !data.starts_with(b"\x7fELF") {
-        return Err(format!("no ELF header: the file is {} bytes and does not start with \\x7fELF", data.len()));
+        return Err(format!(
+            "no ELF header: the file is {} bytes and does not start with \\x7fELF",
+            data.len()
+        ));
     }
-    let (shoff, shentsize, shnum) = (u(0x28, 8).unwrap_or(0), u(0x3a, 2).unwrap_or(0), u(0x3c, 2).unwrap_or(0));
+    let (shoff, shentsize, shnum) = (
+        u(0x28, 8).unwrap_or(0),
+        u(0x3a, 2).unwrap_or(0),
+        u(0x3c, 2).unwrap_or(0),
+    );
     let end = shoff.saturating_add(shentsize.saturating_mul(shnum));
     if end > data.len() as u64 {
         return Err(format!(
@@ -351,7 +424,11 @@ fn check_extent(data: &[u8]) -> Result<(), String> {
     }
     for i in 0..shnum {
         let h = (shoff + i * shentsize) as usize;
-        let (kind, off, size) = (u(h + 4, 4).unwrap_or(0), u(h + 0x18, 8).unwrap_or(0), u(h + 0x20, 8).unwrap_or(0));
+        let (kind, off, size) = (
+            u(h + 4, 4).unwrap_or(0),
+            u(h + 0x18, 8).unwrap_or(0),
+            u(h + 0x20, 8).unwrap_or(0),
+        );
         // SHT_NOBITS occupies no file space.
         if kind != 8 && off.saturating_add(size) > data.len() as u64 {
             return Err(format!(
@@ -365,11 +442,25 @@ fn check_extent(data: &[u8]) -> Result<(), String> {
 }
 
 /// Inspects one module's bytes.
-pub fn inspect_bytes(path: &str, data: &[u8], compression: Option<&'static str>) -> Result<Report, InspectError> {
-    check_extent(data).map_err(|what| InspectError::Elf { file: path.into(), what })?;
-    let file = object::File::parse(data).map_err(|e| InspectError::Elf { file: path.into(), what: e.to_string() })?;
+pub fn inspect_bytes(
+    path: &str,
+    data: &[u8],
+    compression: Option<&'static str>,
+) -> Result<Report, InspectError> {
+    check_extent(data).map_err(|what| InspectError::Elf {
+        file: path.into(),
+        what,
+    })?;
+    let file = object::File::parse(data).map_err(|e| InspectError::Elf {
+        file: path.into(),
+        what: e.to_string(),
+    })?;
     let info = modinfo(&file);
-    let get = |k: &str| info.iter().find(|(key, _)| *key == k).map(|(_, v)| v.to_string());
+    let get = |k: &str| {
+        info.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.to_string())
+    };
     let livepatch = get("livepatch").as_deref() == Some("Y");
     let mut report = Report {
         file: path.into(),
@@ -380,11 +471,20 @@ pub fn inspect_bytes(path: &str, data: &[u8], compression: Option<&'static str>)
         srcversion: get("srcversion"),
         description: get("description"),
         depends: get("depends")
-            .map(|d| d.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .map(|d| {
+                d.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default(),
         livepatch,
         signed: data.ends_with(SIGNATURE_MAGIC),
-        kind: if livepatch { Kind::Livepatch } else { Kind::NotLivepatch },
+        kind: if livepatch {
+            Kind::Livepatch
+        } else {
+            Kind::NotLivepatch
+        },
         format_version: None,
         replace: None,
         objects: vec![],
@@ -392,7 +492,12 @@ pub fn inspect_bytes(path: &str, data: &[u8], compression: Option<&'static str>)
         states: vec![],
         klp_rela_sections: file
             .sections()
-            .filter_map(|s| s.name().ok().filter(|n| n.starts_with(".klp.rela.")).map(str::to_string))
+            .filter_map(|s| {
+                s.name()
+                    .ok()
+                    .filter(|n| n.starts_with(".klp.rela."))
+                    .map(str::to_string)
+            })
             .collect(),
         klp_symbols: vec![],
         warnings: vec![],
@@ -402,7 +507,12 @@ pub fn inspect_bytes(path: &str, data: &[u8], compression: Option<&'static str>)
     }
     report.klp_symbols = file
         .symbols()
-        .filter_map(|s| s.name().ok().filter(|n| n.starts_with(".klp.sym.")).map(str::to_string))
+        .filter_map(|s| {
+            s.name()
+                .ok()
+                .filter(|n| n.starts_with(".klp.sym."))
+                .map(str::to_string)
+        })
         .collect();
     match elf::read_patch(&file) {
         Ok(Some(p)) => {
@@ -421,23 +531,35 @@ pub fn inspect_bytes(path: &str, data: &[u8], compression: Option<&'static str>)
                     align: t.align,
                 })
                 .collect();
-            report.states =
-                vec![State { id: klp_runtime::abi::KLP_STATE_ID, version: klp_runtime::abi::KLP_STATE_VERSION }];
+            report.states = vec![State {
+                id: klp_runtime::abi::KLP_STATE_ID,
+                version: klp_runtime::abi::KLP_STATE_VERSION,
+            }];
             return Ok(report);
         }
         Ok(None) => {}
-        Err(elf::TablesError::Read { source: ReadError::TooNew { found, supported }, .. }) => {
+        Err(elf::TablesError::Read {
+            source: ReadError::TooNew { found, supported },
+            ..
+        }) => {
             report.kind = Kind::KlpRs;
             report.format_version = Some(found);
             report.replace = get("klp_rs_replace").map(|v| v == "Y");
-            report.states =
-                vec![State { id: klp_runtime::abi::KLP_STATE_ID, version: klp_runtime::abi::KLP_STATE_VERSION }];
+            report.states = vec![State {
+                id: klp_runtime::abi::KLP_STATE_ID,
+                version: klp_runtime::abi::KLP_STATE_VERSION,
+            }];
             report.warnings.push(format!(
                 "klp-rs tables of format {found}; this cargo-klp reads up to {supported}: update it to see them"
             ));
             return Ok(report);
         }
-        Err(e) => return Err(InspectError::Tables { file: path.into(), what: e.to_string() }),
+        Err(e) => {
+            return Err(InspectError::Tables {
+                file: path.into(),
+                what: e.to_string(),
+            })
+        }
     }
     if let Some(objects) = klp_build_objects(&file) {
         report.kind = Kind::KlpBuild;
@@ -460,8 +582,11 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
 /// Inspects many files on all cores; results in the order given.
 pub fn inspect_all(paths: &[PathBuf]) -> Vec<Result<Report, InspectError>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(paths.len().max(1));
-    let mut results: Vec<Option<Result<Report, InspectError>>> = (0..paths.len()).map(|_| None).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(paths.len().max(1));
+    let mut results: Vec<Option<Result<Report, InspectError>>> =
+        (0..paths.len()).map(|_| None).collect();
     let chunks: Vec<Vec<(usize, Result<Report, InspectError>)>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -476,12 +601,18 @@ pub fn inspect_all(paths: &[PathBuf]) -> Vec<Result<Report, InspectError>> {
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_default())
+            .collect()
     });
     for (i, r) in chunks.into_iter().flatten() {
         results[i] = Some(r);
     }
-    results.into_iter().map(|r| r.expect("every index done")).collect()
+    results
+        .into_iter()
+        .map(|r| r.expect("every index done"))
+        .collect()
 }
 
 /// What a replace NEW-over-OLD will do.
@@ -502,7 +633,11 @@ pub struct ReplacePlan {
 fn func_keys(r: &Report) -> Vec<String> {
     r.objects
         .iter()
-        .flat_map(|o| o.functions.iter().map(move |f| format!("{}:{},{}", o.name, f.old, f.sympos)))
+        .flat_map(|o| {
+            o.functions
+                .iter()
+                .map(move |f| format!("{}:{},{}", o.name, f.old, f.sympos))
+        })
         .collect()
 }
 
@@ -526,7 +661,11 @@ pub fn against(new_path: &Path, old_path: &Path) -> Result<ReplacePlan, InspectE
     };
     // The kernel refuses a patch that lacks a state an installed one has (or has it older).
     for s in &old_r.states {
-        if !new_r.states.iter().any(|n| n.id == s.id && n.version >= s.version) {
+        if !new_r
+            .states
+            .iter()
+            .any(|n| n.id == s.id && n.version >= s.version)
+        {
             plan.refused = Some(format!(
                 "the kernel refuses it: {} lacks klp_state {:#x} (version {}) that {} has{}",
                 plan.new,
@@ -545,22 +684,36 @@ pub fn against(new_path: &Path, old_path: &Path) -> Result<ReplacePlan, InspectE
         plan.refused = Some(format!("{} is not a livepatch module", plan.new));
     }
     if new_r.replace == Some(false) {
-        plan.refused
-            .get_or_insert(format!("{} does not replace (replace = false): it stacks on {}", plan.new, plan.old));
+        plan.refused.get_or_insert(format!(
+            "{} does not replace (replace = false): it stacks on {}",
+            plan.new, plan.old
+        ));
     }
-    let new_file = object::File::parse(&*new_data)
-        .map_err(|e| InspectError::Elf { file: new_r.file.clone(), what: e.to_string() })?;
-    let old_file = object::File::parse(&*old_data)
-        .map_err(|e| InspectError::Elf { file: old_r.file.clone(), what: e.to_string() })?;
+    let new_file = object::File::parse(&*new_data).map_err(|e| InspectError::Elf {
+        file: new_r.file.clone(),
+        what: e.to_string(),
+    })?;
+    let old_file = object::File::parse(&*old_data).map_err(|e| InspectError::Elf {
+        file: old_r.file.clone(),
+        what: e.to_string(),
+    })?;
     let bad = |r: &Report| {
         let file = r.file.clone();
-        move |e: elf::TablesError| InspectError::Tables { file, what: e.to_string() }
+        move |e: elf::TablesError| InspectError::Tables {
+            file,
+            what: e.to_string(),
+        }
     };
     let new_p = elf::read_patch(&new_file).map_err(bad(&new_r))?;
     let old_p = match elf::read_patch(&old_file) {
         // What the incoming module's runtime would find: it refuses before running anything.
-        Err(elf::TablesError::Read { source: ReadError::TooNew { found, supported }, .. }) => {
-            let reads = new_p.as_ref().map_or(supported, |p| p.format_version.max(supported));
+        Err(elf::TablesError::Read {
+            source: ReadError::TooNew { found, supported },
+            ..
+        }) => {
+            let reads = new_p
+                .as_ref()
+                .map_or(supported, |p| p.format_version.max(supported));
             if found > reads {
                 plan.refused = Some(format!(
                     "the runtime of {} refuses it: {}'s tables are format {found}, it reads up to {reads}",
@@ -570,17 +723,28 @@ pub fn against(new_path: &Path, old_path: &Path) -> Result<ReplacePlan, InspectE
             }
             return Err(InspectError::Tables {
                 file: old_r.file.clone(),
-                what: format!("tables of format {found}; this cargo-klp reads up to {supported}: update it"),
+                what: format!(
+                    "tables of format {found}; this cargo-klp reads up to {supported}: update it"
+                ),
             });
         }
         other => other.map_err(bad(&old_r))?,
     };
     let Some(new_p) = new_p else {
-        plan.refused.get_or_insert(format!("{} has no klp-rs tables: it runs only its own callbacks", plan.new));
+        plan.refused.get_or_insert(format!(
+            "{} has no klp-rs tables: it runs only its own callbacks",
+            plan.new
+        ));
         return Ok(plan);
     };
     let p = plan::replace(old_p.as_ref(), &new_p, &|_| false);
-    let patch_name = |side| if side == Side::Old { old_p.as_ref().map_or("?", |o| o.name) } else { new_p.name };
+    let patch_name = |side| {
+        if side == Side::Old {
+            old_p.as_ref().map_or("?", |o| o.name)
+        } else {
+            new_p.name
+        }
+    };
     for step in p.steps() {
         match step {
             None => plan.steps.push("transition".into()),
@@ -592,7 +756,13 @@ pub fn against(new_path: &Path, old_path: &Path) -> Result<ReplacePlan, InspectE
                 if let plan::Step::FreeShadow { shadow, .. } = s {
                     plan.shadow_types_freed.push(shadow);
                 }
-                plan.steps.push(StepLine { patch: patch_name(side), step: &s }.to_string());
+                plan.steps.push(
+                    StepLine {
+                        patch: patch_name(side),
+                        step: &s,
+                    }
+                    .to_string(),
+                );
             }
         }
     }
@@ -629,7 +799,10 @@ pub fn render(r: &Report) -> String {
                 }
             ),
             Kind::KlpBuild => "live patch built by klp-build".into(),
-            Kind::CStatic => format!("C live patch (static structures), replace: {}", r.replace.unwrap_or(false)),
+            Kind::CStatic => format!(
+                "C live patch (static structures), replace: {}",
+                r.replace.unwrap_or(false)
+            ),
             Kind::Livepatch => "live patch (structures not decoded)".into(),
             Kind::NotLivepatch => "not a livepatch".into(),
         },
@@ -649,8 +822,15 @@ pub fn render(r: &Report) -> String {
     for o in &r.objects {
         lines.push((1, format!("object {}", o.name)));
         for f in &o.functions {
-            let pos = if f.sympos != 0 { format!(",{}", f.sympos) } else { String::new() };
-            lines.push((2, format!("func {}{pos} -> {}", f.old, f.new.as_deref().unwrap_or("?"))));
+            let pos = if f.sympos != 0 {
+                format!(",{}", f.sympos)
+            } else {
+                String::new()
+            };
+            lines.push((
+                2,
+                format!("func {}{pos} -> {}", f.old, f.new.as_deref().unwrap_or("?")),
+            ));
         }
         for c in &o.callback_sets {
             lines.push((2, format!("callback set {}: {}", c.id, hooks(c))));
@@ -661,7 +841,13 @@ pub fn render(r: &Report) -> String {
     }
     for t in &r.shadow_types {
         let unit = if t.size == 1 { "byte" } else { "bytes" };
-        lines.push((1, format!("shadow {:#x}: {}, {} {unit}, owned by set {}", t.id, t.type_name, t.size, t.owner)));
+        lines.push((
+            1,
+            format!(
+                "shadow {:#x}: {}, {} {unit}, owned by set {}",
+                t.id, t.type_name, t.size, t.owner
+            ),
+        ));
     }
     for st in &r.states {
         lines.push((1, format!("klp_state {:#x} version {}", st.id, st.version)));
@@ -675,14 +861,29 @@ pub fn render(r: &Report) -> String {
     for w in &r.warnings {
         lines.push((1, format!("warning: {w}")));
     }
-    let mut s = format!("{}{}\n", r.file, r.compression.map(|c| format!(" ({c}-compressed)")).unwrap_or_default());
+    let mut s = format!(
+        "{}{}\n",
+        r.file,
+        r.compression
+            .map(|c| format!(" ({c}-compressed)"))
+            .unwrap_or_default()
+    );
     for (i, (depth, text)) in lines.iter().enumerate() {
         // Is there a later sibling at this depth before the parent ends?
-        let more = |d: usize| lines[i + 1..].iter().take_while(|(e, _)| *e >= d).any(|(e, _)| *e == d);
+        let more = |d: usize| {
+            lines[i + 1..]
+                .iter()
+                .take_while(|(e, _)| *e >= d)
+                .any(|(e, _)| *e == d)
+        };
         if *depth == 2 {
             s += if more(1) { "│   " } else { "    " };
         }
-        s += if more(*depth) { "├── " } else { "└── " };
+        s += if more(*depth) {
+            "├── "
+        } else {
+            "└── "
+        };
         s += text;
         s += "\n";
     }
@@ -699,7 +900,11 @@ pub fn render_plan(p: &ReplacePlan) -> String {
         s += &format!("{:>3}. {step}\n", i + 1);
     }
     if !p.shadow_types_freed.is_empty() {
-        let ids: Vec<String> = p.shadow_types_freed.iter().map(|i| format!("{i:#x}")).collect();
+        let ids: Vec<String> = p
+            .shadow_types_freed
+            .iter()
+            .map(|i| format!("{i:#x}"))
+            .collect();
         s += &format!("shadow types freed: {}\n", ids.join(", "));
     }
     s += &format!(

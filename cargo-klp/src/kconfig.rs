@@ -107,11 +107,17 @@ impl KernelConfig {
         };
         flag(self.enabled("HAVE_JUMP_LABEL_HACK"), "--hacks=jump_label");
         flag(self.enabled("HAVE_NOINSTR_HACK"), "--hacks=noinstr");
-        flag(self.enabled("MITIGATION_CALL_DEPTH_TRACKING"), "--hacks=skylake");
+        flag(
+            self.enabled("MITIGATION_CALL_DEPTH_TRACKING"),
+            "--hacks=skylake",
+        );
         flag(self.ibt(), "--ibt");
         flag(self.enabled("FINEIBT"), "--cfi");
         flag(self.enabled("FTRACE_MCOUNT_USE_OBJTOOL"), "--mcount");
-        flag(self.enabled("FTRACE_MCOUNT_USE_OBJTOOL") && self.enabled("HAVE_OBJTOOL_NOP_MCOUNT"), "--mnop");
+        flag(
+            self.enabled("FTRACE_MCOUNT_USE_OBJTOOL") && self.enabled("HAVE_OBJTOOL_NOP_MCOUNT"),
+            "--mnop",
+        );
         flag(self.enabled("UNWINDER_ORC"), "--orc");
         flag(self.retpoline(), "--retpoline");
         flag(self.rethunk(), "--rethunk");
@@ -119,7 +125,10 @@ impl KernelConfig {
         flag(self.enabled("STACK_VALIDATION"), "--stackval");
         flag(self.enabled("HAVE_STATIC_CALL_INLINE"), "--static-call");
         flag(self.enabled("HAVE_UACCESS_VALIDATION"), "--uaccess");
-        flag(self.enabled("GCOV_KERNEL") || self.enabled("KCOV"), "--no-unreachable");
+        flag(
+            self.enabled("GCOV_KERNEL") || self.enabled("KCOV"),
+            "--no-unreachable",
+        );
         if self.enabled("PREFIX_SYMBOLS") {
             if let Some(n) = self.get("FUNCTION_PADDING_BYTES") {
                 a.push(format!("--prefix={n}"));
@@ -151,7 +160,11 @@ mod tests {
     fn debian_6_1_gets_retpoline_rethunk_sls_but_no_ibt() {
         let c = KernelConfig::parse(DEBIAN_6_1);
         let f = c.rustflags();
-        for want in ["-Zretpoline-external-thunk", "-Zfunction-return=thunk-extern", "-Cjump-tables=no"] {
+        for want in [
+            "-Zretpoline-external-thunk",
+            "-Zfunction-return=thunk-extern",
+            "-Cjump-tables=no",
+        ] {
             assert!(f.contains(&want.to_string()), "{want} missing from {f:?}");
         }
         assert!(f.contains(&"-Ctarget-feature=+harden-sls-ret,+harden-sls-ijmp".to_string()));
@@ -181,11 +194,22 @@ mod tests {
         assert!(f.contains(&"-Zpatchable-function-entry=16,16".to_string()));
         assert!(c.objtool_on_link());
         let a = c.objtool_args();
-        for want in ["--ibt", "--hacks=skylake", "--prefix=16", "--retpoline", "--rethunk", "--sls", "--orc", "--link"]
-        {
+        for want in [
+            "--ibt",
+            "--hacks=skylake",
+            "--prefix=16",
+            "--retpoline",
+            "--rethunk",
+            "--sls",
+            "--orc",
+            "--link",
+        ] {
             assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
         }
-        assert!(!a.contains(&"--mnop".to_string()), "--mnop only goes with --mcount");
+        assert!(
+            !a.contains(&"--mnop".to_string()),
+            "--mnop only goes with --mcount"
+        );
     }
 
     #[test]

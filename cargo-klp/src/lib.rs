@@ -98,10 +98,15 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if let Some(old) = &a.against {
-        let [new] = a.files.as_slice() else { anyhow::bail!("--against takes one FILE (the incoming patch)") };
+        let [new] = a.files.as_slice() else {
+            anyhow::bail!("--against takes one FILE (the incoming patch)")
+        };
         let plan = inspect::against(new, old)?;
         if a.json {
-            serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "schema": inspect::SCHEMA, "plan": plan }))?;
+            serde_json::to_writer_pretty(
+                &mut out,
+                &serde_json::json!({ "schema": inspect::SCHEMA, "plan": plan }),
+            )?;
             writeln!(out)?;
         } else {
             write!(out, "{}", inspect::render_plan(&plan))?;
@@ -122,7 +127,8 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
         }
     }
     if a.json {
-        let doc = serde_json::json!({ "schema": inspect::SCHEMA, "modules": reports, "errors": errors });
+        let doc =
+            serde_json::json!({ "schema": inspect::SCHEMA, "modules": reports, "errors": errors });
         serde_json::to_writer(&mut out, &doc)?;
         writeln!(out)?;
     } else {

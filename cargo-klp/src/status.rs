@@ -11,7 +11,10 @@ pub struct Shell {
 
 impl Shell {
     pub fn new(verbose: bool) -> Shell {
-        Shell { verbose, color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
+        Shell {
+            verbose,
+            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        }
     }
 
     pub fn status(&self, verb: &str, message: impl Display) {
@@ -35,11 +38,27 @@ impl Shell {
         if self.verbose {
             let envs: Vec<String> = cmd
                 .get_envs()
-                .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
+                .filter_map(|(k, v)| {
+                    Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy()))
+                })
                 .collect();
-            let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-            let env = if envs.is_empty() { String::new() } else { format!("{} ", envs.join(" ")) };
-            self.status("Running", format!("`{env}{} {}`", cmd.get_program().to_string_lossy(), args.join(" ")));
+            let args: Vec<String> = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let env = if envs.is_empty() {
+                String::new()
+            } else {
+                format!("{} ", envs.join(" "))
+            };
+            self.status(
+                "Running",
+                format!(
+                    "`{env}{} {}`",
+                    cmd.get_program().to_string_lossy(),
+                    args.join(" ")
+                ),
+            );
         }
     }
 }

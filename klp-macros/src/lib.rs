@@ -25,7 +25,9 @@ use proc_macro::TokenStream;
 /// ```
 #[proc_macro_attribute]
 pub fn klp_func(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::func::expand(args.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+    expand::func::expand(args.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }
 
 /// Declares a callback set on an inline module whose `pub fn`s are its hooks: any of
@@ -45,7 +47,9 @@ pub fn klp_func(args: TokenStream, item: TokenStream) -> TokenStream {
 /// ```
 #[proc_macro_attribute]
 pub fn klp_callbacks(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::callbacks::expand(args.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+    expand::callbacks::expand(args.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }
 
 /// Declares a shadow variable type, owned by a callback set: when that set leaves (disable,
@@ -65,5 +69,7 @@ pub fn klp_callbacks(args: TokenStream, item: TokenStream) -> TokenStream {
 /// ```
 #[proc_macro_attribute]
 pub fn klp_shadow(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::shadow::expand(args.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+    expand::shadow::expand(args.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }

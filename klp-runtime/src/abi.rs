@@ -48,8 +48,11 @@ pub type PrePatchFn = unsafe extern "C" fn(object: *const c_char) -> c_int;
 /// `post_patch`, `pre_unpatch`, `post_unpatch`.
 pub type HookFn = unsafe extern "C" fn(object: *const c_char);
 /// The kernel's `klp_shadow_ctor_t`.
-pub type ShadowCtorFn =
-    unsafe extern "C" fn(obj: *mut c_void, shadow_data: *mut c_void, ctor_data: *mut c_void) -> c_int;
+pub type ShadowCtorFn = unsafe extern "C" fn(
+    obj: *mut c_void,
+    shadow_data: *mut c_void,
+    ctor_data: *mut c_void,
+) -> c_int;
 /// The kernel's `klp_shadow_dtor_t`.
 pub type ShadowDtorFn = unsafe extern "C" fn(obj: *mut c_void, shadow_data: *mut c_void);
 
@@ -212,7 +215,12 @@ impl CallbackSetEntry {
     pub const fn new(
         id: u32,
         object: &'static core::ffi::CStr,
-        hooks: (Option<PrePatchFn>, Option<HookFn>, Option<HookFn>, Option<HookFn>),
+        hooks: (
+            Option<PrePatchFn>,
+            Option<HookFn>,
+            Option<HookFn>,
+            Option<HookFn>,
+        ),
         origin: &'static core::ffi::CStr,
     ) -> Self {
         CallbackSetEntry {
@@ -257,7 +265,12 @@ impl ShadowEntry {
 
 impl PatchHeader {
     /// Used by `patch!()`'s expansion.
-    pub const fn new(name: &'static core::ffi::CStr, funcs: Table, sets: Table, shadows: Table) -> Self {
+    pub const fn new(
+        name: &'static core::ffi::CStr,
+        funcs: Table,
+        sets: Table,
+        shadows: Table,
+    ) -> Self {
         PatchHeader {
             magic: MAGIC,
             format_version: FORMAT_VERSION,

@@ -78,7 +78,12 @@ pub fn set_current_task(task: usize) {
 /// # Safety
 /// The arguments are those the kernel passed to the `read` file operation being replaced:
 /// `to` a user buffer of `count` bytes, `ppos` the file position.
-pub unsafe fn simple_read_from_buffer(to: *mut u8, count: usize, ppos: *mut i64, data: &[u8]) -> isize {
+pub unsafe fn simple_read_from_buffer(
+    to: *mut u8,
+    count: usize,
+    ppos: *mut i64,
+    data: &[u8],
+) -> isize {
     #[cfg(target_os = "none")]
     // SAFETY: forwarded contract.
     unsafe {

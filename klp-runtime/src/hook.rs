@@ -77,12 +77,17 @@ pub mod __private {
     unsafe fn object<'a>(object: *const c_char) -> Object<'a> {
         // SAFETY: per the contract; the runtime passes the name from its tables.
         let name = unsafe { CStr::from_ptr(object) };
-        Object { name: name.to_str().unwrap_or("?") }
+        Object {
+            name: name.to_str().unwrap_or("?"),
+        }
     }
 
     /// # Safety
     /// As [`object`].
-    pub unsafe fn call_pre_patch(obj: *const c_char, f: impl FnOnce(&Object<'_>) -> Result) -> c_int {
+    pub unsafe fn call_pre_patch(
+        obj: *const c_char,
+        f: impl FnOnce(&Object<'_>) -> Result,
+    ) -> c_int {
         // SAFETY: forwarded contract.
         match f(&unsafe { object(obj) }) {
             Ok(()) => 0,

@@ -111,9 +111,18 @@ macro_rules! patch {
             }
             $crate::abi::PatchHeader::new(
                 $crate::abi::cstr(::core::concat!(::core::env!("CARGO_CRATE_NAME"), "\0")),
-                $crate::abi::Table { start: &raw const FUNCS_START, end: &raw const FUNCS_STOP },
-                $crate::abi::Table { start: &raw const SETS_START, end: &raw const SETS_STOP },
-                $crate::abi::Table { start: &raw const SHADOWS_START, end: &raw const SHADOWS_STOP },
+                $crate::abi::Table {
+                    start: &raw const FUNCS_START,
+                    end: &raw const FUNCS_STOP,
+                },
+                $crate::abi::Table {
+                    start: &raw const SETS_START,
+                    end: &raw const SETS_STOP,
+                },
+                $crate::abi::Table {
+                    start: &raw const SHADOWS_START,
+                    end: &raw const SHADOWS_STOP,
+                },
             )
         };
     };

@@ -32,7 +32,12 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [Hook::PrePatch, Hook::PostPatch, Hook::PreUnpatch, Hook::PostUnpatch];
+    pub const ALL: [Hook; 4] = [
+        Hook::PrePatch,
+        Hook::PostPatch,
+        Hook::PreUnpatch,
+        Hook::PostUnpatch,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -64,7 +69,13 @@ pub enum Side {
 pub enum Step<'a> {
     /// Call a set's hook. `defined` is false when the set has no such hook: nothing is called,
     /// but the step still marks where the set is set up or torn down.
-    Hook { side: Side, set: u32, object: &'a str, hook: Hook, defined: bool },
+    Hook {
+        side: Side,
+        set: u32,
+        object: &'a str,
+        hook: Hook,
+        defined: bool,
+    },
     /// `klp_shadow_free_all(shadow, dtor)` for a shadow type owned by `set`.
     FreeShadow { side: Side, set: u32, shadow: u64 },
 }
@@ -92,8 +103,14 @@ impl<'a> Plan<'a> {
     /// everything done so far is undone in reverse order. The kernel does not call
     /// `post_unpatch` for a set whose `pre_patch` failed, and neither do we.
     pub fn cancel(&self, failed: usize) -> Vec<Step<'a>> {
-        let frees = self.before[failed].undo.iter().filter(|s| matches!(s, Step::FreeShadow { .. }));
-        frees.copied().chain(unwind(&self.before[..failed])).collect()
+        let frees = self.before[failed]
+            .undo
+            .iter()
+            .filter(|s| matches!(s, Step::FreeShadow { .. }));
+        frees
+            .copied()
+            .chain(unwind(&self.before[..failed]))
+            .collect()
     }
 
     /// The steps that undo all of `before`: the transition was reversed before it completed.
@@ -105,7 +122,9 @@ impl<'a> Plan<'a> {
     pub fn steps(&self) -> impl Iterator<Item = Option<Step<'a>>> + '_ {
         let before = self.before.iter().map(|p| Some(p.step));
         let transition = self.transition.then_some(None);
-        before.chain(transition).chain(self.after.iter().map(|s| Some(*s)))
+        before
+            .chain(transition)
+            .chain(self.after.iter().map(|s| Some(*s)))
     }
 }
 
@@ -118,14 +137,23 @@ fn sets_not_in<'p, 'a, F, G>(
     patch: &'p Patch<'a, F>,
     other: Option<&'p Patch<'a, G>>,
 ) -> Vec<&'p crate::reader::CallbackSet<'a, F>> {
-    let mut v: Vec<_> =
-        patch.sets.iter().filter(|s| other.is_none_or(|o| !o.sets.iter().any(|t| t.id == s.id))).collect();
+    let mut v: Vec<_> = patch
+        .sets
+        .iter()
+        .filter(|s| other.is_none_or(|o| !o.sets.iter().any(|t| t.id == s.id)))
+        .collect();
     v.sort_by_key(|s| s.id);
     v
 }
 
 fn hook<'a, F>(side: Side, set: &crate::reader::CallbackSet<'a, F>, hook: Hook) -> Step<'a> {
-    Step::Hook { side, set: set.id, object: set.object, hook, defined: set.hooks[hook as usize].is_some() }
+    Step::Hook {
+        side,
+        set: set.id,
+        object: set.object,
+        hook,
+        defined: set.hooks[hook as usize].is_some(),
+    }
 }
 
 /// The patch that stays (if any) and which objects are loaded: a shadow id is kept while a
@@ -133,50 +161,86 @@ fn hook<'a, F>(side: Side, set: &crate::reader::CallbackSet<'a, F>, hook: Hook) 
 type Survivor<'p, 'a, G> = Option<(&'p Patch<'a, G>, &'p dyn Fn(&str) -> bool)>;
 
 /// Shadow ids owned by `set` in `patch` that no set-up set of the survivor owns.
-fn frees<'a, F, G>(side: Side, patch: &Patch<'a, F>, set: u32, survivor: Survivor<'_, 'a, G>) -> Vec<Step<'a>> {
+fn frees<'a, F, G>(
+    side: Side,
+    patch: &Patch<'a, F>,
+    set: u32,
+    survivor: Survivor<'_, 'a, G>,
+) -> Vec<Step<'a>> {
     let kept = |id: u64| {
         survivor.is_some_and(|(s, loaded)| {
-            s.shadows.iter().any(|t| t.id == id && s.set(t.owner).is_some_and(|o| loaded(o.object)))
+            s.shadows
+                .iter()
+                .any(|t| t.id == id && s.set(t.owner).is_some_and(|o| loaded(o.object)))
         })
     };
     patch
         .shadows
         .iter()
         .filter(|t| t.owner == set && !kept(t.id))
-        .map(|t| Step::FreeShadow { side, set, shadow: t.id })
+        .map(|t| Step::FreeShadow {
+            side,
+            set,
+            shadow: t.id,
+        })
         .collect()
 }
 
 /// Enable `new`, replacing `old` if there is one. `loaded` says whether a module object is
 /// loaded (`vmlinux` always is).
-pub fn replace<'a, F, G>(old: Option<&Patch<'a, F>>, new: &Patch<'a, G>, loaded: &dyn Fn(&str) -> bool) -> Plan<'a> {
+pub fn replace<'a, F, G>(
+    old: Option<&Patch<'a, F>>,
+    new: &Patch<'a, G>,
+    loaded: &dyn Fn(&str) -> bool,
+) -> Plan<'a> {
     let is_loaded = |o: &str| o == "vmlinux" || loaded(o);
     let new_only = sets_not_in(new, old);
     let old_only: Vec<_> = old.map(|o| sets_not_in(o, Some(new))).unwrap_or_default();
-    let mut plan = Plan { transition: true, ..Plan::default() };
+    let mut plan = Plan {
+        transition: true,
+        ..Plan::default()
+    };
 
     for s in new_only.iter().filter(|s| is_loaded(s.object)) {
         let mut undo = Vec::from([hook(Side::New, s, Hook::PostUnpatch)]);
-        undo.extend(frees(Side::New, new, s.id, old.map(|o| (o, &is_loaded as &dyn Fn(&str) -> bool))));
-        plan.before.push(Planned { step: hook(Side::New, s, Hook::PrePatch), undo });
+        undo.extend(frees(
+            Side::New,
+            new,
+            s.id,
+            old.map(|o| (o, &is_loaded as &dyn Fn(&str) -> bool)),
+        ));
+        plan.before.push(Planned {
+            step: hook(Side::New, s, Hook::PrePatch),
+            undo,
+        });
     }
     for s in old_only.iter().rev().filter(|s| is_loaded(s.object)) {
         let undo = Vec::from([hook(Side::Old, s, Hook::PostPatch)]);
-        plan.before.push(Planned { step: hook(Side::Old, s, Hook::PreUnpatch), undo });
+        plan.before.push(Planned {
+            step: hook(Side::Old, s, Hook::PreUnpatch),
+            undo,
+        });
     }
     if let Some(old) = old {
         for s in old_only.iter().rev() {
             if is_loaded(s.object) {
                 plan.after.push(hook(Side::Old, s, Hook::PostUnpatch));
             }
-            plan.after.extend(frees(Side::Old, old, s.id, Some((new, &is_loaded))));
+            plan.after
+                .extend(frees(Side::Old, old, s.id, Some((new, &is_loaded))));
         }
         // A set both patches keep runs nothing, but if the new patch no longer owns one of
         // its shadow types, that type is gone with the old patch.
-        let mut kept: Vec<u32> = old.sets.iter().filter(|s| new.set(s.id).is_some()).map(|s| s.id).collect();
+        let mut kept: Vec<u32> = old
+            .sets
+            .iter()
+            .filter(|s| new.set(s.id).is_some())
+            .map(|s| s.id)
+            .collect();
         kept.sort_unstable();
         for id in kept.into_iter().rev() {
-            plan.after.extend(frees(Side::Old, old, id, Some((new, &is_loaded))));
+            plan.after
+                .extend(frees(Side::Old, old, id, Some((new, &is_loaded))));
         }
     }
     for s in new_only.iter().filter(|s| is_loaded(s.object)) {
@@ -195,50 +259,79 @@ pub fn enable<'a, F>(patch: &Patch<'a, F>, loaded: &dyn Fn(&str) -> bool) -> Pla
 pub fn disable<'a, F>(patch: &Patch<'a, F>, loaded: &dyn Fn(&str) -> bool) -> Plan<'a> {
     let is_loaded = |o: &str| o == "vmlinux" || loaded(o);
     let sets = sets_not_in::<F, F>(patch, None);
-    let mut plan = Plan { transition: true, ..Plan::default() };
+    let mut plan = Plan {
+        transition: true,
+        ..Plan::default()
+    };
     for s in sets.iter().rev().filter(|s| is_loaded(s.object)) {
         let undo = Vec::from([hook(Side::Old, s, Hook::PostPatch)]);
-        plan.before.push(Planned { step: hook(Side::Old, s, Hook::PreUnpatch), undo });
+        plan.before.push(Planned {
+            step: hook(Side::Old, s, Hook::PreUnpatch),
+            undo,
+        });
     }
     for s in sets.iter().rev() {
         if is_loaded(s.object) {
             plan.after.push(hook(Side::Old, s, Hook::PostUnpatch));
         }
-        plan.after.extend(frees::<F, F>(Side::Old, patch, s.id, None));
+        plan.after
+            .extend(frees::<F, F>(Side::Old, patch, s.id, None));
     }
     // Shadow types whose owner is not a set of this patch (tables that failed the cross-item
     // check still must not leak).
-    for t in patch.shadows.iter().filter(|t| patch.set(t.owner).is_none()) {
-        plan.after.push(Step::FreeShadow { side: Side::Old, set: t.owner, shadow: t.id });
+    for t in patch
+        .shadows
+        .iter()
+        .filter(|t| patch.set(t.owner).is_none())
+    {
+        plan.after.push(Step::FreeShadow {
+            side: Side::Old,
+            set: t.owner,
+            shadow: t.id,
+        });
     }
     plan
 }
 
 /// A module `object` loads while `patch` is enabled: its sets set up.
 pub fn module_coming<'a, F>(patch: &Patch<'a, F>, object: &str) -> Plan<'a> {
-    let sets: Vec<_> = sets_not_in::<F, F>(patch, None).into_iter().filter(|s| s.object == object).collect();
+    let sets: Vec<_> = sets_not_in::<F, F>(patch, None)
+        .into_iter()
+        .filter(|s| s.object == object)
+        .collect();
     let mut plan = Plan::default();
     for s in &sets {
         let mut undo = Vec::from([hook(Side::Old, s, Hook::PostUnpatch)]);
         undo.extend(frees::<F, F>(Side::Old, patch, s.id, None));
-        plan.before.push(Planned { step: hook(Side::Old, s, Hook::PrePatch), undo });
+        plan.before.push(Planned {
+            step: hook(Side::Old, s, Hook::PrePatch),
+            undo,
+        });
     }
-    plan.after.extend(sets.iter().map(|s| hook(Side::Old, s, Hook::PostPatch)));
+    plan.after
+        .extend(sets.iter().map(|s| hook(Side::Old, s, Hook::PostPatch)));
     plan
 }
 
 /// A module `object` unloads while `patch` is enabled: its sets tear down and free their
 /// shadow types (what they hung on the module's objects would dangle).
 pub fn module_going<'a, F>(patch: &Patch<'a, F>, object: &str) -> Plan<'a> {
-    let sets: Vec<_> = sets_not_in::<F, F>(patch, None).into_iter().filter(|s| s.object == object).collect();
+    let sets: Vec<_> = sets_not_in::<F, F>(patch, None)
+        .into_iter()
+        .filter(|s| s.object == object)
+        .collect();
     let mut plan = Plan::default();
     for s in sets.iter().rev() {
         let undo = Vec::from([hook(Side::Old, s, Hook::PostPatch)]);
-        plan.before.push(Planned { step: hook(Side::Old, s, Hook::PreUnpatch), undo });
+        plan.before.push(Planned {
+            step: hook(Side::Old, s, Hook::PreUnpatch),
+            undo,
+        });
     }
     for s in sets.iter().rev() {
         plan.after.push(hook(Side::Old, s, Hook::PostUnpatch));
-        plan.after.extend(frees::<F, F>(Side::Old, patch, s.id, None));
+        plan.after
+            .extend(frees::<F, F>(Side::Old, patch, s.id, None));
     }
     plan
 }
@@ -255,7 +348,13 @@ pub trait Runner<'a> {
 fn run_step<'a>(runner: &mut impl Runner<'a>, step: &Step<'a>) -> Result<(), i32> {
     runner.observe(step);
     match *step {
-        Step::Hook { side, set, object, hook, defined: true } => runner.hook(side, set, object, hook),
+        Step::Hook {
+            side,
+            set,
+            object,
+            hook,
+            defined: true,
+        } => runner.hook(side, set, object, hook),
         Step::Hook { defined: false, .. } => Ok(()),
         Step::FreeShadow { side, set, shadow } => {
             runner.free_shadow(side, set, shadow);
@@ -294,8 +393,12 @@ pub struct StepLine<'s, 'a> {
 impl fmt::Display for StepLine<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self.step {
-            Step::Hook { set, object, hook, .. } => write!(f, "{}: set {set} {object} {hook}", self.patch),
-            Step::FreeShadow { set, shadow, .. } => write!(f, "{}: set {set} free shadow {shadow:#x}", self.patch),
+            Step::Hook {
+                set, object, hook, ..
+            } => write!(f, "{}: set {set} {object} {hook}", self.patch),
+            Step::FreeShadow { set, shadow, .. } => {
+                write!(f, "{}: set {set} free shadow {shadow:#x}", self.patch)
+            }
         }
     }
 }

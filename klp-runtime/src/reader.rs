@@ -34,16 +34,36 @@ pub enum ReadError {
     BadMagic,
     #[error("table format version {found} is newer than this reader understands (up to {supported}); use a newer klp-rs to read or replace it")]
     TooNew { found: u32, supported: u32 },
-    #[error("{table} is truncated at offset {offset:#x}: an entry needs {need} bytes, {have} remain")]
-    Truncated { table: TableKind, offset: usize, need: usize, have: usize },
+    #[error(
+        "{table} is truncated at offset {offset:#x}: an entry needs {need} bytes, {have} remain"
+    )]
+    Truncated {
+        table: TableKind,
+        offset: usize,
+        need: usize,
+        have: usize,
+    },
     #[error(
         "{table} entry at offset {offset:#x} declares size {size}, below the minimum {min} or not a multiple of 8"
     )]
-    BadEntrySize { table: TableKind, offset: usize, size: u32, min: usize },
+    BadEntrySize {
+        table: TableKind,
+        offset: usize,
+        size: u32,
+        min: usize,
+    },
     #[error("{table}: the string at field offset {offset:#x} cannot be read ({why})")]
-    BadString { table: TableKind, offset: usize, why: &'static str },
+    BadString {
+        table: TableKind,
+        offset: usize,
+        why: &'static str,
+    },
     #[error("{table}: the pointer at offset {offset:#x} cannot be resolved ({why})")]
-    Unresolved { table: TableKind, offset: usize, why: &'static str },
+    Unresolved {
+        table: TableKind,
+        offset: usize,
+        why: &'static str,
+    },
 }
 
 /// Resolves pointer fields. `offset` is the field's byte offset within its table, `raw` the
@@ -52,7 +72,12 @@ pub trait Resolver<'a> {
     /// How a function pointer is presented: an address, or a symbol name.
     type Func: Copy + fmt::Debug;
     fn string(&self, table: TableKind, offset: usize, raw: u64) -> Result<&'a str, ReadError>;
-    fn func(&self, table: TableKind, offset: usize, raw: u64) -> Result<Option<Self::Func>, ReadError>;
+    fn func(
+        &self,
+        table: TableKind,
+        offset: usize,
+        raw: u64,
+    ) -> Result<Option<Self::Func>, ReadError>;
 }
 
 /// A patched function.
@@ -115,14 +140,22 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 pub fn header_version(bytes: &[u8]) -> Result<u32, ReadError> {
     let need = layout::HEADER_SIZE_FIELD + 4;
     if bytes.len() < need {
-        return Err(ReadError::Truncated { table: TableKind::Header, offset: 0, need, have: bytes.len() });
+        return Err(ReadError::Truncated {
+            table: TableKind::Header,
+            offset: 0,
+            need,
+            have: bytes.len(),
+        });
     }
     if bytes[..8] != abi::MAGIC {
         return Err(ReadError::BadMagic);
     }
     let found = u32_at(bytes, layout::HEADER_FORMAT_VERSION);
     if found > abi::FORMAT_VERSION {
-        return Err(ReadError::TooNew { found, supported: abi::FORMAT_VERSION });
+        return Err(ReadError::TooNew {
+            found,
+            supported: abi::FORMAT_VERSION,
+        });
     }
     let size = u32_at(bytes, layout::HEADER_SIZE_FIELD) as usize;
     if size < layout::HEADER_SIZE || bytes.len() < layout::HEADER_SIZE {
@@ -137,7 +170,11 @@ pub fn header_version(bytes: &[u8]) -> Result<u32, ReadError> {
 }
 
 /// The entries of a table: `(offset, bytes)` of each, walked by each entry's own size.
-fn entries(table: TableKind, bytes: &[u8], min: usize) -> impl Iterator<Item = Result<(usize, &[u8]), ReadError>> {
+fn entries(
+    table: TableKind,
+    bytes: &[u8],
+    min: usize,
+) -> impl Iterator<Item = Result<(usize, &[u8]), ReadError>> {
     let mut off = 0;
     core::iter::from_fn(move || {
         if off >= bytes.len() {
@@ -145,18 +182,33 @@ fn entries(table: TableKind, bytes: &[u8], min: usize) -> impl Iterator<Item = R
         }
         let rest = &bytes[off..];
         if rest.len() < min {
-            let e = ReadError::Truncated { table, offset: off, need: min, have: rest.len() };
+            let e = ReadError::Truncated {
+                table,
+                offset: off,
+                need: min,
+                have: rest.len(),
+            };
             off = bytes.len();
             return Some(Err(e));
         }
         let size = u32_at(rest, 0);
         if (size as usize) < min || !(size as usize).is_multiple_of(layout::ENTRY_ALIGN) {
-            let e = ReadError::BadEntrySize { table, offset: off, size, min };
+            let e = ReadError::BadEntrySize {
+                table,
+                offset: off,
+                size,
+                min,
+            };
             off = bytes.len();
             return Some(Err(e));
         }
         if rest.len() < size as usize {
-            let e = ReadError::Truncated { table, offset: off, need: size as usize, have: rest.len() };
+            let e = ReadError::Truncated {
+                table,
+                offset: off,
+                need: size as usize,
+                have: rest.len(),
+            };
             off = bytes.len();
             return Some(Err(e));
         }
@@ -179,7 +231,13 @@ pub fn read_tables<'a, R: Resolver<'a>>(
     let s = |t, base: usize, field: usize, e: &[u8]| r.string(t, base + field, u64_at(e, field));
     let f = |t, base: usize, field: usize, e: &[u8]| r.func(t, base + field, u64_at(e, field));
 
-    let mut patch = Patch { name, format_version, funcs: Vec::new(), sets: Vec::new(), shadows: Vec::new() };
+    let mut patch = Patch {
+        name,
+        format_version,
+        funcs: Vec::new(),
+        sets: Vec::new(),
+        shadows: Vec::new(),
+    };
     for item in entries(Funcs, funcs, layout::FUNC_SIZE) {
         let (o, e) = item?;
         patch.funcs.push(Func {
@@ -227,12 +285,20 @@ impl<'a> Resolver<'a> for Memory {
 
     fn string(&self, table: TableKind, offset: usize, raw: u64) -> Result<&'a str, ReadError> {
         if raw == 0 {
-            return Err(ReadError::BadString { table, offset, why: "null pointer" });
+            return Err(ReadError::BadString {
+                table,
+                offset,
+                why: "null pointer",
+            });
         }
         // SAFETY: `read_memory`'s caller vouches that the tables are live, linked tables whose
         // string fields point to NUL-terminated static data.
         let s = unsafe { core::ffi::CStr::from_ptr(raw as usize as *const core::ffi::c_char) };
-        s.to_str().map_err(|_| ReadError::BadString { table, offset, why: "not UTF-8" })
+        s.to_str().map_err(|_| ReadError::BadString {
+            table,
+            offset,
+            why: "not UTF-8",
+        })
     }
 
     fn func(&self, _: TableKind, _: usize, raw: u64) -> Result<Option<usize>, ReadError> {
@@ -247,8 +313,12 @@ impl<'a> Resolver<'a> for Memory {
 /// (the tables of a loaded module, or of a crate linked into this program).
 pub unsafe fn read_memory<'a>(header: &'a abi::PatchHeader) -> Result<Patch<'a, usize>, ReadError> {
     // SAFETY: a PatchHeader is plain data; viewing it as bytes is always valid.
-    let hdr =
-        unsafe { core::slice::from_raw_parts(header as *const abi::PatchHeader as *const u8, layout::HEADER_SIZE) };
+    let hdr = unsafe {
+        core::slice::from_raw_parts(
+            header as *const abi::PatchHeader as *const u8,
+            layout::HEADER_SIZE,
+        )
+    };
     let version = header_version(hdr)?;
     let table = |t: abi::Table| -> &'a [u8] {
         let len = (t.end as usize).saturating_sub(t.start as usize);
@@ -259,5 +329,12 @@ pub unsafe fn read_memory<'a>(header: &'a abi::PatchHeader) -> Result<Patch<'a, 
         unsafe { core::slice::from_raw_parts(t.start, len) }
     };
     let name = Memory.string(TableKind::Header, layout::HEADER_NAME, header.name as u64)?;
-    read_tables(&Memory, name, version, table(header.funcs), table(header.sets), table(header.shadows))
+    read_tables(
+        &Memory,
+        name,
+        version,
+        table(header.funcs),
+        table(header.sets),
+        table(header.shadows),
+    )
 }

@@ -28,12 +28,22 @@ pub fn get<S: ShadowType>(obj: *const c_void) -> Option<NonNull<S::Data>> {
 
 /// The variable attached to `obj`, attaching `init()` first if there is none. `init` runs only
 /// when a variable is created; if another caller wins the race, its value is kept.
-pub fn get_or_alloc<S: ShadowType>(obj: *const c_void, init: impl FnOnce() -> S::Data) -> Result<NonNull<S::Data>> {
+pub fn get_or_alloc<S: ShadowType>(
+    obj: *const c_void,
+    init: impl FnOnce() -> S::Data,
+) -> Result<NonNull<S::Data>> {
     if let Some(p) = get::<S>(obj) {
         return Ok(p);
     }
     let mut value = Some(init());
-    let p = sys::shadow_alloc(obj, S::ID, size_of::<S::Data>(), ctor::<S::Data>, (&raw mut value).cast(), true);
+    let p = sys::shadow_alloc(
+        obj,
+        S::ID,
+        size_of::<S::Data>(),
+        ctor::<S::Data>,
+        (&raw mut value).cast(),
+        true,
+    );
     NonNull::new(p.cast()).ok_or(Errno::ENOMEM)
 }
 
@@ -44,7 +54,14 @@ pub fn alloc<S: ShadowType>(obj: *const c_void, value: S::Data) -> Result<NonNul
         return Err(Errno::EEXIST);
     }
     let mut value = Some(value);
-    let p = sys::shadow_alloc(obj, S::ID, size_of::<S::Data>(), ctor::<S::Data>, (&raw mut value).cast(), false);
+    let p = sys::shadow_alloc(
+        obj,
+        S::ID,
+        size_of::<S::Data>(),
+        ctor::<S::Data>,
+        (&raw mut value).cast(),
+        false,
+    );
     NonNull::new(p.cast()).ok_or(Errno::ENOMEM)
 }
 
@@ -63,7 +80,11 @@ pub fn free_all<S: ShadowType>() {
 /// # Safety
 /// `shadow_data` is valid for a write of `T`; `ctor_data` points to an `Option<T>`.
 #[doc(hidden)]
-pub unsafe extern "C" fn ctor<T>(_obj: *mut c_void, shadow_data: *mut c_void, ctor_data: *mut c_void) -> c_int {
+pub unsafe extern "C" fn ctor<T>(
+    _obj: *mut c_void,
+    shadow_data: *mut c_void,
+    ctor_data: *mut c_void,
+) -> c_int {
     // SAFETY: per the contract; the runtime always passes an `Option<T>` of the same type.
     let value = unsafe { &mut *ctor_data.cast::<Option<T>>() }.take();
     match value {

@@ -11,12 +11,24 @@ type Layout = BTreeMap<(String, String), (usize, usize)>;
 
 /// (struct, field) -> (offset, size), from the document's layout table.
 fn documented() -> Layout {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/table-format.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/table-format.md"
+    ))
+    .unwrap();
     doc.lines()
         .filter_map(|l| {
-            let cells: Vec<&str> = l.trim().trim_matches('|').split('|').map(str::trim).collect();
+            let cells: Vec<&str> = l
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect();
             let [s, f, o, n] = cells[..] else { return None };
-            Some(((s.to_string(), f.to_string()), (o.parse().ok()?, n.parse().ok()?)))
+            Some((
+                (s.to_string(), f.to_string()),
+                (o.parse().ok()?, n.parse().ok()?),
+            ))
         })
         .collect()
 }
@@ -78,8 +90,9 @@ fn the_c_header_matches_the_document() {
         other => panic!("unknown struct {other} in the document"),
     };
     let doc = documented();
-    let mut prog =
-        String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"klp_rs_abi.h\"\nint main(void) {\n");
+    let mut prog = String::from(
+        "#include <stdio.h>\n#include <stddef.h>\n#include \"klp_rs_abi.h\"\nint main(void) {\n",
+    );
     for (s, f) in doc.keys() {
         let t = c_struct(s);
         if f == "(total)" {
@@ -108,7 +121,10 @@ fn the_c_header_matches_the_document() {
         .lines()
         .map(|l| {
             let v: Vec<&str> = l.split(' ').collect();
-            ((v[0].to_string(), v[1].to_string()), (v[2].parse().unwrap(), v[3].parse().unwrap()))
+            (
+                (v[0].to_string(), v[1].to_string()),
+                (v[2].parse().unwrap(), v[3].parse().unwrap()),
+            )
         })
         .collect();
     std::fs::remove_dir_all(&dir).ok();

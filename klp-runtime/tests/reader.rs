@@ -10,7 +10,14 @@ struct Strings(&'static [&'static str]);
 impl<'a> Resolver<'a> for Strings {
     type Func = u64;
     fn string(&self, table: TableKind, offset: usize, raw: u64) -> Result<&'a str, ReadError> {
-        self.0.get(raw as usize).copied().ok_or(ReadError::BadString { table, offset, why: "no such string" })
+        self.0
+            .get(raw as usize)
+            .copied()
+            .ok_or(ReadError::BadString {
+                table,
+                offset,
+                why: "no such string",
+            })
     }
     fn func(&self, _: TableKind, _: usize, raw: u64) -> Result<Option<u64>, ReadError> {
         Ok((raw != 0).then_some(raw))
@@ -36,7 +43,8 @@ fn header(version: u32) -> Vec<u8> {
     let mut h = vec![0u8; layout::HEADER_SIZE];
     h[..8].copy_from_slice(&abi::MAGIC);
     h[layout::HEADER_FORMAT_VERSION..][..4].copy_from_slice(&version.to_le_bytes());
-    h[layout::HEADER_SIZE_FIELD..][..4].copy_from_slice(&(layout::HEADER_SIZE as u32).to_le_bytes());
+    h[layout::HEADER_SIZE_FIELD..][..4]
+        .copy_from_slice(&(layout::HEADER_SIZE as u32).to_le_bytes());
     h
 }
 
@@ -47,16 +55,30 @@ fn a_newer_writers_larger_entries_are_read_by_their_known_prefix() {
     let sets: &'static [u8] = Vec::leak(sets);
     let p = read_tables(&STRINGS, "p", 1, &[], sets, &[]).unwrap();
     assert_eq!(p.sets.len(), 2);
-    assert_eq!((p.sets[0].id, p.sets[0].hooks), (7, [Some(0x10), None, None, Some(0x40)]));
-    assert_eq!((p.sets[1].id, p.sets[1].object, p.sets[1].origin), (8, "vmlinux", "origin"));
+    assert_eq!(
+        (p.sets[0].id, p.sets[0].hooks),
+        (7, [Some(0x10), None, None, Some(0x40)])
+    );
+    assert_eq!(
+        (p.sets[1].id, p.sets[1].object, p.sets[1].origin),
+        (8, "vmlinux", "origin")
+    );
 }
 
 #[test]
 fn a_header_from_a_newer_format_is_refused_naming_both_versions() {
     assert_eq!(header_version(&header(1)), Ok(1));
     let err = header_version(&header(2)).unwrap_err();
-    assert_eq!(err, ReadError::TooNew { found: 2, supported: 1 });
-    assert!(err.to_string().contains("version 2 is newer than this reader understands (up to 1)"));
+    assert_eq!(
+        err,
+        ReadError::TooNew {
+            found: 2,
+            supported: 1
+        }
+    );
+    assert!(err
+        .to_string()
+        .contains("version 2 is newer than this reader understands (up to 1)"));
 }
 
 #[test]
@@ -65,7 +87,16 @@ fn bad_magic_and_short_headers_are_errors() {
     h[0] = b'X';
     assert_eq!(header_version(&h), Err(ReadError::BadMagic));
     let err = header_version(&header(1)[..20]).unwrap_err();
-    assert!(matches!(err, ReadError::Truncated { table: TableKind::Header, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ReadError::Truncated {
+                table: TableKind::Header,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -74,8 +105,19 @@ fn a_truncated_table_names_the_table_and_the_offset() {
     sets.extend(&set_entry(layout::SET_SIZE as u32, 2, [0; 4])[..20]);
     let sets: &'static [u8] = Vec::leak(sets);
     let err = read_tables(&STRINGS, "p", 1, &[], sets, &[]).unwrap_err();
-    assert_eq!(err, ReadError::Truncated { table: TableKind::Sets, offset: 56, need: 56, have: 20 });
-    assert_eq!(err.to_string(), "callback-set table is truncated at offset 0x38: an entry needs 56 bytes, 20 remain");
+    assert_eq!(
+        err,
+        ReadError::Truncated {
+            table: TableKind::Sets,
+            offset: 56,
+            need: 56,
+            have: 20
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "callback-set table is truncated at offset 0x38: an entry needs 56 bytes, 20 remain"
+    );
 }
 
 #[test]
@@ -85,7 +127,10 @@ fn an_entry_size_below_the_minimum_or_unaligned_is_an_error() {
         e[0..4].copy_from_slice(&size.to_le_bytes());
         let e: &'static [u8] = Vec::leak(e);
         let err = read_tables(&STRINGS, "p", 1, &[], e, &[]).unwrap_err();
-        assert!(matches!(err, ReadError::BadEntrySize { offset: 0, .. }), "size {size}: {err:?}");
+        assert!(
+            matches!(err, ReadError::BadEntrySize { offset: 0, .. }),
+            "size {size}: {err:?}"
+        );
     }
 }
 
@@ -95,5 +140,12 @@ fn an_unresolvable_string_is_an_error_not_a_panic() {
     e[layout::SET_OBJECT..layout::SET_OBJECT + 8].copy_from_slice(&99u64.to_le_bytes());
     let e: &'static [u8] = Vec::leak(e);
     let err = read_tables(&STRINGS, "p", 1, &[], e, &[]).unwrap_err();
-    assert_eq!(err, ReadError::BadString { table: TableKind::Sets, offset: layout::SET_OBJECT, why: "no such string" });
+    assert_eq!(
+        err,
+        ReadError::BadString {
+            table: TableKind::Sets,
+            offset: layout::SET_OBJECT,
+            why: "no such string"
+        }
+    );
 }

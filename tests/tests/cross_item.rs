@@ -7,7 +7,9 @@ use klp_runtime::sim::{Kernel, SimError};
 #[test]
 fn duplicate_sets_orphan_shadows_and_double_patches_are_refused_naming_both_places() {
     let err = Kernel::new().insmod(&broken::KLP_PATCH).unwrap_err();
-    let SimError::Check { patch, errors } = &err else { panic!("{err}") };
+    let SimError::Check { patch, errors } = &err else {
+        panic!("{err}")
+    };
     assert_eq!(patch, "broken");
     let file = "tests/fixtures/broken/src/lib.rs";
     assert_eq!(

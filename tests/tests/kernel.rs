@@ -61,11 +61,15 @@ fn kernel_lines(log: &GuestLog, section: &str) -> Vec<String> {
 /// 0x20`) and the kernel's transition lines, whoever printed them.
 fn steps_and_transitions(lines: &[String]) -> Vec<String> {
     let is_step = |text: &str| {
-        let Some((_, rest)) = text.split_once(": set ") else { return false };
+        let Some((_, rest)) = text.split_once(": set ") else {
+            return false;
+        };
         let words: Vec<&str> = rest.split(' ').collect();
         words.first().is_some_and(|n| n.parse::<u32>().is_ok())
             && match words[1..] {
-                [_object, hook] => ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"].contains(&hook),
+                [_object, hook] => {
+                    ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"].contains(&hook)
+                }
                 ["free", "shadow", id] => id.starts_with("0x"),
                 _ => false,
             }
@@ -104,10 +108,17 @@ fn cmdline_example_patches_unpatches_and_unloads(series: Series) {
     assert_eq!(log.section("load"), ["insmod klp_cmdline rc=0"]);
     assert_eq!(
         log.section("patched"),
-        ["this has been live patched by Rust", "patch klp_cmdline enabled=1 transition=0"]
+        [
+            "this has been live patched by Rust",
+            "patch klp_cmdline enabled=1 transition=0"
+        ]
     );
     assert_eq!(log.section("disable"), ["disable klp_cmdline rc=0"]);
-    assert_eq!(log.section("disabled"), [original], "the original is back and the patch is gone from sysfs");
+    assert_eq!(
+        log.section("disabled"),
+        [original],
+        "the original is back and the patch is gone from sysfs"
+    );
     assert_eq!(log.section("rmmod"), ["rmmod rc=0", "0"]);
 }
 
@@ -135,10 +146,19 @@ fn target_module_loaded_after_the_patch(series: Series) {
     );
     assert_eq!(log.section("status"), ["patched by klp_modobj"]);
     let ours = |s| -> Vec<String> {
-        kernel_lines(&log, s).into_iter().filter_map(|l| l.strip_prefix("klp_modobj: ").map(str::to_string)).collect()
+        kernel_lines(&log, s)
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("klp_modobj: ").map(str::to_string))
+            .collect()
     };
     // The set on binfmt_misc runs nothing until binfmt_misc loads.
-    assert_eq!(ours("patch"), ["modobj: set 1 vmlinux pre_patch", "modobj: core set up on vmlinux"]);
+    assert_eq!(
+        ours("patch"),
+        [
+            "modobj: set 1 vmlinux pre_patch",
+            "modobj: core set up on vmlinux"
+        ]
+    );
     assert_eq!(
         ours("coming"),
         [
@@ -184,12 +204,22 @@ fn target_module_loaded_before_the_patch(series: Series) {
         sim.disable("modobj").unwrap();
         sim.step_lines()
     };
-    let kernel_steps: Vec<String> =
-        steps_and_transitions(&kernel_lines(&log, "log")).into_iter().filter(|l| l.contains(": set ")).collect();
-    assert_eq!(kernel_steps, sim_lines, "the simulator and the kernel ran different steps");
+    let kernel_steps: Vec<String> = steps_and_transitions(&kernel_lines(&log, "log"))
+        .into_iter()
+        .filter(|l| l.contains(": set "))
+        .collect();
+    assert_eq!(
+        kernel_steps, sim_lines,
+        "the simulator and the kernel ran different steps"
+    );
 }
 
-const VERSIONED: [(&str, &str); 4] = [("p1", "klp_v1"), ("p2", "klp_v2"), ("p3", "klp_v3"), ("p4", "klp_v4")];
+const VERSIONED: [(&str, &str); 4] = [
+    ("p1", "klp_v1"),
+    ("p2", "klp_v2"),
+    ("p3", "klp_v3"),
+    ("p4", "klp_v4"),
+];
 
 fn versioned_modules(k: &Kernel) -> Vec<PathBuf> {
     VERSIONED.iter().map(|(p, _)| build(p, k)).collect()
@@ -214,7 +244,13 @@ fn predicted(old: &Path, new: &Path, new_module: &str) -> Vec<String> {
     let mut lines: Vec<String> = plan
         .steps
         .into_iter()
-        .map(|s| if s == "transition" { format!("'{new_module}': starting patching transition") } else { s })
+        .map(|s| {
+            if s == "transition" {
+                format!("'{new_module}': starting patching transition")
+            } else {
+                s
+            }
+        })
         .collect();
     lines.push(format!("'{new_module}': patching complete"));
     lines
@@ -242,15 +278,28 @@ fn versioned_all_twelve_replace_pairs_match_the_planner_and_the_simulator(series
     for (a, b) in pairs {
         let got = steps_and_transitions(&kernel_lines(&log, &format!("pair-{a}-{b}")));
         let want = predicted(&kos[a], &kos[b], VERSIONED[b].1);
-        assert_eq!(got, want, "{} -> {} on {}", VERSIONED[a].1, VERSIONED[b].1, k.release);
+        assert_eq!(
+            got, want,
+            "{} -> {} on {}",
+            VERSIONED[a].1, VERSIONED[b].1, k.release
+        );
         // Simulator parity: the same pair in the simulator prints the same steps.
         let mut sim = Sim::new();
         sim.insmod(header(VERSIONED[a].0)).unwrap();
         sim.clear_log();
         sim.insmod(header(VERSIONED[b].0)).unwrap();
         let kernel_steps: Vec<&String> = got.iter().filter(|l| l.contains(": set ")).collect();
-        assert_eq!(kernel_steps, sim.step_lines().iter().collect::<Vec<_>>(), "simulator vs kernel, pair {a}->{b}");
-        assert!(log.section(&format!("cleanup-{a}-{b}")).iter().all(|l| !l.starts_with("patch ")), "left loaded");
+        assert_eq!(
+            kernel_steps,
+            sim.step_lines().iter().collect::<Vec<_>>(),
+            "simulator vs kernel, pair {a}->{b}"
+        );
+        assert!(
+            log.section(&format!("cleanup-{a}-{b}"))
+                .iter()
+                .all(|l| !l.starts_with("patch ")),
+            "left loaded"
+        );
     }
 }
 
@@ -285,12 +334,18 @@ fn versioned_chain_ends_with_every_shadow_variable_freed(series: Series) {
     let log = boot(&k, &refs, &script);
     assert_eq!(
         log.section("read-1"),
-        ["klp versioned p3 banner=true reads=2", "klp versioned p3 banner=true reads=1"],
+        [
+            "klp versioned p3 banner=true reads=2",
+            "klp versioned p3 banner=true reads=1"
+        ],
         "per-task counters in P3"
     );
     assert_eq!(
         log.section("read-2")[..2],
-        ["klp versioned p4 banner=true reads=2 bytes=32", "klp versioned p4 banner=true reads=1 bytes=16"],
+        [
+            "klp versioned p4 banner=true reads=2 bytes=32",
+            "klp versioned p4 banner=true reads=1 bytes=16"
+        ],
         "P4 counts afresh in its own records"
     );
     assert_eq!(log.section("end"), Vec::<String>::new(), "no patch left");
@@ -301,7 +356,14 @@ fn versioned_chain_ends_with_every_shadow_variable_freed(series: Series) {
         .collect();
     // Each task's counter is freed with its set: P3's two (0x20) when P4 replaces it, P4's
     // two (0x30) when P2 replaces it, and the banner (0x10, set 1) at the final disable.
-    assert_eq!(freed, ["p3: shadow 0x20: 2 freed", "p4: shadow 0x30: 2 freed", "p1: shadow 0x10: 1 freed"]);
+    assert_eq!(
+        freed,
+        [
+            "p3: shadow 0x20: 2 freed",
+            "p4: shadow 0x30: 2 freed",
+            "p1: shadow 0x10: 1 freed"
+        ]
+    );
 }
 
 fn failing_pre_patch_leaves_the_old_patch_in_effect(series: Series) {
@@ -318,10 +380,17 @@ fn failing_pre_patch_leaves_the_old_patch_in_effect(series: Series) {
          section after; read l </proc/cmdline; echo \"$l\"; lpstate\n\
          section log; dmesg -c\n",
     );
-    assert_ne!(log.section("insmod").last().map(String::as_str), Some("rc=0"), "insmod must fail");
+    assert_ne!(
+        log.section("insmod").last().map(String::as_str),
+        Some("rc=0"),
+        "insmod must fail"
+    );
     assert_eq!(
         log.section("after"),
-        ["klp versioned p3 banner=true reads=2", "patch klp_v3 enabled=1 transition=0"],
+        [
+            "klp versioned p3 banner=true reads=2",
+            "patch klp_v3 enabled=1 transition=0"
+        ],
         "P3 stays enabled and in effect, its counter intact"
     );
     let lines = kernel_lines(&log, "log");
@@ -336,7 +405,12 @@ fn failing_pre_patch_leaves_the_old_patch_in_effect(series: Series) {
     sim.clear_log();
     sim.insmod(&fail::KLP_PATCH).unwrap_err();
     assert_eq!(first, sim.lines(), "kernel vs simulator");
-    assert!(lines.iter().any(|l| l.contains("pre-patch callback failed for object 'vmlinux'")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pre-patch callback failed for object 'vmlinux'")),
+        "{lines:?}"
+    );
 }
 
 fn replace_with_a_target_module_loaded_late(series: Series) {
@@ -360,7 +434,10 @@ fn replace_with_a_target_module_loaded_late(series: Series) {
         ),
     );
     assert_eq!(log.section("patched"), ["patched by klp_modobj"]);
-    assert_eq!(log.section("replaced"), ["enabled", "patch klp_v2 enabled=1 transition=0"]);
+    assert_eq!(
+        log.section("replaced"),
+        ["enabled", "patch klp_v2 enabled=1 transition=0"]
+    );
     let steps = steps_and_transitions(&kernel_lines(&log, "log"));
     let mut sim = Sim::new();
     sim.insmod(&modobj::KLP_PATCH).unwrap();
@@ -369,7 +446,10 @@ fn replace_with_a_target_module_loaded_late(series: Series) {
     sim.insmod(&p2::KLP_PATCH).unwrap();
     let kernel_steps: Vec<String> = steps.into_iter().filter(|l| l.contains(": set ")).collect();
     assert_eq!(kernel_steps, sim.step_lines());
-    assert!(kernel_steps.contains(&"modobj: set 2 binfmt_misc post_unpatch".to_string()), "{kernel_steps:?}");
+    assert!(
+        kernel_steps.contains(&"modobj: set 2 binfmt_misc post_unpatch".to_string()),
+        "{kernel_steps:?}"
+    );
 }
 
 fn module_carries_modinfo_and_endbr64_where_ibt_needs_it(series: Series) {
@@ -379,13 +459,24 @@ fn module_carries_modinfo_and_endbr64_where_ibt_needs_it(series: Series) {
     let file = object::File::parse(&*data).unwrap();
     use object::{Object, ObjectSection};
     let modinfo = file.section_by_name(".modinfo").unwrap().data().unwrap();
-    let fields: Vec<&str> = modinfo.split(|b| *b == 0).filter_map(|f| std::str::from_utf8(f).ok()).collect();
-    for want in
-        ["livepatch=Y", "license=GPL", "name=klp_v4", "description=Rust live patch: versioned example, patch 4 of 4"]
-    {
+    let fields: Vec<&str> = modinfo
+        .split(|b| *b == 0)
+        .filter_map(|f| std::str::from_utf8(f).ok())
+        .collect();
+    for want in [
+        "livepatch=Y",
+        "license=GPL",
+        "name=klp_v4",
+        "description=Rust live patch: versioned example, patch 4 of 4",
+    ] {
         assert!(fields.contains(&want), "{want} not in {fields:?}");
     }
-    assert!(fields.iter().any(|f| f.starts_with(&format!("vermagic={} ", k.release))), "{fields:?}");
+    assert!(
+        fields
+            .iter()
+            .any(|f| f.starts_with(&format!("vermagic={} ", k.release))),
+        "{fields:?}"
+    );
     if series != Series::V6_12 {
         return;
     }
@@ -393,22 +484,44 @@ fn module_carries_modinfo_and_endbr64_where_ibt_needs_it(series: Series) {
     // objdump (independent of cargo klp's own check).
     let patch = cargo_klp::elf::read_patch(&file).unwrap().unwrap();
     let mut targets: Vec<&str> = patch.funcs.iter().filter_map(|f| f.new_func).collect();
-    targets.extend(patch.sets.iter().flat_map(|s| s.hooks.iter().flatten().copied()));
-    targets.extend(patch.shadows.iter().flat_map(|t| [t.ctor, t.dtor]).flatten());
+    targets.extend(
+        patch
+            .sets
+            .iter()
+            .flat_map(|s| s.hooks.iter().flatten().copied()),
+    );
+    targets.extend(
+        patch
+            .shadows
+            .iter()
+            .flat_map(|t| [t.ctor, t.dtor])
+            .flatten(),
+    );
     assert!(targets.len() >= 7, "{targets:?}");
-    let out = std::process::Command::new("objdump").args(["-d", "--no-show-raw-insn"]).arg(&ko).output().unwrap();
+    let out = std::process::Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(&ko)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     for t in targets {
         let header = format!("<{t}>:");
         let mut lines = text.lines().skip_while(|l| !l.ends_with(&header)).skip(1);
-        let first = lines.next().unwrap_or_else(|| panic!("{t} not found in the disassembly"));
-        assert!(first.contains("endbr64"), "{t} starts with `{first}`, not endbr64");
+        let first = lines
+            .next()
+            .unwrap_or_else(|| panic!("{t} not found in the disassembly"));
+        assert!(
+            first.contains("endbr64"),
+            "{t} starts with `{first}`, not endbr64"
+        );
     }
 }
 
 fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series) {
     let k = kernel(series);
-    let out = xtask::target_dir().join("klp").join(format!("broken-{}", k.release));
+    let out = xtask::target_dir()
+        .join("klp")
+        .join(format!("broken-{}", k.release));
     let _ = std::fs::remove_dir_all(&out);
     let opts = cargo_klp::build::BuildOptions {
         manifest_path: Some(xtask::workspace().join("Cargo.toml")),
@@ -429,23 +542,34 @@ fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series
     ] {
         assert!(msg.contains(&want), "`{want}` not in:\n{msg}");
     }
-    assert!(!out.join("klp_broken.ko").exists(), "a refused build must leave no module behind");
+    assert!(
+        !out.join("klp_broken.ko").exists(),
+        "a refused build must leave no module behind"
+    );
 }
 
 fn signed_module_carries_the_kernel_signature(series: Series) {
     let k = kernel(series);
-    let dir = xtask::target_dir().join("klp").join(format!("signing-{}", k.release));
+    let dir = xtask::target_dir()
+        .join("klp")
+        .join(format!("signing-{}", k.release));
     std::fs::create_dir_all(&dir).unwrap();
     let (key, cert) = (dir.join("signing_key.pem"), dir.join("signing_key.x509"));
     let status = std::process::Command::new("openssl")
-        .args(["req", "-new", "-nodes", "-utf8", "-sha256", "-days", "1", "-batch", "-x509"])
+        .args([
+            "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "1", "-batch", "-x509",
+        ])
         .args(["-subj", "/CN=klp-rs test/", "-outform", "DER", "-out"])
         .arg(&cert)
         .arg("-keyout")
         .arg(&key)
         .output()
         .expect("openssl");
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let opts = cargo_klp::build::BuildOptions {
         manifest_path: Some(xtask::workspace().join("Cargo.toml")),
         package: Some("cmdline".into()),
@@ -456,9 +580,15 @@ fn signed_module_carries_the_kernel_signature(series: Series) {
     };
     let built = cargo_klp::build::build(&cargo_klp::status::Shell::new(false), &opts).unwrap();
     let data = read_ko(&built.ko);
-    assert!(data.ends_with(b"~Module signature appended~\n"), "no module signature at the end of the .ko");
+    assert!(
+        data.ends_with(b"~Module signature appended~\n"),
+        "no module signature at the end of the .ko"
+    );
     let unsigned = read_ko(&build("cmdline", &k));
-    assert!(!unsigned.ends_with(b"~Module signature appended~\n"), "unsigned by default");
+    assert!(
+        !unsigned.ends_with(b"~Module signature appended~\n"),
+        "unsigned by default"
+    );
 }
 
 fn a_reversed_replace_restores_the_old_patch(series: Series) {
@@ -481,20 +611,26 @@ fn a_reversed_replace_restores_the_old_patch(series: Series) {
          echo 0 > /sys/module/klp_busy/parameters/block\n",
     );
     assert!(
-        log.section("pending").contains(&"patch klp_busyp enabled=1 transition=1".to_string()),
+        log.section("pending")
+            .contains(&"patch klp_busyp enabled=1 transition=1".to_string()),
         "the transition must still be pending: {:?}",
         log.section("pending")
     );
     assert_eq!(log.section("reverse"), ["rc=0"]);
     let after = log.section("after");
-    assert!(after.contains(&"patch klp_v3 enabled=1 transition=0".to_string()), "{after:?}");
+    assert!(
+        after.contains(&"patch klp_v3 enabled=1 transition=0".to_string()),
+        "{after:?}"
+    );
     assert_eq!(
         after.last().map(String::as_str),
         Some("klp versioned p3 banner=true reads=2"),
         "P3 in effect, state kept"
     );
-    let kernel_steps: Vec<String> =
-        steps_and_transitions(&kernel_lines(&log, "log")).into_iter().filter(|l| !l.starts_with('\'')).collect();
+    let kernel_steps: Vec<String> = steps_and_transitions(&kernel_lines(&log, "log"))
+        .into_iter()
+        .filter(|l| !l.starts_with('\''))
+        .collect();
     let mut sim = Sim::new();
     sim.load_object("klp_busy").unwrap();
     sim.insmod(&p3::KLP_PATCH).unwrap();
@@ -522,7 +658,8 @@ fn tables_of_a_newer_format_are_refused_before_anything_runs(series: Series) {
     // format 1 tries to replace it: P3 cannot read P1's tables, so it must refuse, run
     // nothing, and leave P1 in effect.
     let k = kernel(series);
-    let next = xtask::build_patch_with("p1", &k, &["--cfg", "klp_rs_next_format"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let next = xtask::build_patch_with("p1", &k, &["--cfg", "klp_rs_next_format"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let p3 = build("p3", &k);
     let log = boot(
         &k,
@@ -532,8 +669,18 @@ fn tables_of_a_newer_format_are_refused_before_anything_runs(series: Series) {
          section after; lpstate; cat /proc/cmdline\n\
          section log; dmesg -c\n",
     );
-    assert_ne!(log.section("insmod").last().map(String::as_str), Some("rc=0"), "the replace must fail");
-    assert_eq!(log.section("after"), ["patch klp_v1 enabled=1 transition=0", "klp versioned p1 banner=true"]);
+    assert_ne!(
+        log.section("insmod").last().map(String::as_str),
+        Some("rc=0"),
+        "the replace must fail"
+    );
+    assert_eq!(
+        log.section("after"),
+        [
+            "patch klp_v1 enabled=1 transition=0",
+            "klp versioned p1 banner=true"
+        ]
+    );
     let lines = kernel_lines(&log, "log");
     let ours: Vec<&String> = lines.iter().filter(|l| l.starts_with("klp_v3: ")).collect();
     assert!(!ours.is_empty(), "{lines:?}");
@@ -568,9 +715,21 @@ fn a_stacking_patch_leaves_the_patch_below_alone(series: Series) {
             "stacked on top"
         ]
     );
-    assert_eq!(log.section("after"), ["patch klp_v3 enabled=1 transition=0", "Linux"], "version_proc_show is back");
-    let steps: Vec<String> =
-        steps_and_transitions(&kernel_lines(&log, "log")).into_iter().filter(|l| !l.starts_with('\'')).collect();
+    assert_eq!(
+        log.section("after"),
+        ["patch klp_v3 enabled=1 transition=0", "Linux"],
+        "version_proc_show is back"
+    );
+    let steps: Vec<String> = steps_and_transitions(&kernel_lines(&log, "log"))
+        .into_iter()
+        .filter(|l| !l.starts_with('\''))
+        .collect();
     // Only the stacked patch's own set runs; P3, below it, is not torn down.
-    assert_eq!(steps, ["stack: set 9 vmlinux post_patch", "stack: set 9 vmlinux pre_unpatch"]);
+    assert_eq!(
+        steps,
+        [
+            "stack: set 9 vmlinux post_patch",
+            "stack: set 9 vmlinux pre_unpatch"
+        ]
+    );
 }

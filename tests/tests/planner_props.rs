@@ -45,12 +45,25 @@ fn key(set: u32) -> *const c_void {
 
 unsafe extern "C" fn pre_patch(_obj: *const c_char) -> c_int {
     let (patch, set, _) = current_hook().expect("called by the simulator");
-    let ids = OWNED.with(|o| o.borrow().get(&(patch.to_string(), set)).cloned().unwrap_or_default());
+    let ids = OWNED.with(|o| {
+        o.borrow()
+            .get(&(patch.to_string(), set))
+            .cloned()
+            .unwrap_or_default()
+    });
     for id in ids {
         let mut value = Some(0u64);
         // SAFETY: ctor::<u64> takes an Option<u64>.
-        let p =
-            unsafe { store::alloc(key(set), id, 8, klp_runtime::shadow::ctor::<u64>, (&raw mut value).cast(), true) };
+        let p = unsafe {
+            store::alloc(
+                key(set),
+                id,
+                8,
+                klp_runtime::shadow::ctor::<u64>,
+                (&raw mut value).cast(),
+                true,
+            )
+        };
         assert!(!p.is_null());
     }
     0
@@ -65,7 +78,10 @@ fn leak_cstr(s: &str) -> &'static std::ffi::CStr {
 fn table<T: 'static>(v: Vec<T>) -> Table {
     let s: &'static [T] = Vec::leak(v);
     let start = s.as_ptr() as *const u8;
-    Table { start, end: start.wrapping_add(std::mem::size_of_val(s)) }
+    Table {
+        start,
+        end: start.wrapping_add(std::mem::size_of_val(s)),
+    }
 }
 
 /// Builds a patch's tables in memory, as the macros would have linked them.
@@ -76,14 +92,24 @@ fn build(name: &str, spec: &PatchSpec) -> &'static PatchHeader {
         .map(|s| {
             let h = |i: usize| s.hooks[i].then_some(other_hook as HookFn);
             let pre = s.hooks[0].then_some(pre_patch as PrePatchFn);
-            CallbackSetEntry::new(s.id, leak_cstr(s.object), (pre, h(1), h(2), h(3)), leak_cstr("synthetic"))
+            CallbackSetEntry::new(
+                s.id,
+                leak_cstr(s.object),
+                (pre, h(1), h(2), h(3)),
+                leak_cstr("synthetic"),
+            )
         })
         .collect();
     let shadows = spec
         .shadows
         .iter()
         .map(|&(id, owner)| {
-            OWNED.with(|o| o.borrow_mut().entry((name.to_string(), owner)).or_default().push(id));
+            OWNED.with(|o| {
+                o.borrow_mut()
+                    .entry((name.to_string(), owner))
+                    .or_default()
+                    .push(id)
+            });
             ShadowEntry::new(
                 id,
                 owner,
@@ -96,7 +122,12 @@ fn build(name: &str, spec: &PatchSpec) -> &'static PatchHeader {
             )
         })
         .collect();
-    Box::leak(Box::new(PatchHeader::new(leak_cstr(name), table::<u8>(vec![]), table(sets), table(shadows))))
+    Box::leak(Box::new(PatchHeader::new(
+        leak_cstr(name),
+        table::<u8>(vec![]),
+        table(sets),
+        table(shadows),
+    )))
 }
 
 /// Patches drawn from one universe of sets: a set id names one behaviour (object, hooks,
@@ -110,10 +141,17 @@ fn patch_specs() -> impl Strategy<Value = Vec<PatchSpec>> {
         members
             .into_iter()
             .map(|m| {
-                let mut spec = PatchSpec { sets: vec![], shadows: vec![] };
+                let mut spec = PatchSpec {
+                    sets: vec![],
+                    shadows: vec![],
+                };
                 for (i, &(o, hooks, owns)) in universe.iter().enumerate().filter(|(i, _)| m[*i]) {
                     let id = i as u32 + 1;
-                    spec.sets.push(SetSpec { id, object: OBJECTS[o], hooks });
+                    spec.sets.push(SetSpec {
+                        id,
+                        object: OBJECTS[o],
+                        hooks,
+                    });
                     if owns {
                         spec.shadows.push((0x10 * u64::from(id), id));
                     }
@@ -162,12 +200,24 @@ impl Model {
     fn apply(&mut self, events: &[Event]) -> Result<(), String> {
         for e in events {
             // A pre_patch that failed set nothing up (the kernel will not call post_unpatch).
-            if let Event::HookFailed { patch, set, hook: Hook::PrePatch, .. } = e {
+            if let Event::HookFailed {
+                patch,
+                set,
+                hook: Hook::PrePatch,
+                ..
+            } = e
+            {
                 let _ = patch;
                 self.outer.remove(set);
                 continue;
             }
-            let Event::Step { patch, step: Step::Hook { set, hook, .. } } = e else { continue };
+            let Event::Step {
+                patch,
+                step: Step::Hook { set, hook, .. },
+            } = e
+            else {
+                continue;
+            };
             let k = *set;
             let ok = match hook {
                 Hook::PrePatch => self.outer.insert(k),
@@ -185,7 +235,11 @@ impl Model {
     /// Enabling `patch` from scratch with `loaded` objects.
     fn from_scratch(spec: Option<&PatchSpec>, loaded: &BTreeSet<&str>) -> Model {
         let mut m = Model::default();
-        for s in spec.iter().flat_map(|p| &p.sets).filter(|s| s.object == "vmlinux" || loaded.contains(s.object)) {
+        for s in spec
+            .iter()
+            .flat_map(|p| &p.sets)
+            .filter(|s| s.object == "vmlinux" || loaded.contains(s.object))
+        {
             m.outer.insert(s.id);
             m.inner.insert(s.id);
         }
@@ -194,16 +248,28 @@ impl Model {
 }
 
 fn live_shadows(spec: Option<&PatchSpec>, loaded: &BTreeSet<&str>) -> BTreeSet<u64> {
-    let Some(spec) = spec else { return BTreeSet::new() };
+    let Some(spec) = spec else {
+        return BTreeSet::new();
+    };
     // The synthetic pre_patch allocates the set's types, so only sets that have one do.
     let up = |set: u32| {
-        spec.sets.iter().any(|s| s.id == set && s.hooks[0] && (s.object == "vmlinux" || loaded.contains(s.object)))
+        spec.sets.iter().any(|s| {
+            s.id == set && s.hooks[0] && (s.object == "vmlinux" || loaded.contains(s.object))
+        })
     };
-    spec.shadows.iter().filter(|(_, owner)| up(*owner)).map(|(id, _)| *id).collect()
+    spec.shadows
+        .iter()
+        .filter(|(_, owner)| up(*owner))
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 fn store_ids() -> BTreeSet<u64> {
-    SHADOW_IDS.iter().copied().filter(|id| store::count(*id) > 0).collect()
+    SHADOW_IDS
+        .iter()
+        .copied()
+        .filter(|id| store::count(*id) > 0)
+        .collect()
 }
 
 fn run(specs: &[PatchSpec], ops: &[Op]) -> Result<(), String> {
@@ -254,7 +320,10 @@ fn run(specs: &[PatchSpec], ops: &[Op]) -> Result<(), String> {
             Op::Load(o) => {
                 if !loaded.contains(OBJECTS[o]) {
                     k.load_object(OBJECTS[o]).unwrap();
-                    if k.log()[seen..].iter().any(|e| matches!(e, Event::HookFailed { .. })) {
+                    if k.log()[seen..]
+                        .iter()
+                        .any(|e| matches!(e, Event::HookFailed { .. }))
+                    {
                         unchanged = true;
                     } else {
                         loaded.insert(OBJECTS[o]);
@@ -270,21 +339,30 @@ fn run(specs: &[PatchSpec], ops: &[Op]) -> Result<(), String> {
                 k.fail_pre_patch(&names[p], s, 19);
             }
         }
-        model.apply(&k.log()[seen..]).map_err(|e| format!("after {op:?}: {e}"))?;
+        model
+            .apply(&k.log()[seen..])
+            .map_err(|e| format!("after {op:?}: {e}"))?;
         seen = k.log().len();
 
         let enabled = k.enabled_patch();
         let spec = enabled.map(|e| &specs[names.iter().position(|n| n == e).unwrap()]);
         let want = Model::from_scratch(spec, &loaded);
         if model != want {
-            return Err(format!("after {op:?}: state {model:?} != enabling {enabled:?} from scratch {want:?}"));
+            return Err(format!(
+                "after {op:?}: state {model:?} != enabling {enabled:?} from scratch {want:?}"
+            ));
         }
         let shadows = store_ids();
         if shadows != live_shadows(spec, &loaded) {
-            return Err(format!("after {op:?}: shadow ids {shadows:?}, want {:?}", live_shadows(spec, &loaded)));
+            return Err(format!(
+                "after {op:?}: shadow ids {shadows:?}, want {:?}",
+                live_shadows(spec, &loaded)
+            ));
         }
         if unchanged && (model != before || shadows != before_shadows) {
-            return Err(format!("{op:?} failed or was reversed but changed the state"));
+            return Err(format!(
+                "{op:?} failed or was reversed but changed the state"
+            ));
         }
     }
     // Ending with disable leaves nothing behind.
@@ -293,7 +371,10 @@ fn run(specs: &[PatchSpec], ops: &[Op]) -> Result<(), String> {
     }
     model.apply(&k.log()[seen..])?;
     if !model.outer.is_empty() || !model.inner.is_empty() || store::total() != 0 {
-        return Err(format!("after the final disable: {model:?}, {} shadow variables", store::total()));
+        return Err(format!(
+            "after the final disable: {model:?}, {} shadow variables",
+            store::total()
+        ));
     }
     Ok(())
 }

@@ -6,8 +6,12 @@ use klp_runtime::bindings::{set_current_task, SeqFile};
 use klp_runtime::sim::{store, Kernel};
 use proptest::prelude::*;
 
-const PATCHES: [(&str, &PatchHeader); 4] =
-    [("p1", &p1::KLP_PATCH), ("p2", &p2::KLP_PATCH), ("p3", &p3::KLP_PATCH), ("p4", &p4::KLP_PATCH)];
+const PATCHES: [(&str, &PatchHeader); 4] = [
+    ("p1", &p1::KLP_PATCH),
+    ("p2", &p2::KLP_PATCH),
+    ("p3", &p3::KLP_PATCH),
+    ("p4", &p4::KLP_PATCH),
+];
 
 fn read(k: &Kernel, task: usize) {
     set_current_task(task);

@@ -87,7 +87,14 @@ fn pre_patch_enodev_cancels_and_leaves_the_old_patch_as_it_was() {
     k.clear_log();
 
     let err = k.insmod(&fail::KLP_PATCH).unwrap_err();
-    assert_eq!(err, SimError::PrePatchFailed { patch: "fail".into(), set: 9, errno: 19 });
+    assert_eq!(
+        err,
+        SimError::PrePatchFailed {
+            patch: "fail".into(),
+            set: 9,
+            errno: 19
+        }
+    );
     assert_eq!(
         k.lines(),
         [
@@ -99,14 +106,25 @@ fn pre_patch_enodev_cancels_and_leaves_the_old_patch_as_it_was() {
     );
     assert_eq!(k.enabled_patch(), Some("p3"));
     assert_eq!(k.patch_modules(), ["p3"], "the failed module is unloaded");
-    assert_eq!(store::count(0x20), 1, "the old patch's shadow variables are untouched");
+    assert_eq!(
+        store::count(0x20),
+        1,
+        "the old patch's shadow variables are untouched"
+    );
 }
 
 #[test]
 fn pre_patch_enodev_from_scratch_unwinds_the_sets_already_set_up() {
     let mut k = Kernel::new();
     let err = k.insmod(&fail::KLP_PATCH).unwrap_err();
-    assert_eq!(err, SimError::PrePatchFailed { patch: "fail".into(), set: 9, errno: 19 });
+    assert_eq!(
+        err,
+        SimError::PrePatchFailed {
+            patch: "fail".into(),
+            set: 9,
+            errno: 19
+        }
+    );
     assert_eq!(
         k.lines(),
         [
@@ -179,5 +197,8 @@ fn an_enabled_patch_cannot_be_removed() {
     assert_eq!(k.rmmod("p1"), Err(SimError::Busy("p1".into())));
     k.insmod(&p2::KLP_PATCH).unwrap();
     k.rmmod("p1").unwrap();
-    assert_eq!(k.insmod(&p2::KLP_PATCH), Err(SimError::AlreadyLoaded("p2".into())));
+    assert_eq!(
+        k.insmod(&p2::KLP_PATCH),
+        Err(SimError::AlreadyLoaded("p2".into()))
+    );
 }

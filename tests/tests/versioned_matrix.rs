@@ -7,7 +7,12 @@ use klp_runtime::bindings::{set_current_task, SeqFile};
 use klp_runtime::sim::{store, Kernel};
 
 fn patch(n: usize) -> &'static PatchHeader {
-    [&p1::KLP_PATCH, &p2::KLP_PATCH, &p3::KLP_PATCH, &p4::KLP_PATCH][n - 1]
+    [
+        &p1::KLP_PATCH,
+        &p2::KLP_PATCH,
+        &p3::KLP_PATCH,
+        &p4::KLP_PATCH,
+    ][n - 1]
 }
 
 /// What `insmod pN` logs when it replaces `pM`: (M, N, lines). As in the kernel, the
@@ -17,8 +22,22 @@ fn expected() -> Vec<(usize, usize, Vec<&'static str>)> {
     // Set 2 (P3) has post_patch and
     // pre_unpatch and owns shadow 0x20; set 3 (P4) has all four hooks and owns 0x30.
     vec![
-        (1, 2, vec!["'p2': starting patching transition", "'p2': patching complete"]),
-        (2, 1, vec!["'p1': starting patching transition", "'p1': patching complete"]),
+        (
+            1,
+            2,
+            vec![
+                "'p2': starting patching transition",
+                "'p2': patching complete",
+            ],
+        ),
+        (
+            2,
+            1,
+            vec![
+                "'p1': starting patching transition",
+                "'p1': patching complete",
+            ],
+        ),
         (
             1,
             3,
@@ -163,12 +182,17 @@ fn all_twelve_ordered_replace_pairs() {
             read_cmdline(&k, task);
         }
         k.clear_log();
-        k.insmod(patch(to)).unwrap_or_else(|e| panic!("p{from} -> p{to}: {e}"));
+        k.insmod(patch(to))
+            .unwrap_or_else(|e| panic!("p{from} -> p{to}: {e}"));
         assert_eq!(k.lines(), want, "p{from} -> p{to}");
         assert_eq!(k.enabled_patch(), Some(["p1", "p2", "p3", "p4"][to - 1]));
         k.rmmod(&format!("p{from}")).unwrap();
         k.disable(&format!("p{to}")).unwrap();
-        assert_eq!(store::total(), 0, "p{from} -> p{to}: shadow variables left after disable");
+        assert_eq!(
+            store::total(),
+            0,
+            "p{from} -> p{to}: shadow variables left after disable"
+        );
     }
 }
 
@@ -176,15 +200,27 @@ fn all_twelve_ordered_replace_pairs() {
 fn shadow_counters_follow_their_set_across_upgrade_and_downgrade() {
     let mut k = Kernel::new();
     k.insmod(&p3::KLP_PATCH).unwrap();
-    assert_eq!(read_cmdline(&k, 0xa), "klp versioned p3 banner=true reads=1\n");
-    assert_eq!(read_cmdline(&k, 0xa), "klp versioned p3 banner=true reads=2\n");
-    assert_eq!(read_cmdline(&k, 0xb), "klp versioned p3 banner=true reads=1\n");
+    assert_eq!(
+        read_cmdline(&k, 0xa),
+        "klp versioned p3 banner=true reads=1\n"
+    );
+    assert_eq!(
+        read_cmdline(&k, 0xa),
+        "klp versioned p3 banner=true reads=2\n"
+    );
+    assert_eq!(
+        read_cmdline(&k, 0xb),
+        "klp versioned p3 banner=true reads=1\n"
+    );
     assert_eq!(store::count(0x20), 2);
 
     // Upgrade: set 2 leaves, its counters go; set 3 starts afresh.
     k.insmod(&p4::KLP_PATCH).unwrap();
     assert_eq!(store::count(0x20), 0);
-    assert_eq!(read_cmdline(&k, 0xa), "klp versioned p4 banner=true reads=1 bytes=16\n");
+    assert_eq!(
+        read_cmdline(&k, 0xa),
+        "klp versioned p4 banner=true reads=1 bytes=16\n"
+    );
     assert_eq!(store::count(0x30), 1);
 
     // Downgrade to P1: set 3 leaves and its records are freed; set 1 stays up.
@@ -202,7 +238,11 @@ fn the_banner_is_off_while_a_patch_is_disabled_and_on_while_enabled() {
     assert!(p2::common::banner_on());
     k.disable("p2").unwrap();
     assert!(!p2::common::banner_on());
-    assert_eq!(store::total(), 0, "set 1's banner state must be freed with set 1");
+    assert_eq!(
+        store::total(),
+        0,
+        "set 1's banner state must be freed with set 1"
+    );
     assert_eq!(
         k.lines(),
         [

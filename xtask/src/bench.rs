@@ -51,7 +51,12 @@ fn timed(what: &str, f: impl FnOnce() -> Result<()>) -> Result<Duration> {
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output()?;
     if !out.status.success() {
-        bail!("{:?} failed:\n{}{}", cmd, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{:?} failed:\n{}{}",
+            cmd,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -69,14 +74,20 @@ fn patch_crate(dir: &Path, message: &str) -> Result<()> {
         ),
     )?;
     let src = std::fs::read_to_string(workspace().join("examples/cmdline/src/lib.rs"))?;
-    std::fs::write(dir.join("src/lib.rs"), src.replace("this has been live patched by Rust", message))?;
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        src.replace("this has been live patched by Rust", message),
+    )?;
     Ok(())
 }
 
 fn c_module(dir: &Path, message: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("Kbuild"), "obj-m := klp_bench_c.o\n")?;
-    std::fs::write(dir.join("klp_bench_c.c"), C_MODULE.replace("MESSAGE", message))?;
+    std::fs::write(
+        dir.join("klp_bench_c.c"),
+        C_MODULE.replace("MESSAGE", message),
+    )?;
     Ok(())
 }
 
@@ -94,10 +105,15 @@ fn inspect_bench() -> Result<()> {
     for f in &files {
         std::fs::read(f)?;
     }
-    run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "cargo-klp"]).current_dir(workspace()))?;
+    run(Command::new("cargo")
+        .args(["build", "--quiet", "--release", "-p", "cargo-klp"])
+        .current_dir(workspace()))?;
     let exe = target_dir().join("release/cargo-klp");
     let ours = timed("cargo klp inspect --json", || {
-        let out = Command::new(&exe).args(["klp", "inspect", "--json"]).args(&files).output()?;
+        let out = Command::new(&exe)
+            .args(["klp", "inspect", "--json"])
+            .args(&files)
+            .output()?;
         if !out.status.success() {
             bail!("{}", String::from_utf8_lossy(&out.stderr));
         }
@@ -116,8 +132,14 @@ fn inspect_bench() -> Result<()> {
         files.len(),
         kernel.release
     );
-    println!("  cargo klp inspect --json (one process, all cores)  {:>7.2}s", ours.as_secs_f64());
-    println!("  readelf -SW + modinfo per file                     {:>7.2}s", theirs.as_secs_f64());
+    println!(
+        "  cargo klp inspect --json (one process, all cores)  {:>7.2}s",
+        ours.as_secs_f64()
+    );
+    println!(
+        "  readelf -SW + modinfo per file                     {:>7.2}s",
+        theirs.as_secs_f64()
+    );
     println!("  ratio = {r:.3}x (target <= 0.5x) {}", verdict(r <= 0.5));
     Ok(())
 }
@@ -140,10 +162,14 @@ fn build_bench() -> Result<()> {
         kdir: Some(kernel.kdir.clone()),
         ..Default::default()
     };
-    let klp = |opts: &cargo_klp::build::BuildOptions| cargo_klp::build::build(&shell, opts).map(drop);
+    let klp =
+        |opts: &cargo_klp::build::BuildOptions| cargo_klp::build::build(&shell, opts).map(drop);
     let make = |dir: &Path| {
         let mut m = Command::new("make");
-        m.arg("-C").arg(&kernel.kdir).arg(format!("M={}", dir.display())).arg("-s");
+        m.arg("-C")
+            .arg(&kernel.kdir)
+            .arg(format!("M={}", dir.display()))
+            .arg("-s");
         m
     };
 
@@ -151,12 +177,23 @@ fn build_bench() -> Result<()> {
     // config, like preparing the kernel tree itself).
     let first = timed("first cargo klp build", || klp(&opts))?;
 
-    let flags =
-        cargo_klp::kconfig::KernelConfig::parse(&std::fs::read_to_string(kernel.kdir.join(".config"))?).rustflags();
+    let flags = cargo_klp::kconfig::KernelConfig::parse(&std::fs::read_to_string(
+        kernel.kdir.join(".config"),
+    )?)
+    .rustflags();
     let (cache, _) = cargo_klp::build::object_cache(&rs_target, &flags, false, "cmdline");
     let clean_crate = || {
         run(Command::new("cargo")
-            .args(["clean", "--quiet", "-p", "cmdline", "--target", "x86_64-unknown-none", "--profile", "klp"])
+            .args([
+                "clean",
+                "--quiet",
+                "-p",
+                "cmdline",
+                "--target",
+                "x86_64-unknown-none",
+                "--profile",
+                "klp",
+            ])
             .args(["--config", "profile.klp.inherits=\"dev\""])
             .arg("--manifest-path")
             .arg(rs.join("Cargo.toml"))
@@ -177,33 +214,73 @@ fn build_bench() -> Result<()> {
     patch_crate(&rs, "bench 3")?;
     let obj = built.rust_object.clone();
     let bare_incr = timed("bare cargo rustc + make", || {
-        let mut cmd =
-            cargo_klp::build::kernel_rustc_command(&rs.join("Cargo.toml"), "cmdline", false, &flags, &rs_target);
+        let mut cmd = cargo_klp::build::kernel_rustc_command(
+            &rs.join("Cargo.toml"),
+            "cmdline",
+            false,
+            &flags,
+            &rs_target,
+        );
         run(&mut cmd)?;
         let (_, emitted) = cargo_klp::build::object_cache(&rs_target, &flags, false, "cmdline");
         std::fs::copy(emitted, &obj)?;
-        run(make(&built.kbuild_dir).arg(format!("RUST_OBJ={}", obj.display())).arg("modules"))
+        run(make(&built.kbuild_dir)
+            .arg(format!("RUST_OBJ={}", obj.display()))
+            .arg("modules"))
     })?;
 
     run(make(&c).arg("clean"))?;
     let c_clean = timed("clean C module build", || run(make(&c).arg("modules")))?;
     c_module(&c, "bench 1")?;
-    let c_incr = timed("incremental C module build", || run(make(&c).arg("modules")))?;
+    let c_incr = timed(
+        "incremental C module build",
+        || run(make(&c).arg("modules")),
+    )?;
 
     let s = |d: Duration| format!("{:>6.2}s", d.as_secs_f64());
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-    println!("\ncargo klp build vs baselines, Debian {} (2 cores)", kernel.release);
-    println!("  first cargo klp build (core and alloc rebuilt)   {}", s(first));
-    println!("  cargo klp build, crate cleaned                   {}", s(klp_clean));
-    println!("  cargo klp build, one-line change                 {}", s(klp_incr));
-    println!("  bare cargo rustc + make, one-line change         {}", s(bare_incr));
-    println!("  C module under Kbuild, clean                     {}", s(c_clean));
-    println!("  C module under Kbuild, one-line change           {}", s(c_incr));
+    println!(
+        "\ncargo klp build vs baselines, Debian {} (2 cores)",
+        kernel.release
+    );
+    println!(
+        "  first cargo klp build (core and alloc rebuilt)   {}",
+        s(first)
+    );
+    println!(
+        "  cargo klp build, crate cleaned                   {}",
+        s(klp_clean)
+    );
+    println!(
+        "  cargo klp build, one-line change                 {}",
+        s(klp_incr)
+    );
+    println!(
+        "  bare cargo rustc + make, one-line change         {}",
+        s(bare_incr)
+    );
+    println!(
+        "  C module under Kbuild, clean                     {}",
+        s(c_clean)
+    );
+    println!(
+        "  C module under Kbuild, one-line change           {}",
+        s(c_incr)
+    );
     let inc = ratio(klp_incr, bare_incr);
     let clean = ratio(klp_clean, c_clean);
-    println!("  incremental: cargo klp / bare = {inc:.2}x (target <= 1.2x) {}", verdict(inc <= 1.2));
-    println!("  clean: cargo klp / C module  = {clean:.2}x (target <= 2x)  {}", verdict(clean <= 2.0));
-    println!("  incremental: cargo klp / C module = {:.2}x", ratio(klp_incr, c_incr));
+    println!(
+        "  incremental: cargo klp / bare = {inc:.2}x (target <= 1.2x) {}",
+        verdict(inc <= 1.2)
+    );
+    println!(
+        "  clean: cargo klp / C module  = {clean:.2}x (target <= 2x)  {}",
+        verdict(clean <= 2.0)
+    );
+    println!(
+        "  incremental: cargo klp / C module = {:.2}x",
+        ratio(klp_incr, c_incr)
+    );
     Ok(())
 }
 

@@ -17,7 +17,21 @@ pub struct Cpio {
 impl Cpio {
     fn entry(&mut self, name: &str, mode: u32, body: &[u8]) {
         self.ino += 1;
-        let fields = [self.ino, mode, 0, 0, 1, 0, body.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            body.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            0,
+        ];
         self.data.extend_from_slice(b"070701");
         for f in fields {
             self.data.extend_from_slice(format!("{f:08x}").as_bytes());
@@ -102,15 +116,26 @@ pub fn build(busybox: &Path, modules: &[&Path], script: &str) -> Result<Vec<u8>>
     for d in ["bin", "proc", "sys", "dev", "mod", "tmp"] {
         c.dir(d);
     }
-    let bb = std::fs::read(busybox).with_context(|| format!("{} (install busybox-static)", busybox.display()))?;
+    let bb = std::fs::read(busybox)
+        .with_context(|| format!("{} (install busybox-static)", busybox.display()))?;
     c.file("bin/busybox", &bb, true);
     let applets = std::process::Command::new(busybox).arg("--list").output()?;
-    for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| *a != "busybox") {
+    for applet in String::from_utf8_lossy(&applets.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
         c.symlink(&format!("bin/{applet}"), "busybox");
     }
     for m in modules {
-        let name = m.file_name().and_then(|n| n.to_str()).context("module path")?;
-        c.file(&format!("mod/{name}"), &std::fs::read(m).with_context(|| m.display().to_string())?, false);
+        let name = m
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("module path")?;
+        c.file(
+            &format!("mod/{name}"),
+            &std::fs::read(m).with_context(|| m.display().to_string())?,
+            false,
+        );
     }
     c.file("init", INIT.as_bytes(), true);
     c.file("test.sh", format!("{GUEST_LIB}\n{script}").as_bytes(), true);

@@ -51,13 +51,23 @@ pub struct Kernel {
 
 /// Compares Debian-ish version strings by their numeric runs.
 fn version_key(s: &str) -> Vec<u64> {
-    s.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).filter_map(|p| p.parse().ok()).collect()
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 fn apt(args: &[&str]) -> Result<String> {
-    let out = Command::new("apt-cache").args(args).output().context("apt-cache is needed (Debian)")?;
+    let out = Command::new("apt-cache")
+        .args(args)
+        .output()
+        .context("apt-cache is needed (Debian)")?;
     if !out.status.success() {
-        bail!("apt-cache {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "apt-cache {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -70,7 +80,12 @@ pub fn resolve(series: Series) -> Result<String> {
         .filter_map(|p| p.strip_prefix("linux-headers-"))
         .max_by_key(|r| version_key(r))
         .map(str::to_string)
-        .ok_or_else(|| anyhow!("apt knows no {} kernel headers; run `apt-get update` first", series.name()))
+        .ok_or_else(|| {
+            anyhow!(
+                "apt knows no {} kernel headers; run `apt-get update` first",
+                series.name()
+            )
+        })
 }
 
 /// The packages to unpack for a release: its headers, what they include (common headers,
@@ -92,7 +107,11 @@ fn packages(release: &str) -> Result<Vec<String>> {
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
     if !out.status.success() {
-        bail!("{what} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -128,13 +147,17 @@ fn vmlinux_from_bzimage(bz: &[u8]) -> Result<Vec<u8>> {
     if let Some(off) = find(XZ) {
         out = xz_decompress(&bz[off..])?;
     } else if let Some(off) = find(ZSTD) {
-        let mut dec = ruzstd::decoding::StreamingDecoder::new(&bz[off..]).map_err(|e| anyhow!("zstd: {e}"))?;
+        let mut dec = ruzstd::decoding::StreamingDecoder::new(&bz[off..])
+            .map_err(|e| anyhow!("zstd: {e}"))?;
         std::io::copy(&mut dec, &mut out)?;
     } else {
         bail!("no xz or zstd payload in the kernel image");
     }
     if !out.starts_with(b"\x7fELF") {
-        bail!("the decompressed kernel is not an ELF file ({} bytes)", out.len());
+        bail!(
+            "the decompressed kernel is not an ELF file ({} bytes)",
+            out.len()
+        );
     }
     Ok(out)
 }
@@ -158,19 +181,34 @@ pub fn ensure(series: Series, cache: &Path) -> Result<Kernel> {
     let debs = dir.join("debs");
     std::fs::create_dir_all(&debs)?;
     let pkgs = packages(&release)?;
-    run(Command::new("apt-get").arg("download").args(&pkgs).current_dir(&debs), "apt-get download")?;
+    run(
+        Command::new("apt-get")
+            .arg("download")
+            .args(&pkgs)
+            .current_dir(&debs),
+        "apt-get download",
+    )?;
     if root.exists() {
         std::fs::remove_dir_all(&root)?;
     }
     std::fs::create_dir_all(&root)?;
     for deb in std::fs::read_dir(&debs)? {
         let deb = deb?.path();
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root), "dpkg-deb -x")?;
+        run(
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+            "dpkg-deb -x",
+        )?;
     }
     // The headers' Makefile includes the common headers by absolute path.
     let makefile = kernel.kdir.join("Makefile");
     let text = std::fs::read_to_string(&makefile)?;
-    std::fs::write(&makefile, text.replace("include /usr/src/", &format!("include {}/usr/src/", root.display())))?;
+    std::fs::write(
+        &makefile,
+        text.replace(
+            "include /usr/src/",
+            &format!("include {}/usr/src/", root.display()),
+        ),
+    )?;
     let bz = std::fs::read(root.join(format!("boot/vmlinuz-{release}")))?;
     std::fs::write(&kernel.vmlinux, vmlinux_from_bzimage(&bz)?)?;
     std::fs::remove_dir_all(&debs)?;

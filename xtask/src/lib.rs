@@ -32,12 +32,17 @@ pub const HOST_PACKAGES: &[&str] = &[
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_path_buf()
 }
 
 /// Where kernels, builds and VM files go: under the workspace's target dir.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
 }
 
 fn kernel_cache() -> PathBuf {
@@ -66,9 +71,16 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 /// Installs what a fresh machine lacks: the Debian packages above, refreshed apt lists (to
 /// find the newest kernels), and the rustup target and `rust-src` for rebuilding `core`.
 pub fn setup_host() -> Result<()> {
-    let missing: Vec<&str> = HOST_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = HOST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     status("Updating", "apt package lists");
-    run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update (run as root)")?;
+    run(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update (run as root)",
+    )?;
     if !missing.is_empty() {
         status("Installing", missing.join(" "));
         run(
@@ -79,9 +91,18 @@ pub fn setup_host() -> Result<()> {
             "apt-get install",
         )?;
     }
-    status("Installing", "rustup target x86_64-unknown-none and component rust-src");
-    run(Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]), "rustup target add")?;
-    run(Command::new("rustup").args(["component", "add", "rust-src"]), "rustup component add")?;
+    status(
+        "Installing",
+        "rustup target x86_64-unknown-none and component rust-src",
+    );
+    run(
+        Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]),
+        "rustup target add",
+    )?;
+    run(
+        Command::new("rustup").args(["component", "add", "rust-src"]),
+        "rustup component add",
+    )?;
     Ok(())
 }
 
@@ -98,8 +119,12 @@ pub fn kernel(series: Series) -> Result<Kernel> {
     if let Some(k) = cache.iter().find(|k| k.series == series) {
         return Ok(k.clone());
     }
-    let k = kernels::ensure(series, &kernel_cache())
-        .with_context(|| format!("the {} kernel is not set up; run `cargo xtask setup`", series.name()))?;
+    let k = kernels::ensure(series, &kernel_cache()).with_context(|| {
+        format!(
+            "the {} kernel is not set up; run `cargo xtask setup`",
+            series.name()
+        )
+    })?;
     cache.push(k.clone());
     Ok(k)
 }
@@ -112,13 +137,20 @@ pub fn build_patch(package: &str, kernel: &Kernel) -> Result<PathBuf> {
 
 /// As [`build_patch`], with extra rustc flags for the kernel object; modules built with
 /// extra flags go to a directory of their own.
-pub fn build_patch_with(package: &str, kernel: &Kernel, extra_rustflags: &[&str]) -> Result<PathBuf> {
+pub fn build_patch_with(
+    package: &str,
+    kernel: &Kernel,
+    extra_rustflags: &[&str],
+) -> Result<PathBuf> {
     static BUILT: OnceLock<Mutex<Vec<(String, String, PathBuf)>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     // One build at a time: cargo and Kbuild both lock, and two cores are all there is.
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
     let key = format!("{package} {}", extra_rustflags.join(" "));
-    if let Some((_, _, ko)) = built.iter().find(|(p, r, _)| *p == key && *r == kernel.release) {
+    if let Some((_, _, ko)) = built
+        .iter()
+        .find(|(p, r, _)| *p == key && *r == kernel.release)
+    {
         return Ok(ko.clone());
     }
     let mut out_dir = target_dir().join("klp").join(&kernel.release);
@@ -134,7 +166,8 @@ pub fn build_patch_with(package: &str, kernel: &Kernel, extra_rustflags: &[&str]
         ..Default::default()
     };
     let shell = cargo_klp::status::Shell::new(false);
-    let out = cargo_klp::build::build(&shell, &opts).with_context(|| format!("cargo klp build -p {package}"))?;
+    let out = cargo_klp::build::build(&shell, &opts)
+        .with_context(|| format!("cargo klp build -p {package}"))?;
     built.push((key, kernel.release.clone(), out.ko.clone()));
     Ok(out.ko)
 }
@@ -148,8 +181,15 @@ pub fn boot(kernel: &Kernel, modules: &[&Path], script: &str) -> Result<GuestLog
 /// compressed, copied to the VM work dir.
 pub fn image_module(kernel: &Kernel, path: &str) -> Result<PathBuf> {
     let base = kernel.modules.join("kernel").join(path);
-    let name = Path::new(path).file_name().context("module path")?.to_string_lossy().into_owned();
-    let out = target_dir().join("klp-vm").join(&kernel.release).join(format!("{name}.ko"));
+    let name = Path::new(path)
+        .file_name()
+        .context("module path")?
+        .to_string_lossy()
+        .into_owned();
+    let out = target_dir()
+        .join("klp-vm")
+        .join(&kernel.release)
+        .join(format!("{name}.ko"));
     std::fs::create_dir_all(out.parent().expect("has a parent"))?;
     let plain = base.with_extension("ko");
     if plain.exists() {
@@ -167,8 +207,13 @@ pub fn image_module(kernel: &Kernel, path: &str) -> Result<PathBuf> {
 /// per process.
 pub fn build_c_fixture(fixture: &str, module: &str, kernel: &Kernel) -> Result<PathBuf> {
     static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
-    let _guard = LOCK.get_or_init(|| Mutex::new(())).lock().unwrap_or_else(|e| e.into_inner());
-    let dir = target_dir().join("klp-c").join(format!("{fixture}-{}", kernel.release));
+    let _guard = LOCK
+        .get_or_init(|| Mutex::new(()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = target_dir()
+        .join("klp-c")
+        .join(format!("{fixture}-{}", kernel.release));
     let ko = dir.join(format!("{module}.ko"));
     let src = workspace().join("tests/fixtures/c").join(fixture);
     std::fs::create_dir_all(&dir)?;
@@ -180,10 +225,18 @@ pub fn build_c_fixture(fixture: &str, module: &str, kernel: &Kernel) -> Result<P
             std::fs::copy(&f, &to)?;
         }
     }
-    let out =
-        Command::new("make").arg("-C").arg(&kernel.kdir).arg(format!("M={}", dir.display())).arg("modules").output()?;
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(&kernel.kdir)
+        .arg(format!("M={}", dir.display()))
+        .arg("modules")
+        .output()?;
     if !out.status.success() {
-        bail!("building {}: {}", src.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "building {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(ko)
 }

@@ -41,7 +41,11 @@ fn demo(series: Series) -> Result<()> {
     xtask::setup_host()?;
     let kernel = xtask::fetch_kernel(series)?;
     let ko = xtask::build_patch("cmdline", &kernel)?;
-    eprintln!("     Booting Debian {} under qemu (TCG) with {}", kernel.release, ko.display());
+    eprintln!(
+        "     Booting Debian {} under qemu (TCG) with {}",
+        kernel.release,
+        ko.display()
+    );
     let log = xtask::boot(
         &kernel,
         &[&ko],
@@ -53,11 +57,23 @@ fn demo(series: Series) -> Result<()> {
          section rmmod; rmmod klp_cmdline; echo \"rmmod rc=$?\"\n\
          section dmesg; dmesg | grep -E 'livepatch|klp_cmdline' | grep -v taint\n",
     )?;
-    println!("\n/proc/cmdline before the patch:\n  {}", log.section("before").join("\n  "));
-    println!("\n/proc/cmdline with klp_cmdline live:\n  {}", log.section("patched").join("\n  "));
-    println!("\n/proc/cmdline after disabling it:\n  {}", log.section("disabled").join("\n  "));
+    println!(
+        "\n/proc/cmdline before the patch:\n  {}",
+        log.section("before").join("\n  ")
+    );
+    println!(
+        "\n/proc/cmdline with klp_cmdline live:\n  {}",
+        log.section("patched").join("\n  ")
+    );
+    println!(
+        "\n/proc/cmdline after disabling it:\n  {}",
+        log.section("disabled").join("\n  ")
+    );
     println!("\nKernel log:\n  {}", log.section("dmesg").join("\n  "));
-    println!("\n(booted, patched, unpatched and powered off in {:.1}s)", log.elapsed.as_secs_f64());
+    println!(
+        "\n(booted, patched, unpatched and powered off in {:.1}s)",
+        log.elapsed.as_secs_f64()
+    );
     let patched = log.section("patched").join("\n");
     if !patched.contains("this has been live patched by Rust") {
         bail!("the patch did not take effect:\n{}", log.serial);
@@ -82,9 +98,11 @@ fn test() -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.task {
-        Task::Setup => {
-            xtask::setup_host().and_then(|()| Series::ALL.iter().try_for_each(|s| xtask::fetch_kernel(*s).map(drop)))
-        }
+        Task::Setup => xtask::setup_host().and_then(|()| {
+            Series::ALL
+                .iter()
+                .try_for_each(|s| xtask::fetch_kernel(*s).map(drop))
+        }),
         Task::Demo { kernel } => series(&kernel).and_then(demo),
         Task::Test => test(),
         Task::Bench => xtask::bench::bench(),

@@ -46,7 +46,14 @@ impl GuestLog {
 }
 
 /// Signs of a kernel in trouble; any of them fails the run.
-const TROUBLE: [&str; 6] = ["Kernel panic", "Oops", "BUG:", "WARNING:", "general protection fault", "Call Trace:"];
+const TROUBLE: [&str; 6] = [
+    "Kernel panic",
+    "Oops",
+    "BUG:",
+    "WARNING:",
+    "general protection fault",
+    "Call Trace:",
+];
 
 /// Boots `kernel`, runs `script` (after the helpers in [`initramfs::GUEST_LIB`]) with
 /// `modules` in `/mod`, and returns the console output. Fails on a timeout, an oops or
@@ -56,10 +63,21 @@ pub fn run(kernel: &Kernel, modules: &[&Path], script: &str, work: &Path) -> Res
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let initrd: PathBuf = work.join(format!("initrd-{}-{run}.cpio", std::process::id()));
-    std::fs::write(&initrd, initramfs::build(Path::new("/bin/busybox"), modules, script)?)?;
+    std::fs::write(
+        &initrd,
+        initramfs::build(Path::new("/bin/busybox"), modules, script)?,
+    )?;
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-kernel"])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+        ])
         .arg(&kernel.vmlinux)
         .arg("-initrd")
         .arg(&initrd)
@@ -89,10 +107,23 @@ pub fn run(kernel: &Kernel, modules: &[&Path], script: &str, work: &Path) -> Res
     };
     let serial = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
     let _ = std::fs::remove_file(&initrd);
-    let log = GuestLog { serial, elapsed: started.elapsed() };
-    let show = |why: &str| format!("{why} on {} ({:.1}s):\n{}", kernel.release, log.elapsed.as_secs_f64(), log.serial);
+    let log = GuestLog {
+        serial,
+        elapsed: started.elapsed(),
+    };
+    let show = |why: &str| {
+        format!(
+            "{why} on {} ({:.1}s):\n{}",
+            kernel.release,
+            log.elapsed.as_secs_f64(),
+            log.serial
+        )
+    };
     match status {
-        None => bail!(show(&format!("the VM did not power off within {}s", limit.as_secs()))),
+        None => bail!(show(&format!(
+            "the VM did not power off within {}s",
+            limit.as_secs()
+        ))),
         Some(s) if !s.success() => bail!(show(&format!("qemu exited with {s}"))),
         _ => {}
     }

@@ -31,7 +31,12 @@ pub fn banner_on() -> bool {
 /// `m` is the seq_file the kernel passed to the show function being replaced.
 pub unsafe fn show_banner(m: *mut SeqFile, version: &str) {
     // SAFETY: forwarded contract.
-    unsafe { seq_print(m, format_args!("klp versioned {version} banner={}\n", banner_on())) }
+    unsafe {
+        seq_print(
+            m,
+            format_args!("klp versioned {version} banner={}\n", banner_on()),
+        )
+    }
 }
 
 #[klp_callbacks(id = 1)]
@@ -41,7 +46,11 @@ pub mod banner {
 
     pub fn pre_patch(obj: &Object) -> Result {
         Banner::get_or_alloc(PATCH_WIDE, || Banner { on: false })?;
-        pr_info!("{}: banner ready on {}", env!("CARGO_CRATE_NAME"), obj.name());
+        pr_info!(
+            "{}: banner ready on {}",
+            env!("CARGO_CRATE_NAME"),
+            obj.name()
+        );
         Ok(())
     }
 
@@ -60,6 +69,10 @@ pub mod banner {
     }
 
     pub fn post_unpatch(obj: &Object) {
-        pr_info!("{}: banner gone from {}", env!("CARGO_CRATE_NAME"), obj.name());
+        pr_info!(
+            "{}: banner gone from {}",
+            env!("CARGO_CRATE_NAME"),
+            obj.name()
+        );
     }
 }

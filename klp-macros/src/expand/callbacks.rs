@@ -14,9 +14,15 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     })?;
     let mut cx = Ctxt::default();
     let args = Args::parse(&mut cx, args, &[(ID, Kind::Int), (OBJECT, Kind::Str)]);
-    let id =
-        nonzero_id::<u32>(&mut cx, &args, ID, "each callback set needs an id, for example #[klp_callbacks(id = 1)]");
-    let object = args.str(&mut cx, OBJECT).map_or(VMLINUX.to_string(), |o| o.value());
+    let id = nonzero_id::<u32>(
+        &mut cx,
+        &args,
+        ID,
+        "each callback set needs an id, for example #[klp_callbacks(id = 1)]",
+    );
+    let object = args
+        .str(&mut cx, OBJECT)
+        .map_or(VMLINUX.to_string(), |o| o.value());
 
     let Some((_, items)) = &m.content else {
         return Err(syn::Error::new_spanned(
@@ -67,7 +73,9 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                     unsafe { ::klp_runtime::hook::__private::call_pre_patch(obj, #call) }
                 }
             });
-            slots.push(quote!(::core::option::Option::Some(#wrapper as ::klp_runtime::abi::PrePatchFn)));
+            slots.push(
+                quote!(::core::option::Option::Some(#wrapper as ::klp_runtime::abi::PrePatchFn)),
+            );
         } else {
             wrappers.push(quote! {
                 #[allow(clippy::redundant_closure)]
@@ -76,7 +84,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                     unsafe { ::klp_runtime::hook::__private::call_hook(obj, #call) }
                 }
             });
-            slots.push(quote!(::core::option::Option::Some(#wrapper as ::klp_runtime::abi::HookFn)));
+            slots
+                .push(quote!(::core::option::Option::Some(#wrapper as ::klp_runtime::abi::HookFn)));
         }
     }
     let id = id.expect("checked");
@@ -98,5 +107,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
 
 /// Whether some `pub fn` was reported as a wrong hook (then "no hooks" would only repeat it).
 fn cx_has_hook_errors(items: &[Item]) -> bool {
-    items.iter().any(|i| matches!(i, Item::Fn(f) if !matches!(f.vis, Visibility::Inherited)))
+    items
+        .iter()
+        .any(|i| matches!(i, Item::Fn(f) if !matches!(f.vis, Visibility::Inherited)))
 }

@@ -9,10 +9,17 @@ use crate::internals::symbol::{NAME, OBJECT, SYMPOS, VMLINUX};
 
 pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let f: ItemFn = syn::parse2(item).map_err(|e| {
-        syn::Error::new(e.span(), "#[klp_func] goes on the replacement function: `extern \"C\" fn name(...) { ... }`")
+        syn::Error::new(
+            e.span(),
+            "#[klp_func] goes on the replacement function: `extern \"C\" fn name(...) { ... }`",
+        )
     })?;
     let mut cx = Ctxt::default();
-    let args = Args::parse(&mut cx, args, &[(NAME, Kind::Str), (OBJECT, Kind::Str), (SYMPOS, Kind::Int)]);
+    let args = Args::parse(
+        &mut cx,
+        args,
+        &[(NAME, Kind::Str), (OBJECT, Kind::Str), (SYMPOS, Kind::Int)],
+    );
     let name = args.str(&mut cx, NAME);
     if args.missing(NAME) {
         cx.push(syn::Error::new(
@@ -20,7 +27,9 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             "missing `name`: the kernel function to replace, for example #[klp_func(name = \"cmdline_proc_show\")]",
         ));
     }
-    let object = args.str(&mut cx, OBJECT).map_or(VMLINUX.to_string(), |o| o.value());
+    let object = args
+        .str(&mut cx, OBJECT)
+        .map_or(VMLINUX.to_string(), |o| o.value());
     let sympos = args.int::<u32>(&mut cx, SYMPOS).map_or(0, |(v, _)| v);
     check::replacement_fn(&mut cx, &f);
     cx.check()?;

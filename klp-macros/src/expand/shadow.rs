@@ -15,8 +15,17 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         )
     })?;
     let mut cx = Ctxt::default();
-    let args = Args::parse(&mut cx, args, &[(TYPE, Kind::Type), (ID, Kind::Int), (CALLBACKS, Kind::Int)]);
-    let id = nonzero_id::<u64>(&mut cx, &args, ID, "each shadow type needs a klp_shadow id, for example `id = 0x10`");
+    let args = Args::parse(
+        &mut cx,
+        args,
+        &[(TYPE, Kind::Type), (ID, Kind::Int), (CALLBACKS, Kind::Int)],
+    );
+    let id = nonzero_id::<u64>(
+        &mut cx,
+        &args,
+        ID,
+        "each shadow type needs a klp_shadow id, for example `id = 0x10`",
+    );
     let owner = nonzero_id::<u32>(
         &mut cx,
         &args,

@@ -42,10 +42,14 @@ struct RawArg {
 impl Parse for RawArg {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         // `Ident::parse_any` so that `type = T` works although `type` is a keyword.
-        let key = Ident::parse_any(input)
-            .map_err(|e| syn::Error::new(e.span(), "expected `key = value`, for example `id = 3`"))?;
+        let key = Ident::parse_any(input).map_err(|e| {
+            syn::Error::new(e.span(), "expected `key = value`, for example `id = 3`")
+        })?;
         if !input.peek(Token![=]) {
-            return Err(syn::Error::new(key.span(), format!("expected `=` after `{key}`: write `{key} = ...`")));
+            return Err(syn::Error::new(
+                key.span(),
+                format!("expected `=` after `{key}`: write `{key} = ...`"),
+            ));
         }
         input.parse::<Token![=]>()?;
         let mut value = TokenStream::new();
@@ -53,30 +57,48 @@ impl Parse for RawArg {
             value.extend(std::iter::once(input.parse::<proc_macro2::TokenTree>()?));
         }
         if value.is_empty() {
-            return Err(syn::Error::new(key.span(), format!("`{key} =` needs a value")));
+            return Err(syn::Error::new(
+                key.span(),
+                format!("`{key} =` needs a value"),
+            ));
         }
         Ok(RawArg { key, value })
     }
 }
 
 fn expected_list(expected: &[(&str, Kind)]) -> String {
-    expected.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    expected
+        .iter()
+        .map(|(k, _)| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Args {
     /// Parses `tokens` against `expected`; problems go to `cx`, and the keys that parsed are kept.
     pub fn parse(cx: &mut Ctxt, tokens: TokenStream, expected: &[(&str, Kind)]) -> Args {
-        let raw = match syn::punctuated::Punctuated::<RawArg, Token![,]>::parse_terminated.parse2(tokens) {
+        let raw = match syn::punctuated::Punctuated::<RawArg, Token![,]>::parse_terminated
+            .parse2(tokens)
+        {
             Ok(raw) => raw,
             Err(e) => {
                 cx.push(e);
-                return Args { args: Vec::new(), unparsed: true };
+                return Args {
+                    args: Vec::new(),
+                    unparsed: true,
+                };
             }
         };
         let mut args: Vec<Arg> = Vec::new();
         for RawArg { key, value } in raw {
             let Some(&(_, kind)) = expected.iter().find(|(k, _)| key == k) else {
-                cx.error_spanned_by(&key, format!("unknown key `{key}`; expected one of {}", expected_list(expected)));
+                cx.error_spanned_by(
+                    &key,
+                    format!(
+                        "unknown key `{key}`; expected one of {}",
+                        expected_list(expected)
+                    ),
+                );
                 continue;
             };
             if args.iter().any(|a| a.key == key) {
@@ -84,28 +106,42 @@ impl Args {
                 continue;
             }
             let parsed = match kind {
-                Kind::Str => syn::parse2::<LitStr>(value.clone()).map(Value::Str).map_err(|_| {
-                    syn::Error::new_spanned(
-                        &value,
-                        format!("`{key}` takes a string literal, for example `{key} = \"vmlinux\"`"),
-                    )
-                }),
-                Kind::Int => syn::parse2::<LitInt>(value.clone()).map(Value::Int).map_err(|_| {
-                    syn::Error::new_spanned(
-                        &value,
-                        format!("`{key}` takes an integer literal, for example `{key} = 3`"),
-                    )
-                }),
-                Kind::Type => syn::parse2::<syn::Type>(value.clone()).map(|t| Value::Type(Box::new(t))).map_err(|_| {
-                    syn::Error::new_spanned(&value, format!("`{key}` takes a type, for example `{key} = u64`"))
-                }),
+                Kind::Str => syn::parse2::<LitStr>(value.clone())
+                    .map(Value::Str)
+                    .map_err(|_| {
+                        syn::Error::new_spanned(
+                            &value,
+                            format!(
+                                "`{key}` takes a string literal, for example `{key} = \"vmlinux\"`"
+                            ),
+                        )
+                    }),
+                Kind::Int => syn::parse2::<LitInt>(value.clone())
+                    .map(Value::Int)
+                    .map_err(|_| {
+                        syn::Error::new_spanned(
+                            &value,
+                            format!("`{key}` takes an integer literal, for example `{key} = 3`"),
+                        )
+                    }),
+                Kind::Type => syn::parse2::<syn::Type>(value.clone())
+                    .map(|t| Value::Type(Box::new(t)))
+                    .map_err(|_| {
+                        syn::Error::new_spanned(
+                            &value,
+                            format!("`{key}` takes a type, for example `{key} = u64`"),
+                        )
+                    }),
             };
             match parsed {
                 Ok(value) => args.push(Arg { key, value }),
                 Err(e) => cx.push(e),
             }
         }
-        Args { args, unparsed: false }
+        Args {
+            args,
+            unparsed: false,
+        }
     }
 
     /// Whether `key` is absent from a list that parsed (so "missing" is the real problem).
@@ -119,7 +155,9 @@ impl Args {
 
     /// A string value, checked to be usable as a C string (non-empty, no NUL).
     pub fn str(&self, cx: &mut Ctxt, key: &str) -> Option<LitStr> {
-        let Value::Str(s) = &self.get(key)?.value else { return None };
+        let Value::Str(s) = &self.get(key)?.value else {
+            return None;
+        };
         let v = s.value();
         if v.is_empty() {
             cx.error_spanned_by(s, format!("`{key}` cannot be empty"));
@@ -135,11 +173,19 @@ impl Args {
         T: std::str::FromStr,
         T::Err: std::fmt::Display,
     {
-        let Value::Int(i) = &self.get(key)?.value else { return None };
+        let Value::Int(i) = &self.get(key)?.value else {
+            return None;
+        };
         match i.base10_parse::<T>() {
             Ok(v) => Some((v, i.span())),
             Err(_) => {
-                cx.error_spanned_by(i, format!("`{key}` = {i} is out of range for {}", std::any::type_name::<T>()));
+                cx.error_spanned_by(
+                    i,
+                    format!(
+                        "`{key}` = {i} is out of range for {}",
+                        std::any::type_name::<T>()
+                    ),
+                );
                 None
             }
         }
@@ -165,13 +211,19 @@ where
 {
     if !args.has(key) {
         if args.missing(key) {
-            cx.push(syn::Error::new(Span::call_site(), format!("missing `{key}`: {example}")));
+            cx.push(syn::Error::new(
+                Span::call_site(),
+                format!("missing `{key}`: {example}"),
+            ));
         }
         return None;
     }
     let (v, span) = args.int::<T>(cx, key)?;
     if v == T::default() {
-        cx.push(syn::Error::new(span, format!("`{key}` must be non-zero: 0 means \"none\" in the tables")));
+        cx.push(syn::Error::new(
+            span,
+            format!("`{key}` must be non-zero: 0 means \"none\" in the tables"),
+        ));
         return None;
     }
     Some(v)

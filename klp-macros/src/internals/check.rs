@@ -8,10 +8,18 @@ use super::symbol::{HOOKS, PRE_PATCH};
 /// A replacement function: `extern "C"`, not generic, not async, not variadic.
 pub fn replacement_fn(cx: &mut Ctxt, f: &ItemFn) {
     let sig = &f.sig;
-    let is_c = sig.abi.as_ref().is_some_and(|abi| abi.name.as_ref().is_none_or(|n| n.value() == "C"));
+    let is_c = sig
+        .abi
+        .as_ref()
+        .is_some_and(|abi| abi.name.as_ref().is_none_or(|n| n.value() == "C"));
     if !is_c {
         let what = match &sig.abi {
-            Some(abi) => format!("has ABI {}", abi.name.as_ref().map_or("?".into(), |n| format!("\"{}\"", n.value()))),
+            Some(abi) => format!(
+                "has ABI {}",
+                abi.name
+                    .as_ref()
+                    .map_or("?".into(), |n| format!("\"{}\"", n.value()))
+            ),
             None => "has the Rust ABI".into(),
         };
         cx.error_spanned_by(
@@ -19,7 +27,11 @@ pub fn replacement_fn(cx: &mut Ctxt, f: &ItemFn) {
             format!("the replacement function {what}, but the kernel calls it in place of a C function: declare it `extern \"C\" fn`"),
         );
     }
-    not_generic(cx, sig, "a replacement function cannot be generic: the kernel needs one concrete function");
+    not_generic(
+        cx,
+        sig,
+        "a replacement function cannot be generic: the kernel needs one concrete function",
+    );
     if let Some(a) = &sig.asyncness {
         cx.error_spanned_by(a, "a replacement function cannot be `async`");
     }
@@ -57,7 +69,10 @@ pub fn hook_index(cx: &mut Ctxt, f: &ItemFn) -> Option<usize> {
     let sig = &f.sig;
     not_generic(cx, sig, "a hook cannot be generic");
     if let Some(a) = &sig.asyncness {
-        cx.error_spanned_by(a, "a hook cannot be `async`: the kernel calls it synchronously");
+        cx.error_spanned_by(
+            a,
+            "a hook cannot be `async`: the kernel calls it synchronously",
+        );
     }
     if sig.abi.is_some() {
         cx.error_spanned_by(
@@ -66,14 +81,20 @@ pub fn hook_index(cx: &mut Ctxt, f: &ItemFn) -> Option<usize> {
         );
     }
     if sig.inputs.len() > 1 {
-        cx.error_spanned_by(&sig.inputs, format!("`{name}` takes at most one argument, `obj: &klp_runtime::Object`"));
+        cx.error_spanned_by(
+            &sig.inputs,
+            format!("`{name}` takes at most one argument, `obj: &klp_runtime::Object`"),
+        );
     }
     if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
         cx.error_spanned_by(r, "a hook is a free function, not a method");
     }
     if let Some(FnArg::Typed(t)) = sig.inputs.first() {
         if !matches!(&*t.ty, Type::Reference(_)) {
-            cx.error_spanned_by(&t.ty, format!("`{name}` takes `&klp_runtime::Object`, by reference"));
+            cx.error_spanned_by(
+                &t.ty,
+                format!("`{name}` takes `&klp_runtime::Object`, by reference"),
+            );
         }
     }
     match (&sig.output, name == PRE_PATCH) {
@@ -118,7 +139,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }

@@ -11,7 +11,8 @@ pub struct Ctxt {
 
 impl Ctxt {
     pub fn error_spanned_by<T: ToTokens, M: Display>(&mut self, obj: T, msg: M) {
-        self.errors.push(syn::Error::new_spanned(obj.into_token_stream(), msg));
+        self.errors
+            .push(syn::Error::new_spanned(obj.into_token_stream(), msg));
     }
 
     pub fn push(&mut self, e: syn::Error) {
@@ -21,7 +22,9 @@ impl Ctxt {
     /// All errors combined into one, if any.
     pub fn check(self) -> syn::Result<()> {
         let mut errors = self.errors.into_iter();
-        let Some(mut combined) = errors.next() else { return Ok(()) };
+        let Some(mut combined) = errors.next() else {
+            return Ok(());
+        };
         for e in errors {
             combined.combine(e);
         }

@@ -53,8 +53,13 @@ struct Global<T>(UnsafeCell<T>);
 // dispatcher runs under the kernel's `klp_mutex`, so accesses never overlap.
 unsafe impl<T> Sync for Global<T> {}
 
-static STATE: Global<Dispatcher> =
-    Global(UnsafeCell::new(Dispatcher { phase: Phase::Idle, own: None, old: None, plan: None, module: None }));
+static STATE: Global<Dispatcher> = Global(UnsafeCell::new(Dispatcher {
+    phase: Phase::Idle,
+    own: None,
+    old: None,
+    plan: None,
+    module: None,
+}));
 
 const EINVAL: c_int = 22;
 
@@ -71,7 +76,11 @@ pub extern "C" fn klp_rs_format_version() -> u32 {
 /// `header` is this module's patch header; `object` a NUL-terminated name. Called only from
 /// livepatch callbacks (under `klp_mutex`).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn klp_rs_dispatch(header: *const PatchHeader, hook: c_int, object: *const c_char) -> c_int {
+pub unsafe extern "C" fn klp_rs_dispatch(
+    header: *const PatchHeader,
+    hook: c_int,
+    object: *const c_char,
+) -> c_int {
     // SAFETY: see `Global`'s Sync impl: calls are serialized.
     let d = unsafe { &mut *STATE.0.get() };
     if d.own.is_none() {
@@ -140,7 +149,12 @@ impl Dispatcher {
                 let plan = plan::module_coming(self.own(), object);
                 match plan::run_before(&mut self.runner(), &plan) {
                     Ok(()) => {
-                        self.module = self.own().sets.iter().map(|s| s.object).find(|o| *o == object);
+                        self.module = self
+                            .own()
+                            .sets
+                            .iter()
+                            .map(|s| s.object)
+                            .find(|o| *o == object);
                         0
                     }
                     Err(errno) => errno_to_kernel(errno),
@@ -156,7 +170,12 @@ impl Dispatcher {
                 let plan = plan::module_going(self.own(), object);
                 let steps: alloc::vec::Vec<_> = plan.before.iter().map(|p| p.step).collect();
                 plan::run(&mut self.runner(), &steps);
-                self.module = self.own().sets.iter().map(|s| s.object).find(|o| *o == object);
+                self.module = self
+                    .own()
+                    .sets
+                    .iter()
+                    .map(|s| s.object)
+                    .find(|o| *o == object);
                 0
             }
             (Hook::PostUnpatch, Phase::Enabled, false) if self.module == Some(object) => {
@@ -175,7 +194,10 @@ impl Dispatcher {
     }
 
     fn runner(&self) -> KernelRunner<'_> {
-        KernelRunner { own: self.own(), old: self.old.as_ref() }
+        KernelRunner {
+            own: self.own(),
+            old: self.old.as_ref(),
+        }
     }
 
     fn start_enable(&mut self) -> c_int {
@@ -188,7 +210,9 @@ impl Dispatcher {
                 Ok(p) => self.old = Some(p),
                 Err(e) => {
                     // SAFETY: the name field's position is fixed in every format version.
-                    let name = unsafe { CStr::from_ptr((*prev).name) }.to_str().unwrap_or("?");
+                    let name = unsafe { CStr::from_ptr((*prev).name) }
+                        .to_str()
+                        .unwrap_or("?");
                     crate::pr_info!("klp-rs: {} cannot replace {name}: {e}", self.own().name);
                     return -EINVAL;
                 }
@@ -245,13 +269,21 @@ impl Runner<'static> for KernelRunner<'_> {
             Step::Hook { side, .. } | Step::FreeShadow { side, .. } => *side,
         };
         if !matches!(step, Step::Hook { defined: false, .. }) {
-            crate::pr_info!("{}", StepLine { patch: self.patch(side).name, step });
+            crate::pr_info!(
+                "{}",
+                StepLine {
+                    patch: self.patch(side).name,
+                    step
+                }
+            );
         }
     }
 
     fn hook(&mut self, side: Side, set: u32, object: &'static str, hook: Hook) -> Result<(), i32> {
         let p = self.patch(side);
-        let Some(addr) = p.set(set).and_then(|s| s.hooks[hook as usize]) else { return Ok(()) };
+        let Some(addr) = p.set(set).and_then(|s| s.hooks[hook as usize]) else {
+            return Ok(());
+        };
         let obj = object.as_ptr().cast::<c_char>();
         if hook == Hook::PrePatch {
             // SAFETY: a pre_patch slot holds a `PrePatchFn` (the macros write it); `obj` is
@@ -274,7 +306,11 @@ impl Runner<'static> for KernelRunner<'_> {
 
     fn free_shadow(&mut self, side: Side, _set: u32, shadow: u64) {
         let p = self.patch(side);
-        let dtor = p.shadows.iter().find(|t| t.id == shadow).and_then(|t| t.dtor);
+        let dtor = p
+            .shadows
+            .iter()
+            .find(|t| t.id == shadow)
+            .and_then(|t| t.dtor);
         // SAFETY: a dtor slot holds a `ShadowDtorFn` of the type stored under this id.
         let dtor = dtor.map(|a| unsafe { core::mem::transmute::<usize, abi::ShadowDtorFn>(a) });
         // SAFETY: runs under klp_mutex after the transition: no patched code uses them.

@@ -70,7 +70,10 @@ impl fmt::Write for Line {
 }
 
 pub(crate) fn log(args: fmt::Arguments<'_>) {
-    let mut line = Line { buf: [0; 256], len: 0 };
+    let mut line = Line {
+        buf: [0; 256],
+        len: 0,
+    };
     let _ = fmt::write(&mut line, args);
     // SAFETY: the buffer holds `len` initialized bytes.
     unsafe { klp_rs_log(line.buf.as_ptr(), line.len) }
@@ -99,7 +102,12 @@ pub(crate) fn current_task() -> *const c_void {
 
 /// # Safety
 /// As [`crate::bindings::simple_read_from_buffer`].
-pub(crate) unsafe fn simple_read_from_buffer(to: *mut u8, count: usize, ppos: *mut i64, data: &[u8]) -> isize {
+pub(crate) unsafe fn simple_read_from_buffer(
+    to: *mut u8,
+    count: usize,
+    ppos: *mut i64,
+    data: &[u8],
+) -> isize {
     // SAFETY: forwarded contract; `data` is a live slice.
     unsafe { kernel_simple_read_from_buffer(to, count, ppos, data.as_ptr(), data.len()) }
 }
@@ -165,8 +173,17 @@ static ALLOCATOR: KernelAllocator = KernelAllocator;
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let mut line = Line { buf: [0; 256], len: 0 };
+    let mut line = Line {
+        buf: [0; 256],
+        len: 0,
+    };
     let _ = fmt::write(&mut line, format_args!("{info}"));
     // SAFETY: a printf format with its matching arguments; the kernel's panic() does not return.
-    unsafe { kernel_panic(c"klp-rs: Rust panic: %.*s\n".as_ptr(), line.len as c_int, line.buf.as_ptr()) }
+    unsafe {
+        kernel_panic(
+            c"klp-rs: Rust panic: %.*s\n".as_ptr(),
+            line.len as c_int,
+            line.buf.as_ptr(),
+        )
+    }
 }

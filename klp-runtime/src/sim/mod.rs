@@ -24,7 +24,10 @@ pub enum SimError {
     #[error("cannot read the tables of the patch: {0}")]
     Read(#[from] ReadError),
     #[error("patch {patch} breaks cross-item rules: {}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
-    Check { patch: String, errors: Vec<CheckError> },
+    Check {
+        patch: String,
+        errors: Vec<CheckError>,
+    },
     #[error("module {0} is already loaded")]
     AlreadyLoaded(String),
     #[error("no patch module {0} is loaded")]
@@ -79,14 +82,28 @@ impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Event::Step { patch, step } => StepLine { patch, step }.fmt(f),
-            Event::HookFailed { patch, set, object, hook, errno } => {
+            Event::HookFailed {
+                patch,
+                set,
+                object,
+                hook,
+                errno,
+            } => {
                 write!(f, "{patch}: set {set} {object} {hook} failed: {errno}")
             }
             Event::TransitionStart { to, patching } => {
-                write!(f, "'{to}': starting {} transition", if *patching { "patching" } else { "unpatching" })
+                write!(
+                    f,
+                    "'{to}': starting {} transition",
+                    if *patching { "patching" } else { "unpatching" }
+                )
             }
             Event::TransitionComplete { to, patching } => {
-                write!(f, "'{to}': {} complete", if *patching { "patching" } else { "unpatching" })
+                write!(
+                    f,
+                    "'{to}': {} complete",
+                    if *patching { "patching" } else { "unpatching" }
+                )
             }
             Event::TransitionReversed { to } => write!(f, "'{to}': reversing transition"),
             Event::Message(m) => f.write_str(m),
@@ -163,15 +180,31 @@ impl Runner<'static> for Exec<'_> {
         let side = match step {
             Step::Hook { side, .. } | Step::FreeShadow { side, .. } => *side,
         };
-        self.log.push(Event::Step { patch: self.module(side).name, step: *step });
+        self.log.push(Event::Step {
+            patch: self.module(side).name,
+            step: *step,
+        });
     }
 
     fn hook(&mut self, side: Side, set: u32, object: &'static str, hook: Hook) -> Result<(), i32> {
         let m = self.module(side);
-        let (patch, addr) = (m.name, m.tables.set(set).and_then(|s| s.hooks[hook as usize]).expect("planned hook"));
+        let (patch, addr) = (
+            m.name,
+            m.tables
+                .set(set)
+                .and_then(|s| s.hooks[hook as usize])
+                .expect("planned hook"),
+        );
         if hook == Hook::PrePatch {
-            if let Some(&(_, _, errno)) = self.failures.iter().find(|f| f.0 == patch && f.1 == set) {
-                self.log.push(Event::HookFailed { patch, set, object, hook, errno });
+            if let Some(&(_, _, errno)) = self.failures.iter().find(|f| f.0 == patch && f.1 == set)
+            {
+                self.log.push(Event::HookFailed {
+                    patch,
+                    set,
+                    object,
+                    hook,
+                    errno,
+                });
                 return Err(errno);
             }
         }
@@ -193,7 +226,13 @@ impl Runner<'static> for Exec<'_> {
         CURRENT.with(|c| c.set(None));
         self.drain_messages();
         if r != 0 {
-            self.log.push(Event::HookFailed { patch, set, object, hook, errno: -r });
+            self.log.push(Event::HookFailed {
+                patch,
+                set,
+                object,
+                hook,
+                errno: -r,
+            });
             return Err(-r);
         }
         Ok(())
@@ -201,7 +240,12 @@ impl Runner<'static> for Exec<'_> {
 
     fn free_shadow(&mut self, side: Side, _set: u32, shadow: u64) {
         let m = self.module(side);
-        let dtor = m.tables.shadows.iter().find(|t| t.id == shadow).and_then(|t| t.dtor);
+        let dtor = m
+            .tables
+            .shadows
+            .iter()
+            .find(|t| t.id == shadow)
+            .and_then(|t| t.dtor);
         // SAFETY: the dtor slot of linked tables holds a `ShadowDtorFn`.
         let dtor = dtor.map(|a| unsafe { std::mem::transmute::<usize, abi::ShadowDtorFn>(a) });
         store::free_all(shadow, dtor);
@@ -210,11 +254,20 @@ impl Runner<'static> for Exec<'_> {
 }
 
 fn printed(e: &Event) -> bool {
-    !matches!(e, Event::Step { step: Step::Hook { defined: false, .. }, .. })
+    !matches!(
+        e,
+        Event::Step {
+            step: Step::Hook { defined: false, .. },
+            ..
+        }
+    )
 }
 
 /// The patches a transition's plan calls `Old` and `New`.
-fn sides<'m>(modules: &'m [PatchModule], t: &Transition) -> (Option<&'m PatchModule>, &'m PatchModule) {
+fn sides<'m>(
+    modules: &'m [PatchModule],
+    t: &Transition,
+) -> (Option<&'m PatchModule>, &'m PatchModule) {
     let target = &modules[t.target];
     if t.patching {
         (t.replaced.map(|r| &modules[r]), target)
@@ -245,12 +298,19 @@ impl Kernel {
         let tables = unsafe { reader::read_memory(header) }?;
         let errors = check(&tables);
         if !errors.is_empty() {
-            return Err(SimError::Check { patch: tables.name.into(), errors });
+            return Err(SimError::Check {
+                patch: tables.name.into(),
+                errors,
+            });
         }
         if self.modules.iter().any(|m| m.name == tables.name) {
             return Err(SimError::AlreadyLoaded(tables.name.into()));
         }
-        self.modules.push(PatchModule { name: tables.name, tables, enabled: false });
+        self.modules.push(PatchModule {
+            name: tables.name,
+            tables,
+            enabled: false,
+        });
         let new = self.modules.len() - 1;
         match self.start(new, self.enabled(), true) {
             Ok(()) => Ok(()),
@@ -283,7 +343,12 @@ impl Kernel {
     /// `rmmod NAME`: only a patch that is not enabled can go.
     pub fn rmmod(&mut self, name: &str) -> Result<(), SimError> {
         let i = self.index(name)?;
-        if self.modules[i].enabled || self.transition.as_ref().is_some_and(|t| t.target == i || t.replaced == Some(i)) {
+        if self.modules[i].enabled
+            || self
+                .transition
+                .as_ref()
+                .is_some_and(|t| t.target == i || t.replaced == Some(i))
+        {
             return Err(SimError::Busy(name.into()));
         }
         self.modules.remove(i);
@@ -299,10 +364,16 @@ impl Kernel {
         if !self.objects.insert(object.into()) {
             return Err(SimError::AlreadyLoaded(object.into()));
         }
-        let Some(i) = self.enabled() else { return Ok(()) };
+        let Some(i) = self.enabled() else {
+            return Ok(());
+        };
         let plan = plan::module_coming(&self.modules[i].tables, object);
-        let mut exec =
-            Exec { old: Some(&self.modules[i]), new: &self.modules[i], log: &mut self.log, failures: &self.failures };
+        let mut exec = Exec {
+            old: Some(&self.modules[i]),
+            new: &self.modules[i],
+            log: &mut self.log,
+            failures: &self.failures,
+        };
         match plan::run_before(&mut exec, &plan) {
             Ok(()) => plan::run(&mut exec, &plan.after),
             // The kernel refuses the module load when a pre_patch fails; the cancel ran.
@@ -329,7 +400,10 @@ impl Kernel {
                 log: &mut self.log,
                 failures: &self.failures,
             };
-            plan::run(&mut exec, &plan.before.iter().map(|p| p.step).collect::<Vec<_>>());
+            plan::run(
+                &mut exec,
+                &plan.before.iter().map(|p| p.step).collect::<Vec<_>>(),
+            );
             plan::run(&mut exec, &plan.after);
         }
         self.objects.remove(object);
@@ -355,10 +429,18 @@ impl Kernel {
         }
         self.modules[t.target].enabled = t.patching;
         let (old, new) = sides(&self.modules, &t);
-        let mut exec = Exec { old, new, log: &mut self.log, failures: &self.failures };
+        let mut exec = Exec {
+            old,
+            new,
+            log: &mut self.log,
+            failures: &self.failures,
+        };
         plan::run(&mut exec, &t.plan.after);
         // The kernel announces completion after the post callbacks (klp_complete_transition).
-        self.log.push(Event::TransitionComplete { to, patching: t.patching });
+        self.log.push(Event::TransitionComplete {
+            to,
+            patching: t.patching,
+        });
         Ok(())
     }
 
@@ -370,37 +452,71 @@ impl Kernel {
         self.log.push(Event::TransitionReversed { to });
         self.modules[t.target].enabled = !t.patching;
         let (old, new) = sides(&self.modules, &t);
-        let mut exec = Exec { old, new, log: &mut self.log, failures: &self.failures };
+        let mut exec = Exec {
+            old,
+            new,
+            log: &mut self.log,
+            failures: &self.failures,
+        };
         plan::run(&mut exec, &t.plan.reverse());
         Ok(())
     }
 
-    fn start(&mut self, target: usize, replaced: Option<usize>, patching: bool) -> Result<(), SimError> {
+    fn start(
+        &mut self,
+        target: usize,
+        replaced: Option<usize>,
+        patching: bool,
+    ) -> Result<(), SimError> {
         let objects = &self.objects;
         let loaded = |o: &str| objects.contains(o);
         let plan = if patching {
-            plan::replace(replaced.map(|r| &self.modules[r].tables), &self.modules[target].tables, &loaded)
+            plan::replace(
+                replaced.map(|r| &self.modules[r].tables),
+                &self.modules[target].tables,
+                &loaded,
+            )
         } else {
             plan::disable(&self.modules[target].tables, &loaded)
         };
-        let t = Transition { target, replaced, patching, plan };
+        let t = Transition {
+            target,
+            replaced,
+            patching,
+            plan,
+        };
         let (old, new) = sides(&self.modules, &t);
-        let mut exec = Exec { old, new, log: &mut self.log, failures: &self.failures };
+        let mut exec = Exec {
+            old,
+            new,
+            log: &mut self.log,
+            failures: &self.failures,
+        };
         if let Err(errno) = plan::run_before(&mut exec, &t.plan) {
             let set = self.log.iter().rev().find_map(|e| match e {
                 Event::HookFailed { set, .. } => Some(*set),
                 _ => None,
             });
             let patch = self.modules[target].name.to_string();
-            return Err(SimError::PrePatchFailed { patch, set: set.unwrap_or(0), errno });
+            return Err(SimError::PrePatchFailed {
+                patch,
+                set: set.unwrap_or(0),
+                errno,
+            });
         }
-        self.log.push(Event::TransitionStart { to: self.modules[target].name, patching });
+        self.log.push(Event::TransitionStart {
+            to: self.modules[target].name,
+            patching,
+        });
         self.transition = Some(t);
         Ok(())
     }
 
     fn index(&self, name: &str) -> Result<usize, SimError> {
-        self.modules.iter().position(|m| m.name == name).ok_or_else(|| SimError::NoSuchPatch(name.into()))
+        self.modules
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| SimError::NoSuchPatch(name.into()))
     }
 
     /// The enabled patch (all our patches replace, so there is at most one).
@@ -429,12 +545,20 @@ impl Kernel {
 
     /// The log as text, one line per event.
     pub fn lines(&self) -> Vec<String> {
-        self.log.iter().filter(|e| printed(e)).map(|e| e.to_string()).collect()
+        self.log
+            .iter()
+            .filter(|e| printed(e))
+            .map(|e| e.to_string())
+            .collect()
     }
 
     /// Only the plan steps, as text: what the kernel runtime prints for each step.
     pub fn step_lines(&self) -> Vec<String> {
-        self.log.iter().filter(|e| matches!(e, Event::Step { .. }) && printed(e)).map(|e| e.to_string()).collect()
+        self.log
+            .iter()
+            .filter(|e| matches!(e, Event::Step { .. }) && printed(e))
+            .map(|e| e.to_string())
+            .collect()
     }
 
     /// Drops the log so far.

@@ -27,7 +27,11 @@ pub fn take_warnings() -> Vec<String> {
 }
 
 pub fn get(obj: *const c_void, id: u64) -> *mut c_void {
-    STORE.with(|s| s.borrow_mut().get_mut(&(obj as usize, id)).map_or(std::ptr::null_mut(), |d| d.as_mut_ptr().cast()))
+    STORE.with(|s| {
+        s.borrow_mut()
+            .get_mut(&(obj as usize, id))
+            .map_or(std::ptr::null_mut(), |d| d.as_mut_ptr().cast())
+    })
 }
 
 /// `klp_shadow_alloc` (`or_get` false) and `klp_shadow_get_or_alloc` (true).
@@ -57,7 +61,9 @@ pub unsafe fn alloc(
     // SAFETY: `p` is valid for `size` bytes; the caller paired ctor_data with ctor.
     let r = unsafe { ctor(obj as *mut c_void, p, ctor_data) };
     if r != 0 {
-        warn(format!("Failed to construct shadow variable <{obj:p}, {id:#x}> ({r})"));
+        warn(format!(
+            "Failed to construct shadow variable <{obj:p}, {id:#x}> ({r})"
+        ));
         return std::ptr::null_mut();
     }
     STORE.with(|s| s.borrow_mut().insert((obj as usize, id), data));
@@ -77,7 +83,9 @@ pub fn free_all(id: u64, dtor: Option<ShadowDtorFn>) -> usize {
     let taken: Vec<_> = STORE.with(|s| {
         let mut s = s.borrow_mut();
         let keys: Vec<_> = s.keys().filter(|k| k.1 == id).copied().collect();
-        keys.into_iter().filter_map(|k| s.remove(&k).map(|d| (k.0, d))).collect()
+        keys.into_iter()
+            .filter_map(|k| s.remove(&k).map(|d| (k.0, d)))
+            .collect()
     });
     let n = taken.len();
     for (obj, mut d) in taken {

@@ -53,6 +53,11 @@ pub unsafe extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> 
         }
     }
     // SAFETY: `m` is the seq_file the kernel passes to this show function.
-    unsafe { seq_print(m, format_args!("klp versioned p3 banner={banner} reads={reads}\n")) };
+    unsafe {
+        seq_print(
+            m,
+            format_args!("klp versioned p3 banner={banner} reads={reads}\n"),
+        )
+    };
     0
 }

@@ -67,6 +67,11 @@ pub unsafe extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> 
         }
     }
     // SAFETY: `m` is the seq_file the kernel passes to this show function.
-    unsafe { seq_print(m, format_args!("{LINE} banner={banner} reads={reads} bytes={bytes}\n")) };
+    unsafe {
+        seq_print(
+            m,
+            format_args!("{LINE} banner={banner} reads={reads} bytes={bytes}\n"),
+        )
+    };
     0
 }
