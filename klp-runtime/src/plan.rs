@@ -95,6 +95,9 @@ pub struct Plan<'a> {
     pub before: Vec<Planned<'a>>,
     pub transition: bool,
     pub after: Vec<Step<'a>>,
+    /// For a [`replace_object`] plan: shadow ids that sets on the late module keep alive, which
+    /// the main plan (made before the module loaded) would otherwise free.
+    pub keeps: Vec<u64>,
 }
 
 impl<'a> Plan<'a> {
@@ -116,6 +119,20 @@ impl<'a> Plan<'a> {
     /// The steps that undo all of `before`: the transition was reversed before it completed.
     pub fn reverse(&self) -> Vec<Step<'a>> {
         unwind(&self.before).collect()
+    }
+
+    /// The steps after the transition, given the plans of target modules that loaded during
+    /// it: their `after` steps follow, and the shadow types their sets keep alive are not
+    /// freed.
+    pub fn after_with(&self, late: &[Plan<'a>]) -> Vec<Step<'a>> {
+        let keeps = |id: &u64| late.iter().any(|l| l.keeps.contains(id));
+        let main = self
+            .after
+            .iter()
+            .filter(|s| !matches!(s, Step::FreeShadow { shadow, .. } if keeps(shadow)));
+        main.chain(late.iter().flat_map(|l| l.after.iter()))
+            .copied()
+            .collect()
     }
 
     /// Every step in order, the transition marked by `None`; for display.
@@ -247,6 +264,39 @@ pub fn replace<'a, F, G>(
         plan.after.push(hook(Side::New, s, Hook::PostPatch));
     }
     plan
+}
+
+/// A module `object` loads while `new` is replacing `old` (the transition is in progress):
+/// the part of the replace that concerns `object`'s sets, which the plan made at the start
+/// could not include. The kernel has just set up `old`'s sets on it (`old` is still the
+/// enabled patch), so this is the replace restricted to `object`: `new`-only `pre_patch`,
+/// `old`-only `pre_unpatch`, and after the transition their counterparts. The leaving sets'
+/// shadow types are left to the main plan, which frees them whether or not their object was
+/// loaded; undoing a `new`-only set here (reversal) frees its types, which the main plan
+/// never saw set up.
+pub fn replace_object<'a, F, G>(
+    old: Option<&Patch<'a, F>>,
+    new: &Patch<'a, G>,
+    object: &str,
+) -> Plan<'a> {
+    let whole = replace(old, new, &|o| o == object);
+    let on_object = |s: &Step<'_>| matches!(s, Step::Hook { object: o, .. } if *o == object);
+    let keeps = new
+        .shadows
+        .iter()
+        .filter(|t| new.set(t.owner).is_some_and(|s| s.object == object))
+        .map(|t| t.id)
+        .collect();
+    Plan {
+        keeps,
+        before: whole
+            .before
+            .into_iter()
+            .filter(|p| on_object(&p.step))
+            .collect(),
+        transition: false,
+        after: whole.after.into_iter().filter(|s| on_object(s)).collect(),
+    }
 }
 
 /// Enable `patch` with nothing to replace.

@@ -34,6 +34,7 @@ on_both_kernels!(
     a_reversed_replace_restores_the_old_patch,
     tables_of_a_newer_format_are_refused_before_anything_runs,
     a_stacking_patch_leaves_the_patch_below_alone,
+    a_target_module_loading_during_a_replace_transition,
 );
 
 fn kernel(series: Series) -> Kernel {
@@ -730,6 +731,69 @@ fn a_stacking_patch_leaves_the_patch_below_alone(series: Series) {
         [
             "stack: set 9 vmlinux post_patch",
             "stack: set 9 vmlinux pre_unpatch"
+        ]
+    );
+}
+
+fn a_target_module_loading_during_a_replace_transition(series: Series) {
+    // klp_busyp replaces klp_modobj; its transition waits on klp_busy's worker. binfmt_misc
+    // loads meanwhile: modobj (still enabled) sets up its set 2 on it, and busy must run its
+    // part of the replace for it: its own set 8 up, modobj's set 2 down.
+    let k = kernel(series);
+    let busy = xtask::build_c_fixture("busy", "klp_busy", &k).unwrap_or_else(|e| panic!("{e:#}"));
+    let modobj = build("modobj", &k);
+    let busyp = build("busy", &k);
+    let binfmt = xtask::image_module(&k, "fs/binfmt_misc").unwrap();
+    let log = boot(
+        &k,
+        &[&busy, &modobj, &busyp, &binfmt],
+        &format!(
+            "insmod /mod/klp_busy.ko\n\
+             load klp_modobj; dmesg -c >/dev/null\n\
+             insmod /mod/klp_busyp.ko\n\
+             section pending; lpstate\n\
+             insmod /mod/binfmt_misc.ko; echo \"insmod binfmt_misc rc=$?\"\n\
+             echo 0 > /sys/module/klp_busy/parameters/block; waitlp\n\
+             section after; lpstate; {BINFMT_STATUS}\n\
+             section log; dmesg -c\n"
+        ),
+    );
+    assert!(log
+        .section("pending")
+        .contains(&"patch klp_busyp enabled=1 transition=1".to_string()));
+    assert_eq!(
+        log.section("after"),
+        ["patch klp_busyp enabled=1 transition=0", "enabled"]
+    );
+    let kernel_steps: Vec<String> = steps_and_transitions(&kernel_lines(&log, "log"))
+        .into_iter()
+        .filter(|l| !l.starts_with('\''))
+        .collect();
+    let mut sim = Sim::new();
+    sim.load_object("klp_busy").unwrap();
+    sim.insmod(&modobj::KLP_PATCH).unwrap();
+    sim.clear_log();
+    sim.insmod_pending(&busy::KLP_PATCH).unwrap();
+    sim.load_object("binfmt_misc").unwrap();
+    sim.complete_transition().unwrap();
+    assert_eq!(kernel_steps, sim.step_lines(), "kernel vs simulator");
+    // Hand-written from the rule (set 1 is in both and runs nothing):
+    assert_eq!(
+        kernel_steps,
+        [
+            // busy replaces modobj; binfmt_misc is not loaded yet.
+            "busy: set 6 vmlinux pre_patch",
+            "busy: set 7 klp_busy pre_patch",
+            // binfmt_misc loads: modobj, still enabled, sets up its set 2 on it...
+            "modobj: set 2 binfmt_misc pre_patch",
+            "modobj: set 2 binfmt_misc post_patch",
+            // ...and busy runs its part of the replace for binfmt_misc.
+            "busy: set 8 binfmt_misc pre_patch",
+            "modobj: set 2 binfmt_misc pre_unpatch",
+            // The transition completes (set 6 has no post_patch).
+            "busy: set 7 klp_busy post_patch",
+            "modobj: set 2 binfmt_misc post_unpatch",
+            "busy: set 8 binfmt_misc post_patch",
         ]
     );
 }

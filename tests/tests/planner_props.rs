@@ -170,6 +170,9 @@ enum Op {
     DisableReversed,
     Rmmod(usize),
     Load(usize),
+    /// Load a target module while a replace is in transition, then complete it (`true`) or
+    /// reverse it.
+    LoadDuringTransition(usize, usize, bool),
     Unload(usize),
     FailNext(usize, u32),
 }
@@ -182,6 +185,7 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
         1 => Just(Op::DisableReversed),
         1 => (0..n).prop_map(Op::Rmmod),
         2 => (1..OBJECTS.len()).prop_map(Op::Load),
+        2 => (0..n, 1..OBJECTS.len(), any::<bool>()).prop_map(|(p, o, c)| Op::LoadDuringTransition(p, o, c)),
         1 => (1..OBJECTS.len()).prop_map(Op::Unload),
         1 => (0..n, 1u32..6).prop_map(|(p, s)| Op::FailNext(p, s)),
     ]
@@ -330,6 +334,27 @@ fn run(specs: &[PatchSpec], ops: &[Op]) -> Result<(), String> {
                     }
                 }
             }
+            Op::LoadDuringTransition(i, o, complete) => {
+                if loaded.contains(OBJECTS[o]) {
+                    continue;
+                }
+                let pending = k.insmod_pending(headers[i]).is_ok();
+                let before_load = k.log().len();
+                k.load_object(OBJECTS[o]).unwrap();
+                if !k.log()[before_load..]
+                    .iter()
+                    .any(|e| matches!(e, Event::HookFailed { .. }))
+                {
+                    loaded.insert(OBJECTS[o]);
+                }
+                if pending {
+                    if complete {
+                        k.complete_transition().unwrap();
+                    } else {
+                        k.reverse_transition().unwrap();
+                    }
+                }
+            }
             Op::Unload(o) => {
                 k.unload_object(OBJECTS[o]).unwrap();
                 loaded.remove(OBJECTS[o]);
@@ -389,6 +414,7 @@ proptest! {
     ) {
         let ops: Vec<Op> = ops.into_iter().map(|o| match o {
             Op::Insmod(i) => Op::Insmod(i % specs.len()),
+            Op::LoadDuringTransition(i, o, c) => Op::LoadDuringTransition(i % specs.len(), o, c),
             Op::InsmodReversed(i) => Op::InsmodReversed(i % specs.len()),
             Op::Rmmod(i) => Op::Rmmod(i % specs.len()),
             Op::FailNext(i, s) => Op::FailNext(i % specs.len(), s),

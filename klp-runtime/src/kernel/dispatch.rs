@@ -44,6 +44,10 @@ struct Dispatcher {
     /// post_unpatch (going). After an enable completes at vmlinux, the kernel still calls
     /// post_patch for the other objects: those calls must not look like a module coming.
     module: Option<&'static str>,
+    /// Module objects that were loaded when the plan in flight was made.
+    loaded_at_start: alloc::vec::Vec<&'static str>,
+    /// Plans for target modules that loaded during our enabling transition.
+    late: alloc::vec::Vec<Plan<'static>>,
 }
 
 /// Mutable global state, serialized by the kernel.
@@ -59,6 +63,8 @@ static STATE: Global<Dispatcher> = Global(UnsafeCell::new(Dispatcher {
     old: None,
     plan: None,
     module: None,
+    loaded_at_start: alloc::vec::Vec::new(),
+    late: alloc::vec::Vec::new(),
 }));
 
 const EINVAL: c_int = 22;
@@ -115,15 +121,34 @@ impl Dispatcher {
         match (hook, self.phase, vmlinux) {
             (Hook::PrePatch, Phase::Idle, true) => self.start_enable(),
             (Hook::PostPatch, Phase::Enabling, true) => {
-                self.finish(|p| p.after.clone());
+                let late = core::mem::take(&mut self.late);
+                self.finish(|p| p.after_with(&late));
                 self.phase = Phase::Enabled;
                 0
             }
             // Cancelled after our pre_patch succeeded, or reversed: undo, the old patch stays.
             (Hook::PostUnpatch, Phase::Enabling, true) => {
+                let late = core::mem::take(&mut self.late);
+                for l in late.iter().rev() {
+                    plan::run(&mut self.runner(), &l.reverse());
+                }
                 self.finish(Plan::reverse);
                 self.phase = Phase::Gone;
                 0
+            }
+            // A target module loads during our enabling transition (the kernel calls our
+            // pre_patch for it now, post_patch at the end): its part of the replace, which
+            // the plan made at the start could not include. The outgoing patch, still the
+            // enabled one, has just set up its own sets on it.
+            (Hook::PrePatch, Phase::Enabling, false) if !self.loaded_at_start.contains(&object) => {
+                let late = plan::replace_object(self.old.as_ref(), self.own(), object);
+                match plan::run_before(&mut self.runner(), &late) {
+                    Ok(()) => {
+                        self.late.push(late);
+                        0
+                    }
+                    Err(errno) => errno_to_kernel(errno),
+                }
             }
             (Hook::PreUnpatch, Phase::Enabled, true) => {
                 let plan = plan::disable(self.own(), &loaded);
@@ -219,6 +244,15 @@ impl Dispatcher {
             }
         }
         let plan = plan::replace(self.old.as_ref(), self.own(), &loaded);
+        let objects = self.own().sets.iter().map(|s| s.object);
+        let old_objects = self
+            .old
+            .iter()
+            .flat_map(|o| o.sets.iter().map(|s| s.object));
+        self.loaded_at_start = objects
+            .chain(old_objects)
+            .filter(|o| *o != "vmlinux" && loaded(o))
+            .collect();
         let result = plan::run_before(&mut self.runner(), &plan);
         match result {
             Ok(()) => {
@@ -280,6 +314,11 @@ impl Runner<'static> for KernelRunner<'_> {
     }
 
     fn hook(&mut self, side: Side, set: u32, object: &'static str, hook: Hook) -> Result<(), i32> {
+        // A module that went away during a transition gets no more calls.
+        if !loaded(object) {
+            crate::pr_info!("klp-rs: {object} is not loaded: set {set} {hook} skipped");
+            return Ok(());
+        }
         let p = self.patch(side);
         let Some(addr) = p.set(set).and_then(|s| s.hooks[hook as usize]) else {
             return Ok(());

@@ -125,6 +125,8 @@ struct Transition {
     replaced: Option<usize>,
     patching: bool,
     plan: Plan<'static>,
+    /// Parts for target modules that loaded during the transition ([`plan::replace_object`]).
+    late: Vec<Plan<'static>>,
 }
 
 /// The simulated kernel. Shadow variables live in a per-thread store shared by all patches,
@@ -355,32 +357,62 @@ impl Kernel {
         Ok(())
     }
 
-    /// A target module loads: the enabled patch's sets for it set up (the kernel's
-    /// `klp_module_coming`). Not modelled during a transition (`InTransition`).
+    /// A target module loads (the kernel's `klp_module_coming`): the enabled patch's sets for
+    /// it set up. During a replace, the outgoing patch (still enabled) sets them up, and the
+    /// incoming one runs its part of the replace for this module now and after the
+    /// transition; during a disable, nothing runs for it.
     pub fn load_object(&mut self, object: &str) -> Result<(), SimError> {
-        if self.transition.is_some() {
-            return Err(SimError::InTransition);
-        }
         if !self.objects.insert(object.into()) {
             return Err(SimError::AlreadyLoaded(object.into()));
         }
-        let Some(i) = self.enabled() else {
+        if let Some(i) = self.enabled() {
+            let plan = plan::module_coming(&self.modules[i].tables, object);
+            let mut exec = Exec {
+                old: Some(&self.modules[i]),
+                new: &self.modules[i],
+                log: &mut self.log,
+                failures: &self.failures,
+            };
+            match plan::run_before(&mut exec, &plan) {
+                Ok(()) => plan::run(&mut exec, &plan.after),
+                // The kernel refuses the module load when a pre_patch fails; the cancel ran.
+                Err(_) => {
+                    self.objects.remove(object);
+                    return Ok(());
+                }
+            }
+        }
+        let Some(t) = self.transition.as_ref().filter(|t| t.patching) else {
             return Ok(());
         };
-        let plan = plan::module_coming(&self.modules[i].tables, object);
+        let (old, new) = sides(&self.modules, t);
+        let late = plan::replace_object(old.map(|o| &o.tables), &new.tables, object);
         let mut exec = Exec {
-            old: Some(&self.modules[i]),
-            new: &self.modules[i],
+            old,
+            new,
             log: &mut self.log,
             failures: &self.failures,
         };
-        match plan::run_before(&mut exec, &plan) {
-            Ok(()) => plan::run(&mut exec, &plan.after),
-            // The kernel refuses the module load when a pre_patch fails; the cancel ran.
-            Err(_) => {
-                self.objects.remove(object);
+        if plan::run_before(&mut exec, &late).is_err() {
+            // The load fails: the enabled patch tears down what it set up for the module.
+            if let Some(i) = self.enabled() {
+                let going = plan::module_going(&self.modules[i].tables, object);
+                let mut exec = Exec {
+                    old: Some(&self.modules[i]),
+                    new: &self.modules[i],
+                    log: &mut self.log,
+                    failures: &self.failures,
+                };
+                plan::run(
+                    &mut exec,
+                    &going.before.iter().map(|p| p.step).collect::<Vec<_>>(),
+                );
+                plan::run(&mut exec, &going.after);
             }
+            self.objects.remove(object);
+            return Ok(());
         }
+        self.transition.as_mut().expect("checked").late.push(late);
         Ok(())
     }
 
@@ -435,7 +467,7 @@ impl Kernel {
             log: &mut self.log,
             failures: &self.failures,
         };
-        plan::run(&mut exec, &t.plan.after);
+        plan::run(&mut exec, &t.plan.after_with(&t.late));
         // The kernel announces completion after the post callbacks (klp_complete_transition).
         self.log.push(Event::TransitionComplete {
             to,
@@ -458,6 +490,9 @@ impl Kernel {
             log: &mut self.log,
             failures: &self.failures,
         };
+        for late in t.late.iter().rev() {
+            plan::run(&mut exec, &late.reverse());
+        }
         plan::run(&mut exec, &t.plan.reverse());
         Ok(())
     }
@@ -484,6 +519,7 @@ impl Kernel {
             replaced,
             patching,
             plan,
+            late: Vec::new(),
         };
         let (old, new) = sides(&self.modules, &t);
         let mut exec = Exec {
