@@ -32,13 +32,6 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [
-        Hook::PrePatch,
-        Hook::PostPatch,
-        Hook::PreUnpatch,
-        Hook::PostUnpatch,
-    ];
-
     pub const fn name(self) -> &'static str {
         match self {
             Hook::PrePatch => "pre_patch",
