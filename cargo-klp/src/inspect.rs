@@ -441,21 +441,38 @@ fn check_extent(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses a module's bytes as ELF, reporting truncation with its offsets.
+fn parse<'d>(path: &str, data: &'d [u8]) -> Result<object::File<'d>, InspectError> {
+    check_extent(data).map_err(|what| InspectError::Elf {
+        file: path.into(),
+        what,
+    })?;
+    object::File::parse(data).map_err(|e| InspectError::Elf {
+        file: path.into(),
+        what: e.to_string(),
+    })
+}
+
 /// Inspects one module's bytes.
 pub fn inspect_bytes(
     path: &str,
     data: &[u8],
     compression: Option<&'static str>,
 ) -> Result<Report, InspectError> {
-    check_extent(data).map_err(|what| InspectError::Elf {
-        file: path.into(),
-        what,
-    })?;
-    let file = object::File::parse(data).map_err(|e| InspectError::Elf {
-        file: path.into(),
-        what: e.to_string(),
-    })?;
-    let info = modinfo(&file);
+    let file = parse(path, data)?;
+    report(path, data, &file, compression).map(|(r, _)| r)
+}
+
+/// The report of a parsed module, and its klp-rs tables when this reader can read them
+/// (`None` for other modules, and for klp-rs tables of a newer format, which the report
+/// then warns about).
+fn report<'d>(
+    path: &str,
+    data: &[u8],
+    file: &object::File<'d>,
+    compression: Option<&'static str>,
+) -> Result<(Report, Option<Patch<'d, &'d str>>), InspectError> {
+    let info = modinfo(file);
     let get = |k: &str| {
         info.iter()
             .find(|(key, _)| *key == k)
@@ -503,7 +520,7 @@ pub fn inspect_bytes(
         warnings: vec![],
     };
     if !livepatch && report.klp_rela_sections.is_empty() {
-        return Ok(report);
+        return Ok((report, None));
     }
     report.klp_symbols = file
         .symbols()
@@ -514,7 +531,7 @@ pub fn inspect_bytes(
                 .map(str::to_string)
         })
         .collect();
-    match elf::read_patch(&file) {
+    match elf::read_patch(file) {
         Ok(Some(p)) => {
             report.kind = Kind::KlpRs;
             report.format_version = Some(p.format_version);
@@ -535,7 +552,7 @@ pub fn inspect_bytes(
                 id: klp_runtime::abi::KLP_STATE_ID,
                 version: klp_runtime::abi::KLP_STATE_VERSION,
             }];
-            return Ok(report);
+            return Ok((report, Some(p)));
         }
         Ok(None) => {}
         Err(elf::TablesError::Read {
@@ -552,7 +569,7 @@ pub fn inspect_bytes(
             report.warnings.push(format!(
                 "klp-rs tables of format {found}; this cargo-klp reads up to {supported}: update it to see them"
             ));
-            return Ok(report);
+            return Ok((report, None));
         }
         Err(e) => {
             return Err(InspectError::Tables {
@@ -561,16 +578,16 @@ pub fn inspect_bytes(
             })
         }
     }
-    if let Some(objects) = klp_build_objects(&file) {
+    if let Some(objects) = klp_build_objects(file) {
         report.kind = Kind::KlpBuild;
         report.objects = objects;
-    } else if let Some((objects, states, replace)) = c_static_patch(&file) {
+    } else if let Some((objects, states, replace)) = c_static_patch(file) {
         report.kind = Kind::CStatic;
         report.objects = objects;
         report.states = states;
         report.replace = Some(replace);
     }
-    Ok(report)
+    Ok((report, None))
 }
 
 /// Inspects one file.
@@ -643,10 +660,15 @@ fn func_keys(r: &Report) -> Vec<String> {
 
 /// The plan for NEW replacing OLD, from the files: the same planner the module runs.
 pub fn against(new_path: &Path, old_path: &Path) -> Result<ReplacePlan, InspectError> {
-    let (new_data, _) = load(new_path)?;
-    let (old_data, _) = load(old_path)?;
-    let new_r = inspect_bytes(&new_path.display().to_string(), &new_data, None)?;
-    let old_r = inspect_bytes(&old_path.display().to_string(), &old_data, None)?;
+    let (new_data, new_z) = load(new_path)?;
+    let (old_data, old_z) = load(old_path)?;
+    let (new_name, old_name) = (
+        new_path.display().to_string(),
+        old_path.display().to_string(),
+    );
+    let (new_file, old_file) = (parse(&new_name, &new_data)?, parse(&old_name, &old_data)?);
+    let (new_r, new_p) = report(&new_name, &new_data, &new_file, new_z)?;
+    let (old_r, old_p) = report(&old_name, &old_data, &old_file, old_z)?;
     let name = |r: &Report| r.name.clone().unwrap_or_else(|| r.file.clone());
     let (nf, of) = (func_keys(&new_r), func_keys(&old_r));
     let mut plan = ReplacePlan {
@@ -689,47 +711,25 @@ pub fn against(new_path: &Path, old_path: &Path) -> Result<ReplacePlan, InspectE
             plan.new, plan.old
         ));
     }
-    let new_file = object::File::parse(&*new_data).map_err(|e| InspectError::Elf {
-        file: new_r.file.clone(),
-        what: e.to_string(),
-    })?;
-    let old_file = object::File::parse(&*old_data).map_err(|e| InspectError::Elf {
-        file: old_r.file.clone(),
-        what: e.to_string(),
-    })?;
-    let bad = |r: &Report| {
-        let file = r.file.clone();
-        move |e: elf::TablesError| InspectError::Tables {
-            file,
-            what: e.to_string(),
-        }
-    };
-    let new_p = elf::read_patch(&new_file).map_err(bad(&new_r))?;
-    let old_p = match elf::read_patch(&old_file) {
-        // What the incoming module's runtime would find: it refuses before running anything.
-        Err(elf::TablesError::Read {
-            source: ReadError::TooNew { found, supported },
-            ..
-        }) => {
-            let reads = new_p
-                .as_ref()
-                .map_or(supported, |p| p.format_version.max(supported));
-            if found > reads {
-                plan.refused = Some(format!(
-                    "the runtime of {} refuses it: {}'s tables are format {found}, it reads up to {reads}",
-                    plan.new, plan.old
-                ));
-                return Ok(plan);
-            }
-            return Err(InspectError::Tables {
-                file: old_r.file.clone(),
-                what: format!(
-                    "tables of format {found}; this cargo-klp reads up to {supported}: update it"
-                ),
-            });
-        }
-        other => other.map_err(bad(&old_r))?,
-    };
+    // Tables this reader cannot read: too new for cargo-klp, and so for every runtime that
+    // reads no further than it (ours refuses before running anything).
+    let unreadable = |r: &Report, p: &Option<Patch<'_, &str>>| r.kind == Kind::KlpRs && p.is_none();
+    if unreadable(&new_r, &new_p) {
+        return Err(InspectError::Tables {
+            file: new_r.file.clone(),
+            what: new_r.warnings.join("; "),
+        });
+    }
+    if unreadable(&old_r, &old_p) {
+        plan.refused = Some(format!(
+            "the runtime of {} refuses it: {}'s tables are format {}, it reads up to {}",
+            plan.new,
+            plan.old,
+            old_r.format_version.unwrap_or(0),
+            klp_runtime::abi::FORMAT_VERSION
+        ));
+        return Ok(plan);
+    }
     let Some(new_p) = new_p else {
         plan.refused.get_or_insert(format!(
             "{} has no klp-rs tables: it runs only its own callbacks",

@@ -109,6 +109,11 @@ impl<'a> Plan<'a> {
             .collect()
     }
 
+    /// The steps of `before`, for plans whose before-part cannot fail (no `pre_patch`).
+    pub fn before_steps(&self) -> Vec<Step<'a>> {
+        self.before.iter().map(|p| p.step).collect()
+    }
+
     /// The steps that undo all of `before`: the transition was reversed before it completed.
     pub fn reverse(&self) -> Vec<Step<'a>> {
         unwind(&self.before).collect()

@@ -35,16 +35,7 @@ pub fn get_or_alloc<S: ShadowType>(
     if let Some(p) = get::<S>(obj) {
         return Ok(p);
     }
-    let mut value = Some(init());
-    let p = sys::shadow_alloc(
-        obj,
-        S::ID,
-        size_of::<S::Data>(),
-        ctor::<S::Data>,
-        (&raw mut value).cast(),
-        true,
-    );
-    NonNull::new(p.cast()).ok_or(Errno::ENOMEM)
+    attach::<S>(obj, init(), true)
 }
 
 /// Attaches `value` to `obj`; fails with `EEXIST` if a variable is attached already (the
@@ -53,6 +44,16 @@ pub fn alloc<S: ShadowType>(obj: *const c_void, value: S::Data) -> Result<NonNul
     if get::<S>(obj).is_some() {
         return Err(Errno::EEXIST);
     }
+    attach::<S>(obj, value, false)
+}
+
+/// `klp_shadow_alloc` (`or_get` false) or `klp_shadow_get_or_alloc` (true) with our
+/// constructor, which moves `value` in; if a variable exists already, `value` is dropped.
+fn attach<S: ShadowType>(
+    obj: *const c_void,
+    value: S::Data,
+    or_get: bool,
+) -> Result<NonNull<S::Data>> {
     let mut value = Some(value);
     let p = sys::shadow_alloc(
         obj,
@@ -60,7 +61,7 @@ pub fn alloc<S: ShadowType>(obj: *const c_void, value: S::Data) -> Result<NonNul
         size_of::<S::Data>(),
         ctor::<S::Data>,
         (&raw mut value).cast(),
-        false,
+        or_get,
     );
     NonNull::new(p.cast()).ok_or(Errno::ENOMEM)
 }

@@ -152,8 +152,7 @@ impl Dispatcher {
             }
             (Hook::PreUnpatch, Phase::Enabled, true) => {
                 let plan = plan::disable(self.own(), &loaded);
-                let steps: alloc::vec::Vec<_> = plan.before.iter().map(|p| p.step).collect();
-                plan::run(&mut self.runner(), &steps);
+                plan::run(&mut self.runner(), &plan.before_steps());
                 self.plan = Some(plan);
                 self.phase = Phase::Disabling;
                 0
@@ -174,12 +173,7 @@ impl Dispatcher {
                 let plan = plan::module_coming(self.own(), object);
                 match plan::run_before(&mut self.runner(), &plan) {
                     Ok(()) => {
-                        self.module = self
-                            .own()
-                            .sets
-                            .iter()
-                            .map(|s| s.object)
-                            .find(|o| *o == object);
+                        self.module = self.own_object(object);
                         0
                     }
                     Err(errno) => errno_to_kernel(errno),
@@ -193,14 +187,8 @@ impl Dispatcher {
             }
             (Hook::PreUnpatch, Phase::Enabled, false) => {
                 let plan = plan::module_going(self.own(), object);
-                let steps: alloc::vec::Vec<_> = plan.before.iter().map(|p| p.step).collect();
-                plan::run(&mut self.runner(), &steps);
-                self.module = self
-                    .own()
-                    .sets
-                    .iter()
-                    .map(|s| s.object)
-                    .find(|o| *o == object);
+                plan::run(&mut self.runner(), &plan.before_steps());
+                self.module = self.own_object(object);
                 0
             }
             (Hook::PostUnpatch, Phase::Enabled, false) if self.module == Some(object) => {
@@ -212,6 +200,15 @@ impl Dispatcher {
             // The other objects of a transition whose steps ran at vmlinux.
             _ => 0,
         }
+    }
+
+    /// `object` as our tables spell it, if one of our sets is on it.
+    fn own_object(&self, object: &str) -> Option<&'static str> {
+        self.own()
+            .sets
+            .iter()
+            .map(|s| s.object)
+            .find(|o| *o == object)
     }
 
     fn own(&self) -> &Patch<'static, usize> {

@@ -396,18 +396,7 @@ impl Kernel {
         if plan::run_before(&mut exec, &late).is_err() {
             // The load fails: the enabled patch tears down what it set up for the module.
             if let Some(i) = self.enabled() {
-                let going = plan::module_going(&self.modules[i].tables, object);
-                let mut exec = Exec {
-                    old: Some(&self.modules[i]),
-                    new: &self.modules[i],
-                    log: &mut self.log,
-                    failures: &self.failures,
-                };
-                plan::run(
-                    &mut exec,
-                    &going.before.iter().map(|p| p.step).collect::<Vec<_>>(),
-                );
-                plan::run(&mut exec, &going.after);
+                self.module_going(i, object);
             }
             self.objects.remove(object);
             return Ok(());
@@ -425,21 +414,25 @@ impl Kernel {
             return Ok(());
         }
         if let Some(i) = self.enabled() {
-            let plan = plan::module_going(&self.modules[i].tables, object);
-            let mut exec = Exec {
-                old: Some(&self.modules[i]),
-                new: &self.modules[i],
-                log: &mut self.log,
-                failures: &self.failures,
-            };
-            plan::run(
-                &mut exec,
-                &plan.before.iter().map(|p| p.step).collect::<Vec<_>>(),
-            );
-            plan::run(&mut exec, &plan.after);
+            self.module_going(i, object);
         }
         self.objects.remove(object);
         Ok(())
+    }
+
+    /// The enabled patch `i` tears down its sets on `object` (`klp_module_going`); nothing
+    /// in it can fail.
+    fn module_going(&mut self, i: usize, object: &str) {
+        let plan = plan::module_going(&self.modules[i].tables, object);
+        let m = &self.modules[i];
+        let mut exec = Exec {
+            old: Some(m),
+            new: m,
+            log: &mut self.log,
+            failures: &self.failures,
+        };
+        plan::run(&mut exec, &plan.before_steps());
+        plan::run(&mut exec, &plan.after);
     }
 
     /// Makes `pre_patch` of `patch`'s set `set` fail with `errno` from now on.
