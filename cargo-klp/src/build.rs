@@ -16,6 +16,7 @@ use crate::elf;
 use crate::kbuild::{self, ModuleSettings};
 use crate::kconfig::KernelConfig;
 use crate::status::Shell;
+use crate::tools;
 
 /// What `cargo klp build` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -543,6 +544,9 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     let (pkg, target_dir) = find_package(opts)?;
     let settings = settings(&pkg)?;
     let tree = KernelTree::open(opts.kdir.as_deref())?;
+    // Before anything is compiled: a tool missing halfway would leave a half-done build and
+    // an error from deep inside Kbuild.
+    tools::check(&tree.dir, &tree.config, opts.sign.is_some())?;
     let crate_name = pkg
         .targets
         .iter()

@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod kbuild;
 pub mod kconfig;
 pub mod status;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -27,6 +27,14 @@ impl Series {
         }
     }
 
+    /// The Debian 12 suites that carry this series' kernels.
+    fn suites(self) -> &'static str {
+        match self {
+            Series::V6_1 => "bookworm (point releases) and bookworm-security (the newest ABIs)",
+            Series::V6_12 => "bookworm-security (Debian 12 gets its 6.12 kernels only there)",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Series::V6_1 => "6.1",
@@ -80,12 +88,57 @@ pub fn resolve(series: Series) -> Result<String> {
         .filter_map(|p| p.strip_prefix("linux-headers-"))
         .max_by_key(|r| version_key(r))
         .map(str::to_string)
-        .ok_or_else(|| {
-            anyhow!(
-                "apt knows no {} kernel headers; run `apt-get update` first",
-                series.name()
-            )
-        })
+        .ok_or_else(|| anyhow!("{}", no_kernel_message(series, &configured_suites())))
+}
+
+/// The suites the machine's apt sources list (deb822 `Suites:` and one-line `deb` entries).
+fn configured_suites() -> Vec<String> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(dir.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    let mut suites = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for line in text.lines().map(str::trim) {
+            let found: Vec<&str> = if let Some(list) = line.strip_prefix("Suites:") {
+                list.split_whitespace().collect()
+            } else if line.starts_with("deb ") {
+                // deb [options] URI SUITE COMPONENTS...
+                let words: Vec<&str> = line
+                    .split_whitespace()
+                    .filter(|w| !w.starts_with('[') && !w.ends_with(']'))
+                    .collect();
+                words.get(2).into_iter().copied().collect()
+            } else {
+                Vec::new()
+            };
+            for s in found {
+                if !suites.iter().any(|x| x == s) {
+                    suites.push(s.to_string());
+                }
+            }
+        }
+    }
+    suites
+}
+
+fn no_kernel_message(series: Series, configured: &[String]) -> String {
+    let configured = if configured.is_empty() {
+        "none".to_string()
+    } else {
+        configured.join(", ")
+    };
+    format!(
+        "apt offers no Debian {} kernel headers. Debian 12 gets them from {}; \
+         the configured apt sources list the suites: {configured}. Add the missing suite \
+         (its `Suites:` line in /etc/apt/sources.list.d/debian.sources, or a `deb` line in \
+         /etc/apt/sources.list), then run `apt-get update`",
+        series.name(),
+        series.suites()
+    )
 }
 
 /// The packages to unpack for a release: its headers, what they include (common headers,
@@ -226,5 +279,21 @@ mod tests {
         v.sort_by_key(|r| version_key(r));
         assert_eq!(v, ["6.1.0-9-amd64", "6.1.0-10-amd64", "6.1.0-56-amd64"]);
         assert!(version_key("6.12.117+deb12-amd64") > version_key("6.12.57+deb12-amd64"));
+    }
+
+    #[test]
+    fn a_missing_series_names_the_suite_that_carries_it() {
+        let msg = no_kernel_message(
+            Series::V6_12,
+            &["bookworm".into(), "bookworm-updates".into()],
+        );
+        assert!(
+            msg.contains("Debian 12 gets them from bookworm-security"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("the suites: bookworm, bookworm-updates."),
+            "{msg}"
+        );
     }
 }

@@ -15,19 +15,20 @@ use anyhow::{bail, Context, Result};
 pub use kernels::{Kernel, Series};
 pub use vm::GuestLog;
 
-/// Debian packages the harness and `cargo klp build` need: qemu and busybox for the VM,
-/// and what Kbuild runs (the kernel headers are unpacked separately, see [`kernels`]).
+/// Debian packages the harness and the tests run. What a module build needs comes from each
+/// kernel's tree instead ([`cargo_klp::tools`]: the kernel's compiler, pahole where Kbuild adds
+/// BTF, the libraries of the tree's host tools), installed when the kernel is fetched.
 pub const HOST_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "busybox-static",
-    "make",
-    "gcc-12",
+    "qemu-system-x86", // boots the kernels
+    "busybox-static",  // the guests' userland
+    "xz-utils",        // 6.1's vmlinux payload; inspect's .ko.xz test
+    "zstd",            // inspect's .ko.zst test
+    "kmod",            // modinfo, which the bench times against inspect
+    "binutils",        // objdump (the IBT test), readelf (the bench)
+    "openssl",         // the signing test's key
+    "make",            // the C fixtures
+    "gcc",             // the layout test compiles the C header with `cc`
     "libc6-dev",
-    "libelf1",
-    "libssl3",
-    "binutils",
-    "xz-utils",
-    "openssl",
 ];
 
 /// The workspace root.
@@ -68,29 +69,31 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Installs what a fresh machine lacks: the Debian packages above, refreshed apt lists (to
-/// find the newest kernels), and the rustup target and `rust-src` for rebuilding `core`.
+/// Installs Debian packages that are not installed yet.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    status("Installing", missing.join(" "));
+    run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install (run as root)",
+    )
+}
+
+/// Installs what a fresh machine lacks: refreshed apt lists (to find the newest kernels), the
+/// Debian packages above, and the rustup target and `rust-src` for rebuilding `core`.
 pub fn setup_host() -> Result<()> {
-    let missing: Vec<&str> = HOST_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
     status("Updating", "apt package lists");
     run(
         Command::new("apt-get").args(["update", "-qq"]),
         "apt-get update (run as root)",
     )?;
-    if !missing.is_empty() {
-        status("Installing", missing.join(" "));
-        run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install",
-        )?;
-    }
+    apt_install(HOST_PACKAGES)?;
     status(
         "Installing",
         "rustup target x86_64-unknown-none and component rust-src",
@@ -106,9 +109,29 @@ pub fn setup_host() -> Result<()> {
     Ok(())
 }
 
-/// The newest kernel of a series, fetched if needed.
+/// Installs what building modules for `kernel` runs, as its tree says (signing included:
+/// the tests sign).
+fn setup_kernel(kernel: &Kernel) -> Result<()> {
+    let tree = cargo_klp::build::KernelTree::open(Some(&kernel.kdir))?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let needs = cargo_klp::tools::required(&tree.dir, &tree.config, true);
+    let missing = cargo_klp::tools::missing(&needs, &path);
+    let packages = cargo_klp::tools::packages(&missing);
+    let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+    apt_install(&packages)?;
+    let still = cargo_klp::tools::missing(&needs, &path);
+    if !still.is_empty() {
+        bail!("{}", cargo_klp::tools::MissingTools(still));
+    }
+    Ok(())
+}
+
+/// The newest kernel of a series, fetched if needed, with what building modules for it
+/// runs installed.
 pub fn fetch_kernel(series: Series) -> Result<Kernel> {
-    kernels::ensure(series, &kernel_cache())
+    let kernel = kernels::ensure(series, &kernel_cache())?;
+    setup_kernel(&kernel)?;
+    Ok(kernel)
 }
 
 /// A kernel the setup step fetched, for tests: they never download or install.

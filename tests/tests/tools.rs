@@ -1,0 +1,137 @@
+//! `cargo klp build` checks the tools a kernel tree's module build runs before it starts: each
+//! one hidden from PATH in turn, the build stops naming it, the Debian package that provides
+//! it and why the kernel needs it, and leaves no `.ko` behind.
+//!
+//! The expectations come from the Debian kernels' own trees: both were built with gcc-12
+//! (6.12 through its `x86_64-linux-gnu-` name, which Debian's `.kernelvariables` sets as
+//! CROSS_COMPILE), and 6.12's headers ship `vmlinux`, so Kbuild runs pahole on every module
+//! (`CONFIG_DEBUG_INFO_BTF_MODULES=y`, scripts/Makefile.modfinal).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use xtask::Series;
+
+/// A directory of links to every program on PATH except `hidden`.
+fn path_without(hidden: &str, dir: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for d in std::env::split_paths(&path) {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name();
+            if name == hidden || dir.join(&name).exists() {
+                continue;
+            }
+            std::os::unix::fs::symlink(e.path(), dir.join(&name)).unwrap();
+        }
+    }
+    dir.to_path_buf()
+}
+
+fn cargo_klp() -> PathBuf {
+    let bin = xtask::target_dir().join("debug/cargo-klp");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "-q", "-p", "cargo-klp", "--bin", "cargo-klp"])
+        .current_dir(xtask::workspace())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    bin
+}
+
+fn hidden_tool_is_named(series: Series, hidden: &str, expected: &[&str]) {
+    let k = xtask::kernel(series).unwrap_or_else(|e| panic!("{e:#}"));
+    let scratch = xtask::target_dir()
+        .join("klp-tools-test")
+        .join(format!("{}-{hidden}", k.release));
+    let shim = path_without(hidden, &scratch.join("bin"));
+    let out_dir = scratch.join("out");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let out = Command::new(cargo_klp())
+        .args(["klp", "build", "--manifest-path"])
+        .arg(xtask::workspace().join("examples/cmdline/Cargo.toml"))
+        .arg("--kdir")
+        .arg(&k.kdir)
+        .arg("--out")
+        .arg(&out_dir)
+        .env("PATH", &shim)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "built without {hidden}:\n{stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "expected `{e}` in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("Compiling"),
+        "the check must come before the build starts:\n{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out_dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn v6_1_without_make() {
+    hidden_tool_is_named(
+        Series::V6_1,
+        "make",
+        &["make not found: Kbuild links the module; apt-get install make"],
+    );
+}
+
+#[test]
+fn v6_1_without_the_kernels_compiler() {
+    hidden_tool_is_named(
+        Series::V6_1,
+        "gcc-12",
+        &[
+            "gcc-12 not found: the kernel was built with it (CONFIG_CC_VERSION_TEXT=\"gcc-12 (Debian 12.",
+            "apt-get install gcc-12",
+        ],
+    );
+}
+
+#[test]
+fn v6_1_without_the_linker() {
+    hidden_tool_is_named(
+        Series::V6_1,
+        "ld",
+        &["ld not found: Kbuild links the module with it; apt-get install binutils"],
+    );
+}
+
+#[test]
+fn v6_12_without_pahole() {
+    hidden_tool_is_named(
+        Series::V6_12,
+        "pahole",
+        &["pahole not found: CONFIG_DEBUG_INFO_BTF_MODULES=y needs it (Kbuild adds BTF to every module); apt-get install dwarves"],
+    );
+}
+
+#[test]
+fn v6_12_without_the_kernels_compiler() {
+    hidden_tool_is_named(
+        Series::V6_12,
+        "x86_64-linux-gnu-gcc-12",
+        &[
+            "x86_64-linux-gnu-gcc-12 not found: the kernel was built with it (CONFIG_CC_VERSION_TEXT=\"x86_64-linux-gnu-gcc-12 (Debian 12.",
+            "apt-get install gcc-12",
+        ],
+    );
+}
+
+#[test]
+fn v6_12_without_the_linker() {
+    hidden_tool_is_named(
+        Series::V6_12,
+        "x86_64-linux-gnu-ld",
+        &["x86_64-linux-gnu-ld not found: Kbuild links the module with it; apt-get install binutils-x86-64-linux-gnu"],
+    );
+}
