@@ -372,6 +372,33 @@ fn compile(
     Ok(object)
 }
 
+/// The rustc cargo will run for the patch crate (its directory may pin a toolchain) must be
+/// the release the kernel build is proven on, unless the user says otherwise.
+fn check_rustc(shell: &Shell, pkg: &Package) -> Result<()> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let dir = pkg
+        .manifest_path
+        .parent()
+        .map(|d| d.as_std_path().to_path_buf());
+    let mut cmd = Command::new(&rustc);
+    cmd.arg("-vV");
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().context("cannot run rustc")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let release = tools::rustc_release(&text)
+        .ok_or_else(|| anyhow!("cannot read rustc's release from `rustc -vV`:\n{text}"))?;
+    match tools::check_rustc(release) {
+        Ok(()) => Ok(()),
+        Err(e) if std::env::var_os(tools::UNVERIFIED_RUSTC_ENV).is_some_and(|v| v == "1") => {
+            shell.warn(e);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn rust_src_installed() -> bool {
     Command::new("rustc")
         .args(["--print", "sysroot"])
@@ -547,6 +574,7 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     // Before anything is compiled: a tool missing halfway would leave a half-done build and
     // an error from deep inside Kbuild.
     tools::check(&tree.dir, &tree.config, opts.sign.is_some())?;
+    check_rustc(shell, &pkg)?;
     let crate_name = pkg
         .targets
         .iter()

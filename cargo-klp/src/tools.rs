@@ -325,3 +325,65 @@ mod tests {
         );
     }
 }
+
+/// The rustc release the kernel build is proven on (the workspace's `rust-version`, which CI
+/// runs): the build passes unstable flags through `RUSTC_BOOTSTRAP=1`, as the kernel does for
+/// its own Rust, and another release may accept them with another meaning, or silently.
+pub const VERIFIED_RUSTC: (u32, u32) = (1, 95);
+
+/// The environment variable that lets a build go on with another rustc, with a warning.
+pub const UNVERIFIED_RUSTC_ENV: &str = "KLP_UNVERIFIED_RUSTC";
+
+/// `release: 1.95.0` of `rustc -vV`, as (major, minor, patch).
+pub fn rustc_release(version_verbose: &str) -> Option<(u32, u32, u32)> {
+    let release = version_verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("release: "))?;
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    Some((nums.next()??, nums.next()??, nums.next()??))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "rustc {}.{}.{} is not the release klp-rs's kernel build is proven on ({}.{}): the build \
+     passes unstable rustc flags (retpolines, return thunks, CET, build-std) through \
+     RUSTC_BOOTSTRAP=1, and another release may read them differently or ignore them. \
+     Install the proven one (`rustup toolchain install {}.{}`, then `rustup override set {}.{}` \
+     in the patch crate), or set {}=1 to build anyway",
+    .0.0, .0.1, .0.2, VERIFIED_RUSTC.0, VERIFIED_RUSTC.1, VERIFIED_RUSTC.0, VERIFIED_RUSTC.1,
+    VERIFIED_RUSTC.0, VERIFIED_RUSTC.1, UNVERIFIED_RUSTC_ENV
+)]
+pub struct UnverifiedRustc(pub (u32, u32, u32));
+
+/// Whether `release` is the proven rustc: `Ok` if so; otherwise the error, which the caller
+/// turns into a warning when the user allowed it.
+pub fn check_rustc(release: (u32, u32, u32)) -> Result<(), UnverifiedRustc> {
+    if (release.0, release.1) == VERIFIED_RUSTC {
+        Ok(())
+    } else {
+        Err(UnverifiedRustc(release))
+    }
+}
+
+#[cfg(test)]
+mod rustc_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_proven_release_passes() {
+        let out = "rustc 1.95.0 (59807616e 2026-04-14)\nbinary: rustc\nrelease: 1.95.0\nLLVM version: 20.1.8\n";
+        assert_eq!(rustc_release(out), Some((1, 95, 0)));
+        assert!(check_rustc((1, 95, 3)).is_ok());
+        let e = check_rustc((1, 96, 0)).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "rustc 1.96.0 is not the release klp-rs's kernel build is proven on (1.95)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("KLP_UNVERIFIED_RUSTC=1"), "{e}");
+        assert_eq!(rustc_release("release: 1.97.0-nightly\n"), Some((1, 97, 0)));
+    }
+}

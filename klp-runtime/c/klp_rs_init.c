@@ -36,7 +36,11 @@ void *klp_rs_shadow_alloc(void *obj, unsigned long id, size_t size, klp_shadow_c
 			  int or_get);
 size_t klp_rs_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor);
 const struct klp_rs_patch_header *klp_rs_prev_header(void);
-int klp_rs_object_loaded(const char *name);
+int klp_rs_pin_begin(void);
+int klp_rs_pin(const char *name);
+int klp_rs_pinned(const char *name);
+void klp_rs_unpin(const char *name);
+void klp_rs_unpin_all(void);
 
 #define KLP_RS_FOR_EACH(type, e, table)                                              \
 	for (e = (const type *)(table).start; (const void *)e < (table).end;        \
@@ -45,6 +49,14 @@ int klp_rs_object_loaded(const char *name);
 static struct klp_patch patch;
 static struct klp_state states[2];
 static const char **object_names;
+
+/*
+ * Target modules pinned (try_module_get) for the transition in flight. Room for every static
+ * object is made at init, so that a disable (whose callbacks cannot fail) never allocates;
+ * a replace grows it for the nop objects in its pre_patch, which can fail cleanly.
+ */
+static struct module **pinned;
+static size_t npinned, pinned_room;
 
 static bool is_vmlinux(const char *name)
 {
@@ -98,6 +110,12 @@ static void free_objects(void)
 	patch.objs = NULL;
 	kfree(object_names);
 	object_names = NULL;
+	/* Every transition unpins at its end; this only guards against a leak. */
+	while (npinned)
+		module_put(pinned[--npinned]);
+	kfree(pinned);
+	pinned = NULL;
+	pinned_room = 0;
 }
 
 static int __init klp_rs_init(void)
@@ -134,6 +152,10 @@ static int __init klp_rs_init(void)
 	patch.objs = kcalloc(nobjs + 1, sizeof(*patch.objs), GFP_KERNEL);
 	if (!patch.objs)
 		goto nomem;
+	pinned = kcalloc(nobjs, sizeof(*pinned), GFP_KERNEL);
+	if (!pinned)
+		goto nomem;
+	pinned_room = nobjs;
 	for (i = 0; i < nobjs; i++) {
 		struct klp_object *o = &patch.objs[i];
 		size_t n = 0;
@@ -253,16 +275,102 @@ const struct klp_rs_patch_header *klp_rs_prev_header(void)
 	return state ? state->data : NULL;
 }
 
-int klp_rs_object_loaded(const char *name)
+/*
+ * Pinning. The dispatcher makes a transition's plan for the module objects that are loaded
+ * when it starts and runs the plan's second half after the kernel has discarded the nop
+ * objects (klp_complete_transition: klp_discard_nops before the post callbacks), when the
+ * kernel's object list can no longer say whether a module only the outgoing patch patches is
+ * loaded. So each target module a plan covers is pinned from the moment the plan counts it
+ * until the transition completes or is reversed: it cannot be unloaded meanwhile (short of
+ * `rmmod -f`), and the pins are the record of what is loaded. A module whose init fails after
+ * it came, or that is forced out, still goes: the kernel calls our post_unpatch for it
+ * (klp_cleanup_module_patches_limited), and the dispatcher unpins it there, while the module
+ * is still there to unpin.
+ */
+
+/* Makes room for a pin per object (nops included) and has the nop objects call us. */
+int klp_rs_pin_begin(void)
+{
+	struct klp_patch *p = &patch;
+	struct klp_object *obj;
+	size_t n = 0;
+
+	klp_for_each_object(p, obj) {
+		n++;
+		/*
+		 * The kernel gives the nop objects it adds for modules only the outgoing patch
+		 * patches no callbacks, so a module that loads during the transition would never
+		 * reach us: klp_module_coming calls the transition patch's pre_patch for it, and
+		 * klp_module_going its post_unpatch, for nops as for any object. The nops belong
+		 * to this patch and are freed with it or at klp_discard_nops.
+		 */
+		if (obj->dynamic) {
+			obj->callbacks.pre_patch = klp_rs_pre_patch;
+			obj->callbacks.post_unpatch = klp_rs_post_unpatch;
+		}
+	}
+	if (n > pinned_room) {
+		struct module **more = krealloc(pinned, n * sizeof(*pinned), GFP_KERNEL);
+
+		if (!more)
+			return -ENOMEM;
+		pinned = more;
+		pinned_room = n;
+	}
+	return 0;
+}
+
+static struct klp_object *module_object(const char *name)
 {
 	struct klp_patch *p = &patch;
 	struct klp_object *obj;
 
-	if (is_vmlinux(name))
-		return 1;
-	/* Includes the nop objects the kernel added for objects only the replaced patch has. */
 	klp_for_each_object(p, obj)
 		if (obj->name && !strcmp(obj->name, name))
-			return obj->mod != NULL;
-	return 0;
+			return obj;
+	return NULL;
+}
+
+static ssize_t pin_index(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < npinned; i++)
+		if (!strcmp(pinned[i]->name, name))
+			return i;
+	return -1;
+}
+
+/* 1: the module is loaded and pinned (now or before); 0: it is not loaded, or going. */
+int klp_rs_pin(const char *name)
+{
+	struct klp_object *obj = module_object(name);
+
+	if (pin_index(name) >= 0)
+		return 1;
+	if (!obj || !obj->mod || npinned >= pinned_room || !try_module_get(obj->mod))
+		return 0;
+	pinned[npinned++] = obj->mod;
+	return 1;
+}
+
+int klp_rs_pinned(const char *name)
+{
+	return pin_index(name) >= 0;
+}
+
+void klp_rs_unpin(const char *name)
+{
+	ssize_t i = pin_index(name);
+
+	if (i < 0)
+		return;
+	module_put(pinned[i]);
+	pinned[i] = pinned[--npinned];
+}
+
+void klp_rs_unpin_all(void)
+{
+	while (npinned)
+		module_put(pinned[--npinned]);
 }

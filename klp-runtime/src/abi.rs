@@ -309,5 +309,9 @@ pub const INIT_PROVIDES: &[&str] = &[
     "klp_rs_shadow_alloc",
     "klp_rs_shadow_free_all",
     "klp_rs_prev_header",
-    "klp_rs_object_loaded",
+    "klp_rs_pin_begin",
+    "klp_rs_pin",
+    "klp_rs_pinned",
+    "klp_rs_unpin",
+    "klp_rs_unpin_all",
 ];

@@ -119,15 +119,37 @@ impl<'a> Plan<'a> {
         unwind(&self.before).collect()
     }
 
+    /// The steps that undo what `before` did on `object` for `side`'s sets, in reverse: a
+    /// target module goes in the middle of a transition (its init failed after it came, or
+    /// it was forced out), and those sets must be torn down while it is still there.
+    pub fn undo_on(&self, object: &str, side: Side) -> Vec<Step<'a>> {
+        let on = |s: &Step<'_>| matches!(s, Step::Hook { object: o, side: d, .. } if *o == object && *d == side);
+        self.before
+            .iter()
+            .rev()
+            .filter(|p| on(&p.step))
+            .flat_map(|p| p.undo.iter().copied())
+            .collect()
+    }
+
     /// The steps after the transition, given the plans of target modules that loaded during
     /// it: their `after` steps follow, and the shadow types their sets keep alive are not
     /// freed.
     pub fn after_with(&self, late: &[Plan<'a>]) -> Vec<Step<'a>> {
         let keeps = |id: &u64| late.iter().any(|l| l.keeps.contains(id));
-        let main = self
-            .after
-            .iter()
-            .filter(|s| !matches!(s, Step::FreeShadow { shadow, .. } if keeps(shadow)));
+        // A set a late plan tears down has its shadow types freed there, after its
+        // post_unpatch; freeing them here would free them before it runs.
+        let torn_down_late = |side: Side, set: u32| {
+            late.iter()
+                .flat_map(|l| l.after.iter())
+                .any(|s| matches!(s, Step::Hook { side: d, set: t, .. } if *d == side && *t == set))
+        };
+        let main = self.after.iter().filter(|s| match s {
+            Step::FreeShadow { side, set, shadow } => {
+                !keeps(shadow) && !torn_down_late(*side, *set)
+            }
+            Step::Hook { .. } => true,
+        });
         main.chain(late.iter().flat_map(|l| l.after.iter()))
             .copied()
             .collect()
@@ -140,6 +162,15 @@ impl<'a> Plan<'a> {
         before
             .chain(transition)
             .chain(self.after.iter().map(|s| Some(*s)))
+    }
+}
+
+impl Step<'_> {
+    /// Whose tables the step belongs to.
+    pub fn side(&self) -> Side {
+        match self {
+            Step::Hook { side, .. } | Step::FreeShadow { side, .. } => *side,
+        }
     }
 }
 
@@ -268,10 +299,11 @@ pub fn replace<'a, F, G>(
 /// the part of the replace that concerns `object`'s sets, which the plan made at the start
 /// could not include. The kernel has just set up `old`'s sets on it (`old` is still the
 /// enabled patch), so this is the replace restricted to `object`: `new`-only `pre_patch`,
-/// `old`-only `pre_unpatch`, and after the transition their counterparts. The leaving sets'
-/// shadow types are left to the main plan, which frees them whether or not their object was
-/// loaded; undoing a `new`-only set here (reversal) frees its types, which the main plan
-/// never saw set up.
+/// `old`-only `pre_unpatch`, and after the transition their counterparts, each leaving set's
+/// `post_unpatch` followed by freeing its shadow types (the main plan, which would free them
+/// whether or not their object was loaded, leaves those to this plan: [`Plan::after_with`]);
+/// undoing a `new`-only set here (reversal) frees its types, which the main plan never saw
+/// set up.
 pub fn replace_object<'a, F, G>(
     old: Option<&Patch<'a, F>>,
     new: &Patch<'a, G>,
@@ -279,6 +311,18 @@ pub fn replace_object<'a, F, G>(
 ) -> Plan<'a> {
     let whole = replace(old, new, &|o| o == object);
     let on_object = |s: &Step<'_>| matches!(s, Step::Hook { object: o, .. } if *o == object);
+    let old_set_on_object = |set: u32| {
+        old.and_then(|o| o.set(set))
+            .is_some_and(|s| s.object == object)
+    };
+    let after_on_object = |s: &Step<'_>| match s {
+        Step::FreeShadow {
+            side: Side::Old,
+            set,
+            ..
+        } => old_set_on_object(*set) && new.set(*set).is_none(),
+        _ => on_object(s),
+    };
     let keeps = new
         .shadows
         .iter()
@@ -293,7 +337,7 @@ pub fn replace_object<'a, F, G>(
             .filter(|p| on_object(&p.step))
             .collect(),
         transition: false,
-        after: whole.after.into_iter().filter(|s| on_object(s)).collect(),
+        after: whole.after.into_iter().filter(after_on_object).collect(),
     }
 }
 

@@ -28,6 +28,7 @@ on_both_kernels!(
     versioned_chain_ends_with_every_shadow_variable_freed,
     failing_pre_patch_leaves_the_old_patch_in_effect,
     replace_with_a_target_module_loaded_late,
+    replace_with_a_target_module_loaded_early,
     module_carries_modinfo_and_endbr64_where_ibt_needs_it,
     a_broken_crate_fails_naming_every_problem_and_leaves_no_module,
     signed_module_carries_the_kernel_signature,
@@ -165,15 +166,20 @@ fn target_module_loaded_after_the_patch(series: Series) {
         [
             "modobj: set 2 binfmt_misc pre_patch",
             "modobj: binfmt set up on binfmt_misc",
-            "modobj: set 2 binfmt_misc post_patch"
+            "modobj: set 2 binfmt_misc post_patch",
+            "modobj: binfmt set live on binfmt_misc"
         ]
     );
     assert_eq!(
         ours("going"),
         [
             "modobj: set 2 binfmt_misc pre_unpatch",
+            "modobj: binfmt set leaving binfmt_misc",
             "modobj: set 2 binfmt_misc post_unpatch",
-            "modobj: binfmt set down on binfmt_misc"
+            "modobj: binfmt set down on binfmt_misc",
+            "modobj: set 2 free shadow 0x200",
+            "modobj: binfmt tracker dropped (live=true)",
+            "modobj: shadow 0x200: 1 freed"
         ]
     );
 }
@@ -414,43 +420,90 @@ fn failing_pre_patch_leaves_the_old_patch_in_effect(series: Series) {
     );
 }
 
+/// What modobj's own code printed (its hooks and the `Drop` of its shadow type), with the
+/// kernel's transition lines for `patch`: effects, not the runtime's step lines.
+fn modobj_effects(lines: &[String], patch: &str) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| {
+            ["klp_modobj: modobj: binfmt ", "klp_modobj: modobj: core "]
+                .iter()
+                .any(|p| l.starts_with(p))
+                || (l.starts_with(&format!("livepatch: '{patch}': "))
+                    && (l.contains("transition") || l.contains("complete")))
+        })
+        .cloned()
+        .collect()
+}
+
 fn replace_with_a_target_module_loaded_late(series: Series) {
-    // modobj has sets on vmlinux and binfmt_misc; P2 has neither binfmt_misc nor set 2, so
-    // the kernel gives binfmt_misc's object no callbacks of P2's during the replace: its
-    // teardown must still run, from vmlinux's hooks.
+    replace_drops_a_module_object(series, true)
+}
+
+fn replace_with_a_target_module_loaded_early(series: Series) {
+    replace_drops_a_module_object(series, false)
+}
+
+/// modobj has set 1 on vmlinux and set 2 on binfmt_misc (owning shadow type 0x200); P2 has
+/// set 1 only. The kernel gives the replace's nop object for binfmt_misc no callbacks and
+/// discards it before the post callbacks (klp_complete_transition: klp_discard_nops, then
+/// klp_post_patch_callback for each remaining object), yet binfmt_misc stays loaded the whole
+/// time, so set 2 must be torn down completely: by the rule, its pre_unpatch before the
+/// transition, its post_unpatch after it, then its shadow type freed, once each.
+fn replace_drops_a_module_object(series: Series, binfmt_after_modobj: bool) {
     let k = kernel(series);
     let modobj = build("modobj", &k);
     let p2 = build("p2", &k);
     let binfmt = xtask::image_module(&k, "fs/binfmt_misc").unwrap();
+    let (first, second) = ("load klp_modobj", "insmod /mod/binfmt_misc.ko");
+    let (first, second) = if binfmt_after_modobj {
+        (first, second)
+    } else {
+        (second, first)
+    };
     let log = boot(
         &k,
         &[&modobj, &p2, &binfmt],
         &format!(
-            "load klp_modobj\n\
-             insmod /mod/binfmt_misc.ko\n\
+            "{first}\n{second}\n\
              section patched; {BINFMT_STATUS}\n\
              section load; dmesg -c >/dev/null; load klp_v2\n\
-             section replaced; cat /proc/sys/fs/binfmt_misc/status; lpstate\n\
+             section replaced; cat /proc/sys/fs/binfmt_misc/status; lpstate; lsmod | grep -c binfmt_misc\n\
              section log; dmesg -c\n"
         ),
     );
     assert_eq!(log.section("patched"), ["patched by klp_modobj"]);
     assert_eq!(
         log.section("replaced"),
-        ["enabled", "patch klp_v2 enabled=1 transition=0"]
+        ["enabled", "patch klp_v2 enabled=1 transition=0", "1"]
     );
-    let steps = steps_and_transitions(&kernel_lines(&log, "log"));
+    let lines = kernel_lines(&log, "log");
+    assert_eq!(
+        modobj_effects(&lines, "klp_v2"),
+        [
+            "klp_modobj: modobj: binfmt set leaving binfmt_misc",
+            "livepatch: 'klp_v2': starting patching transition",
+            "klp_modobj: modobj: binfmt set down on binfmt_misc",
+            "klp_modobj: modobj: binfmt tracker dropped (live=true)",
+            "livepatch: 'klp_v2': patching complete",
+        ],
+        "{lines:#?}"
+    );
     let mut sim = Sim::new();
-    sim.insmod(&modobj::KLP_PATCH).unwrap();
-    sim.load_object("binfmt_misc").unwrap();
+    if binfmt_after_modobj {
+        sim.insmod(&modobj::KLP_PATCH).unwrap();
+        sim.load_object("binfmt_misc").unwrap();
+    } else {
+        sim.load_object("binfmt_misc").unwrap();
+        sim.insmod(&modobj::KLP_PATCH).unwrap();
+    }
     sim.clear_log();
     sim.insmod(&p2::KLP_PATCH).unwrap();
-    let kernel_steps: Vec<String> = steps.into_iter().filter(|l| l.contains(": set ")).collect();
+    let kernel_steps: Vec<String> = steps_and_transitions(&lines)
+        .into_iter()
+        .filter(|l| l.contains(": set "))
+        .collect();
     assert_eq!(kernel_steps, sim.step_lines());
-    assert!(
-        kernel_steps.contains(&"modobj: set 2 binfmt_misc post_unpatch".to_string()),
-        "{kernel_steps:?}"
-    );
 }
 
 fn module_carries_modinfo_and_endbr64_where_ibt_needs_it(series: Series) {
@@ -792,8 +845,27 @@ fn a_target_module_loading_during_a_replace_transition(series: Series) {
             "modobj: set 2 binfmt_misc pre_unpatch",
             // The transition completes (set 6 has no post_patch).
             "busy: set 7 klp_busy post_patch",
+            // modobj's set 2 leaves: post_unpatch, then its shadow type freed.
             "modobj: set 2 binfmt_misc post_unpatch",
+            "modobj: set 2 free shadow 0x200",
             "busy: set 8 binfmt_misc post_patch",
         ]
+    );
+    // What modobj's own code did: set up on binfmt_misc as it came, torn down completely by
+    // the replace, its shadow variable dropped after its post_unpatch, never before.
+    let lines = kernel_lines(&log, "log");
+    assert_eq!(
+        modobj_effects(&lines, "klp_busyp")
+            .into_iter()
+            .filter(|l| l.starts_with("klp_modobj: "))
+            .collect::<Vec<_>>(),
+        [
+            "klp_modobj: modobj: binfmt set up on binfmt_misc",
+            "klp_modobj: modobj: binfmt set live on binfmt_misc",
+            "klp_modobj: modobj: binfmt set leaving binfmt_misc",
+            "klp_modobj: modobj: binfmt set down on binfmt_misc",
+            "klp_modobj: modobj: binfmt tracker dropped (live=true)",
+        ],
+        "{lines:#?}"
     );
 }

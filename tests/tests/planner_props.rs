@@ -202,7 +202,17 @@ struct Model {
 
 impl Model {
     fn apply(&mut self, events: &[Event]) -> Result<(), String> {
+        // Sets whose shadow types were freed in this operation: their post_unpatch may not
+        // come after (it could still use them).
+        let mut freed = BTreeSet::new();
         for e in events {
+            if let Event::Step {
+                step: Step::FreeShadow { set, .. },
+                ..
+            } = e
+            {
+                freed.insert(*set);
+            }
             // A pre_patch that failed set nothing up (the kernel will not call post_unpatch).
             if let Event::HookFailed {
                 patch,
@@ -223,6 +233,11 @@ impl Model {
                 continue;
             };
             let k = *set;
+            if *hook == Hook::PostUnpatch && freed.contains(&k) {
+                return Err(format!(
+                    "{patch} set {set}: its shadow types were freed before its post_unpatch"
+                ));
+            }
             let ok = match hook {
                 Hook::PrePatch => self.outer.insert(k),
                 Hook::PostUnpatch => !self.inner.contains(&k) && self.outer.remove(&k),

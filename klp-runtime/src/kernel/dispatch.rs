@@ -9,16 +9,31 @@
 //! kernel gives those objects no callbacks of ours ("dynamic" nop objects), but vmlinux's
 //! hooks always come.
 //!
+//! Which target modules are loaded is decided when a transition starts, and each one a plan
+//! counts on is pinned until the transition completes or is reversed (see the C init): by
+//! the time the after-part runs, `klp_complete_transition()` has discarded the nop objects
+//! (`klp_discard_nops()` before the post callbacks), so the kernel's object list no longer
+//! knows the modules only the outgoing patch patches. A module that loads during a
+//! transition is pinned when it comes (`klp_module_coming` calls the transition patch's
+//! `pre_patch`, nops included since we give them the callback); one that goes although
+//! pinned (its init failed, or `rmmod -f`) is unpinned in the `post_unpatch` that
+//! `klp_module_going` calls, after what our side set up on it is torn down.
+//!
 //! Outside a transition, a hook for a module object means that module is coming or going.
 
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, CStr};
 
+use alloc::vec::Vec;
+
 use crate::abi::{self, PatchHeader};
 use crate::plan::{self, Hook, Plan, Runner, Side, Step, StepLine};
 use crate::reader::{self, Patch};
 
-use super::{klp_rs_object_loaded, klp_rs_prev_header, klp_rs_shadow_free_all};
+use super::{
+    klp_rs_pin, klp_rs_pin_begin, klp_rs_pinned, klp_rs_prev_header, klp_rs_shadow_free_all,
+    klp_rs_unpin, klp_rs_unpin_all,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
@@ -44,10 +59,8 @@ struct Dispatcher {
     /// post_unpatch (going). After an enable completes at vmlinux, the kernel still calls
     /// post_patch for the other objects: those calls must not look like a module coming.
     module: Option<&'static str>,
-    /// Module objects that were loaded when the plan in flight was made.
-    loaded_at_start: alloc::vec::Vec<&'static str>,
-    /// Plans for target modules that loaded during our enabling transition.
-    late: alloc::vec::Vec<Plan<'static>>,
+    /// Plans for target modules that loaded during the transition in flight, by module.
+    late: Vec<(&'static str, Plan<'static>)>,
 }
 
 /// Mutable global state, serialized by the kernel.
@@ -63,11 +76,11 @@ static STATE: Global<Dispatcher> = Global(UnsafeCell::new(Dispatcher {
     old: None,
     plan: None,
     module: None,
-    loaded_at_start: alloc::vec::Vec::new(),
-    late: alloc::vec::Vec::new(),
+    late: Vec::new(),
 }));
 
 const EINVAL: c_int = 22;
+const ENOMEM: c_int = 12;
 
 /// The table format this module's runtime reads: the C init checks the tables against it.
 #[unsafe(no_mangle)]
@@ -110,9 +123,32 @@ pub unsafe extern "C" fn klp_rs_dispatch(
     d.dispatch(hook, object)
 }
 
-fn loaded(name: &str) -> bool {
-    // SAFETY: names come from tables in memory, where each is followed by its NUL.
-    name == "vmlinux" || unsafe { klp_rs_object_loaded(name.as_ptr().cast()) } != 0
+/// A module object's name for C. Table strings are followed by their NUL in memory (the
+/// macros write them so, and the reader checks it).
+fn c_name(name: &str) -> *const c_char {
+    name.as_ptr().cast()
+}
+
+/// Whether a target module is loaded, as the transition in flight knows it: pinned.
+fn pinned(name: &str) -> bool {
+    // SAFETY: `c_name`.
+    name == "vmlinux" || unsafe { klp_rs_pinned(c_name(name)) } != 0
+}
+
+/// Pins the module if it is loaded; whether it is.
+fn pin(name: &str) -> bool {
+    // SAFETY: `c_name`; called under klp_mutex, as every pin operation.
+    unsafe { klp_rs_pin(c_name(name)) != 0 }
+}
+
+fn unpin(name: &str) {
+    // SAFETY: as `pin`.
+    unsafe { klp_rs_unpin(c_name(name)) }
+}
+
+fn unpin_all() {
+    // SAFETY: under klp_mutex.
+    unsafe { klp_rs_unpin_all() }
 }
 
 impl Dispatcher {
@@ -121,7 +157,10 @@ impl Dispatcher {
         match (hook, self.phase, vmlinux) {
             (Hook::PrePatch, Phase::Idle, true) => self.start_enable(),
             (Hook::PostPatch, Phase::Enabling, true) => {
-                let late = core::mem::take(&mut self.late);
+                let late: Vec<Plan<'static>> = core::mem::take(&mut self.late)
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .collect();
                 self.finish(|p| p.after_with(&late));
                 self.phase = Phase::Enabled;
                 0
@@ -129,42 +168,42 @@ impl Dispatcher {
             // Cancelled after our pre_patch succeeded, or reversed: undo, the old patch stays.
             (Hook::PostUnpatch, Phase::Enabling, true) => {
                 let late = core::mem::take(&mut self.late);
-                for l in late.iter().rev() {
+                for (_, l) in late.iter().rev() {
                     plan::run(&mut self.runner(), &l.reverse());
                 }
                 self.finish(Plan::reverse);
                 self.phase = Phase::Gone;
                 0
             }
-            // A target module loads during our enabling transition (the kernel calls our
-            // pre_patch for it now, post_patch at the end): its part of the replace, which
-            // the plan made at the start could not include. The outgoing patch, still the
-            // enabled one, has just set up its own sets on it.
-            (Hook::PrePatch, Phase::Enabling, false) if !self.loaded_at_start.contains(&object) => {
-                let late = plan::replace_object(self.old.as_ref(), self.own(), object);
-                match plan::run_before(&mut self.runner(), &late) {
-                    Ok(()) => {
-                        self.late.push(late);
-                        0
-                    }
-                    Err(errno) => errno_to_kernel(errno),
-                }
+            // A target module comes or goes during our transition.
+            (Hook::PrePatch, Phase::Enabling | Phase::Disabling, false) => {
+                self.coming_in_transition(object)
+            }
+            (Hook::PostUnpatch, Phase::Enabling | Phase::Disabling, false) => {
+                self.going_in_transition(object);
+                0
             }
             (Hook::PreUnpatch, Phase::Enabled, true) => {
-                let plan = plan::disable(self.own(), &loaded);
-                plan::run(&mut self.runner(), &plan.before_steps());
-                self.plan = Some(plan);
-                self.phase = Phase::Disabling;
+                self.start_disable();
                 0
             }
             (Hook::PostUnpatch, Phase::Disabling, true) => {
+                // The sets of modules that came during the disable had only their pre_patch.
+                let late = core::mem::take(&mut self.late);
+                for (_, l) in late.iter().rev() {
+                    plan::run(&mut self.runner(), &l.reverse());
+                }
                 self.finish(|p| p.after.clone());
                 self.phase = Phase::Gone;
                 0
             }
             // The unpatching transition was reversed: the patch stays.
             (Hook::PostPatch, Phase::Disabling, true) => {
+                let late = core::mem::take(&mut self.late);
                 self.finish(Plan::reverse);
+                for (_, l) in &late {
+                    plan::run(&mut self.runner(), &l.after);
+                }
                 self.phase = Phase::Enabled;
                 0
             }
@@ -197,9 +236,100 @@ impl Dispatcher {
                 plan::run(&mut self.runner(), &plan.after);
                 0
             }
-            // The other objects of a transition whose steps ran at vmlinux.
+            // The other objects' post callbacks at the end of a transition whose steps ran at
+            // vmlinux; anything after the patch is gone.
             _ => 0,
         }
+    }
+
+    /// A target module loads during our transition: `klp_module_coming` calls our
+    /// `pre_patch` for it, never `post_patch` (we are the transition patch), and at the end
+    /// `post_patch` or `post_unpatch` comes with the rest.
+    fn coming_in_transition(&mut self, object: &str) -> c_int {
+        // The enable itself calls pre_patch for every loaded object; those were counted and
+        // pinned when the plan was made.
+        if pinned(object) {
+            return 0;
+        }
+        // Only modules our sets or the outgoing patch's sets live on matter.
+        let Some(object) = self.set_object(object) else {
+            return 0;
+        };
+        if !pin(object) {
+            return 0;
+        }
+        let late = match self.phase {
+            // The outgoing patch, still the enabled one, has just set up its own sets on it
+            // (it comes before us in klp_patches): this is the replace restricted to it.
+            Phase::Enabling => plan::replace_object(self.old.as_ref(), self.own(), object),
+            // Our sets on it set up, to be torn down with the rest (or finished, if the
+            // disable is reversed), as the kernel does for a C patch's callbacks.
+            _ => plan::module_coming(self.own(), object),
+        };
+        match plan::run_before(&mut self.runner(), &late) {
+            Ok(()) => {
+                if self.late.try_reserve(1).is_err() {
+                    plan::run(&mut self.runner(), &late.reverse());
+                    unpin(object);
+                    return -ENOMEM;
+                }
+                self.late.push((object, late));
+                0
+            }
+            Err(errno) => {
+                // The load fails: the kernel frees the module, so our pin must go now.
+                unpin(object);
+                errno_to_kernel(errno)
+            }
+        }
+    }
+
+    /// A pinned target module goes during our transition all the same (its init failed
+    /// after it came, or `rmmod -f`): `klp_cleanup_module_patches_limited` calls only our
+    /// `post_unpatch`, after the outgoing patch's own teardown of its sets there (it is
+    /// earlier in klp_patches and not the transition patch, so it gets both unpatch
+    /// callbacks). What this transition set up on the module for us is torn down now; its
+    /// remaining steps are skipped at the end, the module being unpinned.
+    fn going_in_transition(&mut self, object: &str) {
+        let Some(object) = self.set_object(object) else {
+            return;
+        };
+        if !pinned(object) {
+            return;
+        }
+        crate::pr_info!("klp-rs: {object} goes during the transition");
+        let steps = if let Some(i) = self.late.iter().position(|(o, _)| *o == object) {
+            let (_, late) = self.late.remove(i);
+            late.undo_on(object, self.own_side())
+        } else if let Some(plan) = &self.plan {
+            match self.phase {
+                // Disabling: pre_unpatch ran for its sets; finish their teardown.
+                Phase::Disabling => plan::module_going(self.own(), object).after,
+                _ => plan.undo_on(object, Side::New),
+            }
+        } else {
+            Vec::new()
+        };
+        plan::run(&mut self.runner(), &steps);
+        unpin(object);
+    }
+
+    /// The side our own sets are on in the plans of the transition in flight.
+    fn own_side(&self) -> Side {
+        match self.phase {
+            Phase::Enabling => Side::New,
+            _ => Side::Old,
+        }
+    }
+
+    /// `object` as the tables spell it, if a set of ours or of the outgoing patch is on it.
+    fn set_object(&self, object: &str) -> Option<&'static str> {
+        self.own()
+            .sets
+            .iter()
+            .chain(self.old.iter().flat_map(|o| o.sets.iter()))
+            .map(|s| s.object)
+            .find(|o| *o == object)
     }
 
     /// `object` as our tables spell it, if one of our sets is on it.
@@ -219,6 +349,9 @@ impl Dispatcher {
         KernelRunner {
             own: self.own(),
             old: self.old.as_ref(),
+            // In a transition, a module object's hooks run only while it is pinned; outside
+            // one, the hooks are those of the module coming or going, which is there.
+            in_transition: matches!(self.phase, Phase::Enabling | Phase::Disabling),
         }
     }
 
@@ -236,32 +369,59 @@ impl Dispatcher {
                         .to_str()
                         .unwrap_or("?");
                     crate::pr_info!("klp-rs: {} cannot replace {name}: {e}", self.own().name);
+                    self.phase = Phase::Gone;
+                    self.old = None;
                     return -EINVAL;
                 }
             }
         }
-        let plan = plan::replace(self.old.as_ref(), self.own(), &loaded);
-        let objects = self.own().sets.iter().map(|s| s.object);
-        let old_objects = self
-            .old
-            .iter()
-            .flat_map(|o| o.sets.iter().map(|s| s.object));
-        self.loaded_at_start = objects
-            .chain(old_objects)
-            .filter(|o| *o != "vmlinux" && loaded(o))
-            .collect();
+        // SAFETY: under klp_mutex, in our pre_patch.
+        if unsafe { klp_rs_pin_begin() } != 0 {
+            self.phase = Phase::Gone;
+            self.old = None;
+            return -ENOMEM;
+        }
+        self.phase = Phase::Enabling;
+        self.pin_set_objects();
+        let plan = plan::replace(self.old.as_ref(), self.own(), &pinned);
         let result = plan::run_before(&mut self.runner(), &plan);
         match result {
             Ok(()) => {
                 self.plan = Some(plan);
-                self.phase = Phase::Enabling;
                 0
             }
             Err(errno) => {
+                // The kernel cancels without calling our post_unpatch for vmlinux.
+                unpin_all();
                 self.old = None;
                 self.phase = Phase::Gone;
                 errno_to_kernel(errno)
             }
+        }
+    }
+
+    fn start_disable(&mut self) {
+        // Room for every static object was made at init: this cannot fail (the C init).
+        // SAFETY: under klp_mutex, in our pre_unpatch.
+        let _ = unsafe { klp_rs_pin_begin() };
+        self.phase = Phase::Disabling;
+        self.pin_set_objects();
+        let plan = plan::disable(self.own(), &pinned);
+        plan::run(&mut self.runner(), &plan.before_steps());
+        self.plan = Some(plan);
+    }
+
+    /// Pins every loaded module that a set of ours or of the outgoing patch lives on.
+    fn pin_set_objects(&self) {
+        let objects = self
+            .own()
+            .sets
+            .iter()
+            .chain(self.old.iter().flat_map(|o| o.sets.iter()))
+            .map(|s| s.object)
+            .filter(|o| *o != "vmlinux");
+        for o in objects {
+            pin(o);
         }
     }
 
@@ -272,17 +432,28 @@ impl Dispatcher {
             plan::run(&mut self.runner(), &steps);
         }
         self.old = None;
+        unpin_all();
     }
 }
 
+/// What a failed `pre_patch` returns to the kernel: a negative errno it can report. A hook
+/// that returned anything else (a positive value, `i32::MIN`, beyond `MAX_ERRNO`) fails the
+/// load with `-EINVAL`.
 fn errno_to_kernel(errno: i32) -> c_int {
-    -errno.abs()
+    const MAX_ERRNO: i32 = 4095;
+    if (-MAX_ERRNO..0).contains(&errno) {
+        errno
+    } else {
+        -EINVAL
+    }
 }
 
-/// Runs steps against the tables of this module and the outgoing one.
+/// Runs steps against the tables of this module and the outgoing one. A step's line is
+/// printed when the step is carried out, so the log never claims a hook that did not run.
 struct KernelRunner<'d> {
     own: &'d Patch<'static, usize>,
     old: Option<&'d Patch<'static, usize>>,
+    in_transition: bool,
 }
 
 impl KernelRunner<'_> {
@@ -292,35 +463,41 @@ impl KernelRunner<'_> {
             Side::Old => self.old.unwrap_or(self.own),
         }
     }
+
+    fn line(&self, step: &Step<'static>) {
+        crate::pr_info!(
+            "{}",
+            StepLine {
+                patch: self.patch(step.side()).name,
+                step
+            }
+        );
+    }
 }
 
 impl Runner<'static> for KernelRunner<'_> {
-    fn observe(&mut self, step: &Step<'static>) {
-        let side = match step {
-            Step::Hook { side, .. } | Step::FreeShadow { side, .. } => *side,
-        };
-        if !matches!(step, Step::Hook { defined: false, .. }) {
-            crate::pr_info!(
-                "{}",
-                StepLine {
-                    patch: self.patch(side).name,
-                    step
-                }
-            );
-        }
-    }
-
     fn hook(&mut self, side: Side, set: u32, object: &'static str, hook: Hook) -> Result<(), i32> {
-        // A module that went away during a transition gets no more calls.
-        if !loaded(object) {
-            crate::pr_info!("klp-rs: {object} is not loaded: set {set} {hook} skipped");
+        let p = self.patch(side);
+        let step = Step::Hook {
+            side,
+            set,
+            object,
+            hook,
+            defined: true,
+        };
+        // A module that went away during the transition gets no more calls.
+        if self.in_transition && !pinned(object) {
+            crate::pr_info!(
+                "klp-rs: {}: set {set} {object} {hook} skipped: {object} is not loaded",
+                p.name
+            );
             return Ok(());
         }
-        let p = self.patch(side);
+        self.line(&step);
         let Some(addr) = p.set(set).and_then(|s| s.hooks[hook as usize]) else {
             return Ok(());
         };
-        let obj = object.as_ptr().cast::<c_char>();
+        let obj = c_name(object);
         if hook == Hook::PrePatch {
             // SAFETY: a pre_patch slot holds a `PrePatchFn` (the macros write it); `obj` is
             // a table string, NUL-terminated in memory.
@@ -328,8 +505,12 @@ impl Runner<'static> for KernelRunner<'_> {
             // SAFETY: as above.
             let r = unsafe { f(obj) };
             if r != 0 {
-                crate::pr_info!("{}: set {set} {object} {hook} failed: {}", p.name, -r);
-                return Err(-r);
+                crate::pr_info!(
+                    "{}: set {set} {object} {hook} failed: {}",
+                    p.name,
+                    r.unsigned_abs()
+                );
+                return Err(r);
             }
         } else {
             // SAFETY: the other slots hold `HookFn`s.
@@ -340,7 +521,8 @@ impl Runner<'static> for KernelRunner<'_> {
         Ok(())
     }
 
-    fn free_shadow(&mut self, side: Side, _set: u32, shadow: u64) {
+    fn free_shadow(&mut self, side: Side, set: u32, shadow: u64) {
+        self.line(&Step::FreeShadow { side, set, shadow });
         let p = self.patch(side);
         let dtor = p
             .shadows

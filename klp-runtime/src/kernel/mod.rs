@@ -34,8 +34,15 @@ unsafe extern "C" {
     fn klp_rs_shadow_free_all(id: u64, dtor: Option<ShadowDtorFn>) -> usize;
     /// The previous patch's header through our `klp_state` (only during a transition).
     fn klp_rs_prev_header() -> *const crate::abi::PatchHeader;
-    /// Whether the object is loaded (`vmlinux` always is).
-    fn klp_rs_object_loaded(name: *const c_char) -> c_int;
+    /// Makes room to pin every object's module and has the nop objects call us
+    /// (0 or `-ENOMEM`). See the C init for why.
+    fn klp_rs_pin_begin() -> c_int;
+    /// Pins a loaded target module for the transition in flight: 1 if loaded and pinned.
+    fn klp_rs_pin(name: *const c_char) -> c_int;
+    /// Whether the module is pinned: loaded, as far as the transition in flight knows.
+    fn klp_rs_pinned(name: *const c_char) -> c_int;
+    fn klp_rs_unpin(name: *const c_char);
+    fn klp_rs_unpin_all();
 
     // Kernel exports. `panic` is called directly (not through a C helper) because objtool
     // knows it does not return.
