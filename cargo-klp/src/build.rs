@@ -570,6 +570,14 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     let started = Instant::now();
     let (pkg, target_dir) = find_package(opts)?;
     let settings = settings(&pkg)?;
+    if !settings.replace {
+        shell.warn(format!(
+            "{} stacks (replace = false): while it is enabled the kernel refuses every replacing \
+             klp-rs patch, which could not tear it down; it may not share callback set or shadow \
+             ids with the patch below it (docs/kernel-runtime.md)",
+            settings.name
+        ));
+    }
     let tree = KernelTree::open(opts.kdir.as_deref())?;
     // Before anything is compiled: a tool missing halfway would leave a half-done build and
     // an error from deep inside Kbuild.

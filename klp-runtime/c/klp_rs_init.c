@@ -18,6 +18,7 @@
 #include <linux/sched.h>
 #include <linux/slab.h>
 #include <linux/string.h>
+#include <linux/uaccess.h>
 
 #include "klp_rs_abi.h"
 #include "klp_rs_modinfo.h"
@@ -35,7 +36,8 @@ void klp_rs_free(void *ptr);
 void *klp_rs_shadow_alloc(void *obj, unsigned long id, size_t size, klp_shadow_ctor_t ctor, void *data,
 			  int or_get);
 size_t klp_rs_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor);
-const struct klp_rs_patch_header *klp_rs_prev_header(void);
+int klp_rs_prev_header(const struct klp_rs_patch_header **prev);
+int klp_rs_replaces(void);
 int klp_rs_pin_begin(void);
 int klp_rs_pin(const char *name);
 int klp_rs_pinned(const char *name);
@@ -46,8 +48,38 @@ void klp_rs_unpin_all(void);
 	for (e = (const type *)(table).start; (const void *)e < (table).end;        \
 	     e = (const type *)((const char *)e + e->size))
 
+/*
+ * Every entry of a table this init walks must hold at least the fields it reads (up to
+ * `last`) and fit in the table: a zero or short size would loop forever or read beyond.
+ */
+#define KLP_RS_CHECK_TABLE(type, last, table, what)                                   \
+	({                                                                             \
+		const char *p_ = (table).start, *end_ = (table).end;                   \
+		int ok_ = p_ <= end_;                                                  \
+		while (ok_ && p_ < end_) {                                             \
+			size_t left_ = end_ - p_;                                      \
+			unsigned int size_;                                            \
+			if (left_ < sizeof(unsigned int)) {                            \
+				ok_ = 0;                                               \
+				break;                                                 \
+			}                                                              \
+			size_ = ((const type *)p_)->size;                              \
+			if (size_ < offsetofend(type, last) || size_ > left_ ||        \
+			    size_ % sizeof(void *)) {                                  \
+				pr_err("%s: klp-rs %s table: entry at offset %zu has size %u\n", \
+				       KBUILD_MODNAME, what,                           \
+				       (size_t)(p_ - (const char *)(table).start), size_); \
+				ok_ = 0;                                               \
+				break;                                                 \
+			}                                                              \
+			p_ += size_;                                                   \
+		}                                                                      \
+		ok_;                                                                   \
+	})
+
 static struct klp_patch patch;
-static struct klp_state states[2];
+/* Ours; the stacking one when this patch does not replace (see klp_rs_init); the end. */
+static struct klp_state states[3];
 static const char **object_names;
 
 /*
@@ -55,7 +87,12 @@ static const char **object_names;
  * object is made at init, so that a disable (whose callbacks cannot fail) never allocates;
  * a replace grows it for the nop objects in its pre_patch, which can fail cleanly.
  */
-static struct module **pinned;
+struct klp_rs_pin {
+	struct module *mod;
+	/* Whether we hold a reference: not for a module already going when we counted it. */
+	bool ref;
+};
+static struct klp_rs_pin *pinned;
 static size_t npinned, pinned_room;
 
 static bool is_vmlinux(const char *name)
@@ -110,9 +147,12 @@ static void free_objects(void)
 	patch.objs = NULL;
 	kfree(object_names);
 	object_names = NULL;
-	/* Every transition unpins at its end; this only guards against a leak. */
-	while (npinned)
-		module_put(pinned[--npinned]);
+	/*
+	 * Every transition unpins at its end. A pin left here would be a bug; putting it now
+	 * could touch a module that has gone meanwhile, so it is only reported.
+	 */
+	WARN_ON(npinned);
+	npinned = 0;
 	kfree(pinned);
 	pinned = NULL;
 	pinned_room = 0;
@@ -135,6 +175,9 @@ static int __init klp_rs_init(void)
 		       h->format_version, klp_rs_format_version());
 		return -EINVAL;
 	}
+	if (!KLP_RS_CHECK_TABLE(struct klp_rs_func, new_func, h->funcs, "function") ||
+	    !KLP_RS_CHECK_TABLE(struct klp_rs_set, post_unpatch, h->sets, "callback set"))
+		return -EINVAL;
 	KLP_RS_FOR_EACH(struct klp_rs_func, f, h->funcs)
 		nfuncs++;
 	KLP_RS_FOR_EACH(struct klp_rs_set, s, h->sets)
@@ -184,6 +227,16 @@ static int __init klp_rs_init(void)
 	states[0].id = KLP_RS_STATE_ID;
 	states[0].version = KLP_RS_STATE_VERSION;
 	states[0].data = (void *)h;
+	/*
+	 * A patch that stacks (replace = false) also registers the stacking state. A replacing
+	 * patch lacks it, so the kernel refuses to load one while this patch is enabled
+	 * (klp_is_patch_compatible): it would see only the topmost klp-rs patch's tables
+	 * (klp_get_prev_state) and never tear down the patches below.
+	 */
+	if (!KLP_RS_REPLACE) {
+		states[1].id = KLP_RS_STACK_STATE_ID;
+		states[1].version = KLP_RS_STATE_VERSION;
+	}
 	patch.mod = THIS_MODULE;
 	patch.states = states;
 	patch.replace = KLP_RS_REPLACE;
@@ -262,17 +315,30 @@ size_t klp_rs_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor)
 }
 
 /*
- * The outgoing patch's tables, when this patch replaces it. A patch that does not replace
- * stacks on the others, which stay enabled: it plans as if alone.
+ * The tables of the topmost klp-rs patch below this one (the one it replaces, or stacks on),
+ * through its klp_state: 0 with *prev set (NULL when there is none), or -EINVAL when the
+ * state's data is not klp-rs tables (another tool registered our state id). Nothing of the
+ * other module's memory is read before its magic has been checked, and that check cannot
+ * fault.
  */
-const struct klp_rs_patch_header *klp_rs_prev_header(void)
+int klp_rs_prev_header(const struct klp_rs_patch_header **prev)
 {
-	struct klp_state *state;
+	struct { char magic[8]; unsigned int format_version; unsigned int size; } head;
+	struct klp_state *state = klp_get_prev_state(KLP_RS_STATE_ID);
 
-	if (!patch.replace)
-		return NULL;
-	state = klp_get_prev_state(KLP_RS_STATE_ID);
-	return state ? state->data : NULL;
+	*prev = NULL;
+	if (!state)
+		return 0;
+	if (!state->data || copy_from_kernel_nofault(&head, state->data, sizeof(head)) ||
+	    memcmp(head.magic, "KLPRSPT", 8) || head.size < sizeof(struct klp_rs_patch_header))
+		return -EINVAL;
+	*prev = state->data;
+	return 0;
+}
+
+int klp_rs_replaces(void)
+{
+	return patch.replace;
 }
 
 /*
@@ -285,7 +351,8 @@ const struct klp_rs_patch_header *klp_rs_prev_header(void)
  * `rmmod -f`), and the pins are the record of what is loaded. A module whose init fails after
  * it came, or that is forced out, still goes: the kernel calls our post_unpatch for it
  * (klp_cleanup_module_patches_limited), and the dispatcher unpins it there, while the module
- * is still there to unpin.
+ * is still there to unpin. What keeps our record right is that callback, which comes for every
+ * loaded object before the module is freed; the reference only makes a plain rmmod wait.
  */
 
 /* Makes room for a pin per object (nops included) and has the nop objects call us. */
@@ -310,7 +377,7 @@ int klp_rs_pin_begin(void)
 		}
 	}
 	if (n > pinned_room) {
-		struct module **more = krealloc(pinned, n * sizeof(*pinned), GFP_KERNEL);
+		struct klp_rs_pin *more = krealloc(pinned, n * sizeof(*pinned), GFP_KERNEL);
 
 		if (!more)
 			return -ENOMEM;
@@ -336,21 +403,33 @@ static ssize_t pin_index(const char *name)
 	size_t i;
 
 	for (i = 0; i < npinned; i++)
-		if (!strcmp(pinned[i]->name, name))
+		if (!strcmp(pinned[i].mod->name, name))
 			return i;
 	return -1;
 }
 
-/* 1: the module is loaded and pinned (now or before); 0: it is not loaded, or going. */
+/*
+ * 1: the module is loaded and pinned (now or before); 0: it is not loaded. A module whose
+ * unloading has begun (obj->mod is set until klp_module_going, which runs under klp_mutex
+ * as we do) cannot be referenced any more, but it is still loaded: it is recorded without a
+ * reference, and klp_module_going will call our post_unpatch for it before it is freed, as
+ * for any pinned module that goes.
+ */
 int klp_rs_pin(const char *name)
 {
 	struct klp_object *obj = module_object(name);
+	struct klp_rs_pin *pin;
 
 	if (pin_index(name) >= 0)
 		return 1;
-	if (!obj || !obj->mod || npinned >= pinned_room || !try_module_get(obj->mod))
+	if (!obj || !obj->mod)
 		return 0;
-	pinned[npinned++] = obj->mod;
+	/* One room per object, nops included (klp_rs_pin_begin): cannot be full. */
+	if (WARN_ON_ONCE(npinned >= pinned_room))
+		return 0;
+	pin = &pinned[npinned++];
+	pin->mod = obj->mod;
+	pin->ref = try_module_get(obj->mod);
 	return 1;
 }
 
@@ -359,18 +438,23 @@ int klp_rs_pinned(const char *name)
 	return pin_index(name) >= 0;
 }
 
+static void unpin_at(size_t i)
+{
+	if (pinned[i].ref)
+		module_put(pinned[i].mod);
+	pinned[i] = pinned[--npinned];
+}
+
 void klp_rs_unpin(const char *name)
 {
 	ssize_t i = pin_index(name);
 
-	if (i < 0)
-		return;
-	module_put(pinned[i]);
-	pinned[i] = pinned[--npinned];
+	if (i >= 0)
+		unpin_at(i);
 }
 
 void klp_rs_unpin_all(void)
 {
 	while (npinned)
-		module_put(pinned[--npinned]);
+		unpin_at(npinned - 1);
 }

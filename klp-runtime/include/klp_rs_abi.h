@@ -9,6 +9,7 @@
 #define KLP_RS_FORMAT_VERSION 1
 #define KLP_RS_STATE_ID 0x6b6c707273000001UL
 #define KLP_RS_STATE_VERSION 1
+#define KLP_RS_STACK_STATE_ID 0x6b6c707273000002UL
 
 struct klp_rs_table {
 	const void *start;

@@ -25,6 +25,11 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const KLP_STATE_ID: u64 = 0x6b6c_7072_7300_0001; // "klprs" + 1
 /// Constant, so the kernel's state-version check lets any of our patches replace any other.
 pub const KLP_STATE_VERSION: u32 = 1;
+/// The `klp_state` a patch built with `replace = false` registers besides [`KLP_STATE_ID`]
+/// (version [`KLP_STATE_VERSION`], no data). Replacing patches lack it, so the kernel refuses
+/// to load one while a stacking klp-rs patch is enabled: through `klp_get_prev_state` it
+/// would see only the topmost patch's tables and leave the ones below set up forever.
+pub const KLP_STACK_STATE_ID: u64 = 0x6b6c_7072_7300_0002; // "klprs" + 2
 
 /// Section names. Each patch crate gets its own sections (suffixed with the crate name) so that
 /// several patch crates linked into one host test binary keep separate tables, as separate
@@ -309,6 +314,7 @@ pub const INIT_PROVIDES: &[&str] = &[
     "klp_rs_shadow_alloc",
     "klp_rs_shadow_free_all",
     "klp_rs_prev_header",
+    "klp_rs_replaces",
     "klp_rs_pin_begin",
     "klp_rs_pin",
     "klp_rs_pinned",

@@ -110,3 +110,108 @@ pub fn check<F>(patch: &Patch<'_, F>) -> Vec<CheckError> {
     }
     errors
 }
+
+/// A shadow type's layout, as a replace must keep it for the variables to carry over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowLayout<'a> {
+    pub type_name: &'a str,
+    pub size: u32,
+    pub align: u32,
+}
+
+impl core::fmt::Display for ShadowLayout<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = if self.size == 1 { "" } else { "s" };
+        write!(
+            f,
+            "`{}` ({} byte{s}, align {})",
+            self.type_name, self.size, self.align
+        )
+    }
+}
+
+/// Why one patch cannot take over from another: checked before anything runs, by the kernel
+/// runtime (which refuses the load), the simulator and `cargo klp inspect --against`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict<'a> {
+    /// A replace: a shadow id both patches declare, with different layouts. Variables carry
+    /// over by id, so the incoming code would read the outgoing layout.
+    ShadowLayout {
+        id: u64,
+        old: ShadowLayout<'a>,
+        new: ShadowLayout<'a>,
+    },
+    /// A stacking patch (`replace = false`) has a callback set id the patch below it has:
+    /// disabling it would tear down the set the patch below keeps.
+    StackedSet { id: u32 },
+    /// A stacking patch has a shadow id the patch below it has: disabling it would free the
+    /// variables the patch below still uses.
+    StackedShadow { id: u64 },
+}
+
+impl core::fmt::Display for Conflict<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Conflict::ShadowLayout { id, old, new } => write!(
+                f,
+                "shadow {id:#x} is {old} in the outgoing patch and {new} in the incoming one, \
+                 and its variables would pass from one layout to the other; give the new \
+                 layout a new shadow id"
+            ),
+            Conflict::StackedSet { id } => write!(
+                f,
+                "callback set {id} is also in the patch below, and disabling the stacked patch \
+                 would tear it down; give the stacked patch's sets ids the patch below does \
+                 not use, or build it with replace = true"
+            ),
+            Conflict::StackedShadow { id } => write!(
+                f,
+                "shadow {id:#x} is also in the patch below, and disabling the stacked patch \
+                 would free the variables it still uses; give the stacked patch's shadow \
+                 types ids the patch below does not use, or build it with replace = true"
+            ),
+        }
+    }
+}
+
+fn layout<'a, F>(t: &crate::reader::ShadowType<'a, F>) -> ShadowLayout<'a> {
+    ShadowLayout {
+        type_name: t.type_name,
+        size: t.size,
+        align: t.align,
+    }
+}
+
+/// What keeps `new` from replacing `old` (empty when nothing does).
+pub fn replace_conflicts<'p, 'a, F, G>(
+    old: &'p Patch<'a, F>,
+    new: &'p Patch<'a, G>,
+) -> impl Iterator<Item = Conflict<'a>> + 'p {
+    new.shadows.iter().filter_map(move |n| {
+        let o = old.shadows.iter().find(|o| o.id == n.id)?;
+        let (old_layout, new_layout) = (layout(o), layout(n));
+        (old_layout != new_layout).then_some(Conflict::ShadowLayout {
+            id: n.id,
+            old: old_layout,
+            new: new_layout,
+        })
+    })
+}
+
+/// What keeps `top` (built with `replace = false`) from stacking on `below`.
+pub fn stack_conflicts<'p, 'a, F, G>(
+    below: &'p Patch<'a, F>,
+    top: &'p Patch<'a, G>,
+) -> impl Iterator<Item = Conflict<'a>> + 'p {
+    let sets = top
+        .sets
+        .iter()
+        .filter(|s| below.set(s.id).is_some())
+        .map(|s| Conflict::StackedSet { id: s.id });
+    let shadows = top
+        .shadows
+        .iter()
+        .filter(|t| below.shadows.iter().any(|b| b.id == t.id))
+        .map(|t| Conflict::StackedShadow { id: t.id });
+    sets.chain(shadows)
+}

@@ -132,6 +132,18 @@ impl<'a> Plan<'a> {
             .collect()
     }
 
+    /// Drops every hook step on `object` (a module that went in the middle of the
+    /// transition, whose part was already undone): nothing more runs for it from this plan.
+    /// Shadow frees stay; freeing what is already gone frees nothing.
+    pub fn forget(&mut self, object: &str) {
+        let on = |s: &Step<'_>| matches!(s, Step::Hook { object: o, .. } if *o == object);
+        self.before.retain(|p| !on(&p.step));
+        for p in &mut self.before {
+            p.undo.retain(|s| !on(s));
+        }
+        self.after.retain(|s| !on(s));
+    }
+
     /// The steps after the transition, given the plans of target modules that loaded during
     /// it: their `after` steps follow, and the shadow types their sets keep alive are not
     /// freed.

@@ -130,3 +130,38 @@ fn the_c_header_matches_the_document() {
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(c, doc);
 }
+
+/// The constants C and Rust share: the header spells each once, as abi.rs does.
+#[test]
+fn the_c_header_constants_match_the_rust_ones() {
+    use klp_runtime::abi;
+    let dir = std::env::temp_dir().join(format!("klp-consts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("consts.c"),
+        "#include <stdio.h>\n#include \"klp_rs_abi.h\"\nint main(void) {\n\
+         printf(\"%u %lu %u %lu\\n\", (unsigned)KLP_RS_FORMAT_VERSION, KLP_RS_STATE_ID,\n\
+         (unsigned)KLP_RS_STATE_VERSION, KLP_RS_STACK_STATE_ID);\nreturn 0; }\n",
+    )
+    .unwrap();
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+    let cc = Command::new("cc")
+        .args(["-I", include, "-o"])
+        .arg(dir.join("consts"))
+        .arg(dir.join("consts.c"))
+        .status()
+        .expect("a C compiler (cc) is needed for this test");
+    assert!(cc.success());
+    let out = Command::new(dir.join("consts")).output().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!(
+            "{} {} {} {}",
+            abi::FORMAT_VERSION,
+            abi::KLP_STATE_ID,
+            abi::KLP_STATE_VERSION,
+            abi::KLP_STACK_STATE_ID
+        )
+    );
+}

@@ -39,3 +39,46 @@ fn duplicate_sets_orphan_shadows_and_double_patches_are_refused_naming_both_plac
     assert!(msg.contains("callback set id 4 is declared twice"), "{msg}");
     assert!(msg.contains("declare `#[klp_callbacks(id = 7)]`"), "{msg}");
 }
+
+/// Shadow variables carry over a replace by id: the incoming code reads what the outgoing
+/// code wrote. P1's `Banner` is one `bool` (1 byte, align 1); the relayout fixture keeps id
+/// 0x10 with a `bool` and a `u64` (16 bytes, align 8).
+#[test]
+fn a_replace_that_changes_a_shared_shadow_layout_is_refused_before_anything_runs() {
+    let mut k = Kernel::new();
+    k.insmod(&p1::KLP_PATCH).unwrap();
+    k.clear_log();
+    let err = k.insmod(&relayout::KLP_PATCH).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "relayout cannot replace p1: shadow 0x10 is `Banner` (1 byte, align 1) in the outgoing \
+         patch and `Banner` (16 bytes, align 8) in the incoming one, and its variables would \
+         pass from one layout to the other; give the new layout a new shadow id"
+    );
+    assert!(k.lines().is_empty(), "nothing ran: {:?}", k.lines());
+    assert_eq!(k.enabled_patch(), Some("p1"));
+}
+
+/// A patch that stacks must not share a set or a shadow id with the patch below it: P2 on
+/// top of P1 would share set 1 and shadow 0x10.
+#[test]
+fn a_stacking_patch_may_not_share_sets_or_shadow_ids_with_the_patch_below() {
+    use klp_runtime::check::{stack_conflicts, Conflict};
+    use klp_runtime::reader::read_memory;
+    // SAFETY: headers of crates linked into this test.
+    let (p1, p2, stack) = unsafe {
+        (
+            read_memory(&p1::KLP_PATCH).unwrap(),
+            read_memory(&p2::KLP_PATCH).unwrap(),
+            read_memory(&stack::KLP_PATCH).unwrap(),
+        )
+    };
+    assert_eq!(
+        stack_conflicts(&p1, &p2).collect::<Vec<_>>(),
+        [
+            Conflict::StackedSet { id: 1 },
+            Conflict::StackedShadow { id: 0x10 }
+        ]
+    );
+    assert_eq!(stack_conflicts(&p1, &stack).count(), 0);
+}

@@ -35,6 +35,9 @@ on_both_kernels!(
     a_reversed_replace_restores_the_old_patch,
     tables_of_a_newer_format_are_refused_before_anything_runs,
     a_stacking_patch_leaves_the_patch_below_alone,
+    a_replace_that_changes_a_shared_shadow_layout_is_refused,
+    a_replace_over_a_stack_is_refused_by_the_kernel,
+    a_foreign_patch_with_our_state_id_is_refused_without_an_oops,
     a_target_module_loading_during_a_replace_transition,
 );
 
@@ -866,6 +869,105 @@ fn a_target_module_loading_during_a_replace_transition(series: Series) {
             "klp_modobj: modobj: binfmt set down on binfmt_misc",
             "klp_modobj: modobj: binfmt tracker dropped (live=true)",
         ],
+        "{lines:#?}"
+    );
+}
+
+/// Loads `new` over the enabled `old` and expects the load to fail before anything of ours
+/// ran, `old` staying enabled; returns the kernel log of the attempt.
+fn refused_over(k: &Kernel, modules: &[&Path], setup: &str, old: &str, new: &str) -> Vec<String> {
+    let log = boot(
+        k,
+        modules,
+        &format!(
+            "{setup}; dmesg -c >/dev/null\n\
+             section insmod; insmod /mod/{new}.ko; echo \"rc=$?\"\n\
+             waitlp\n\
+             section after; lpstate\n\
+             section log; dmesg -c\n"
+        ),
+    );
+    assert_ne!(
+        log.section("insmod").last().map(String::as_str),
+        Some("rc=0"),
+        "{new} must be refused"
+    );
+    assert!(
+        log.section("after")
+            .contains(&format!("patch {old} enabled=1 transition=0")),
+        "{old} stays enabled: {:?}",
+        log.section("after")
+    );
+    kernel_lines(&log, "log")
+}
+
+fn a_replace_that_changes_a_shared_shadow_layout_is_refused(series: Series) {
+    // P1's Banner (shadow 0x10) is one bool: 1 byte, align 1. relayout keeps id 0x10 with a
+    // bool and a u64: 16 bytes, align 8. Its own set 1 pre_patch must not run.
+    let k = kernel(series);
+    let p1 = build("p1", &k);
+    let relayout = build("relayout", &k);
+    let lines = refused_over(
+        &k,
+        &[&p1, &relayout],
+        "load klp_v1",
+        "klp_v1",
+        "klp_relayout",
+    );
+    assert!(
+        lines.iter().any(|l| l
+            == "klp_relayout: klp-rs: relayout cannot replace p1: shadow 0x10 is `Banner` (1 \
+                byte, align 1) in the outgoing patch and `Banner` (16 bytes, align 8) in the \
+                incoming one, and its variables would pass from one layout to the other; give \
+                the new layout a new shadow id"),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("relayout: set 1 up")),
+        "nothing of relayout ran: {lines:#?}"
+    );
+}
+
+fn a_replace_over_a_stack_is_refused_by_the_kernel(series: Series) {
+    // A stacking patch registers the stacking state, which replacing patches lack: the
+    // kernel refuses P4 (klp_is_patch_compatible) rather than let it replace P3 and the stack
+    // while seeing only the stack's tables (klp_get_prev_state returns the topmost).
+    let k = kernel(series);
+    let p3 = build("p3", &k);
+    let stack = build("stack", &k);
+    let p4 = build("p4", &k);
+    let lines = refused_over(
+        &k,
+        &[&p3, &stack, &p4],
+        "load klp_v3; load klp_stack",
+        "klp_stack",
+        "klp_v4",
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "Livepatch patch (klp_v4) is not compatible with the already installed livepatches"
+        )),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("klp_v4: ")),
+        "nothing of P4 ran: {lines:#?}"
+    );
+}
+
+fn a_foreign_patch_with_our_state_id_is_refused_without_an_oops(series: Series) {
+    // klp_bogus registers our state id with data that are not klp-rs tables. P1 replacing it
+    // reads that state: it must refuse (the boot fails on any oops), and klp_bogus stays.
+    let k = kernel(series);
+    let bogus =
+        xtask::build_c_fixture("bogus", "klp_bogus", &k).unwrap_or_else(|e| panic!("{e:#}"));
+    let p1 = build("p1", &k);
+    let lines = refused_over(&k, &[&bogus, &p1], "load klp_bogus", "klp_bogus", "klp_v1");
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "klp_v1: klp-rs: p1 cannot take over from the patch below: its klp-rs state does \
+             not point to klp-rs tables"
+        )),
         "{lines:#?}"
     );
 }

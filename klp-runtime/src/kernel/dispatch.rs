@@ -31,8 +31,8 @@ use crate::plan::{self, Hook, Plan, Runner, Side, Step, StepLine};
 use crate::reader::{self, Patch};
 
 use super::{
-    klp_rs_pin, klp_rs_pin_begin, klp_rs_pinned, klp_rs_prev_header, klp_rs_shadow_free_all,
-    klp_rs_unpin, klp_rs_unpin_all,
+    klp_rs_pin, klp_rs_pin_begin, klp_rs_pinned, klp_rs_prev_header, klp_rs_replaces,
+    klp_rs_shadow_free_all, klp_rs_unpin, klp_rs_unpin_all,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -112,8 +112,11 @@ pub unsafe extern "C" fn klp_rs_dispatch(
             }
         }
     }
-    // SAFETY: per the contract.
-    let object = unsafe { CStr::from_ptr(object) }.to_str().unwrap_or("?");
+    // SAFETY: per the contract. A `&str` made from a `CStr` keeps its NUL after it, so it
+    // may go back to C (`c_name`); module names are ASCII, anything else is not ours.
+    let Ok(object) = unsafe { CStr::from_ptr(object) }.to_str() else {
+        return 0;
+    };
     let hook = match hook {
         0 => Hook::PrePatch,
         1 => Hook::PostPatch,
@@ -197,13 +200,15 @@ impl Dispatcher {
                 self.phase = Phase::Gone;
                 0
             }
-            // The unpatching transition was reversed: the patch stays.
+            // The unpatching transition was reversed: the patch stays, and the sets of
+            // modules that came meanwhile finish setting up (while still pinned).
             (Hook::PostPatch, Phase::Disabling, true) => {
                 let late = core::mem::take(&mut self.late);
-                self.finish(Plan::reverse);
-                for (_, l) in &late {
-                    plan::run(&mut self.runner(), &l.after);
-                }
+                self.finish(|p| {
+                    let mut steps = p.reverse();
+                    steps.extend(late.iter().flat_map(|(_, l)| l.after.iter().copied()));
+                    steps
+                });
                 self.phase = Phase::Enabled;
                 0
             }
@@ -311,6 +316,11 @@ impl Dispatcher {
             Vec::new()
         };
         plan::run(&mut self.runner(), &steps);
+        // Should it come back before the transition ends, it is a late module then: the main
+        // plan must not run its steps a second time.
+        if let Some(plan) = &mut self.plan {
+            plan.forget(object);
+        }
         unpin(object);
     }
 
@@ -356,24 +366,10 @@ impl Dispatcher {
     }
 
     fn start_enable(&mut self) -> c_int {
-        // SAFETY: called from our pre_patch, during our transition: the previous patch's
-        // klp_state (if any) is reachable and its module pinned until we complete.
-        let prev = unsafe { klp_rs_prev_header() };
-        if !prev.is_null() {
-            // SAFETY: as above; the header stays valid until we drop `old`.
-            match unsafe { reader::read_memory(&*prev) } {
-                Ok(p) => self.old = Some(p),
-                Err(e) => {
-                    // SAFETY: the name field's position is fixed in every format version.
-                    let name = unsafe { CStr::from_ptr((*prev).name) }
-                        .to_str()
-                        .unwrap_or("?");
-                    crate::pr_info!("klp-rs: {} cannot replace {name}: {e}", self.own().name);
-                    self.phase = Phase::Gone;
-                    self.old = None;
-                    return -EINVAL;
-                }
-            }
+        if let Err(errno) = self.read_below() {
+            self.phase = Phase::Gone;
+            self.old = None;
+            return errno;
         }
         // SAFETY: under klp_mutex, in our pre_patch.
         if unsafe { klp_rs_pin_begin() } != 0 {
@@ -398,6 +394,56 @@ impl Dispatcher {
                 errno_to_kernel(errno)
             }
         }
+    }
+
+    /// Reads the tables of the klp-rs patch below ours and decides what we do with them: a
+    /// replace takes them over (`self.old`), unless a shadow type changed layout; a stacking
+    /// patch plans alone, unless it shares a set or a shadow id with the patch below.
+    fn read_below(&mut self) -> Result<(), c_int> {
+        let me = self.own().name;
+        let mut prev = core::ptr::null();
+        // SAFETY: called from our pre_patch, during our transition: the previous patch's
+        // klp_state (if any) is reachable and its module pinned until we complete.
+        if unsafe { klp_rs_prev_header(&mut prev) } != 0 {
+            crate::pr_info!(
+                "klp-rs: {me} cannot take over from the patch below: its klp-rs state does not \
+                 point to klp-rs tables (another tool registered id {:#x}?)",
+                abi::KLP_STATE_ID
+            );
+            return Err(-EINVAL);
+        }
+        if prev.is_null() {
+            return Ok(());
+        }
+        // SAFETY: the C side checked the magic; the header and its tables stay valid until we
+        // drop what we read (the module is pinned until we complete).
+        let below = match unsafe { reader::read_memory(&*prev) } {
+            Ok(p) => p,
+            Err(e) => {
+                crate::pr_info!("klp-rs: {me} cannot take over from the patch below: {e}");
+                return Err(-EINVAL);
+            }
+        };
+        // SAFETY: under klp_mutex.
+        let replaces = unsafe { klp_rs_replaces() } != 0;
+        let verb = if replaces { "replace" } else { "stack on" };
+        let mut refused = false;
+        let mut report = |c: crate::check::Conflict<'_>| {
+            crate::pr_info!("klp-rs: {me} cannot {verb} {}: {c}", below.name);
+            refused = true;
+        };
+        if replaces {
+            crate::check::replace_conflicts(&below, self.own()).for_each(&mut report);
+        } else {
+            crate::check::stack_conflicts(&below, self.own()).for_each(&mut report);
+        }
+        if refused {
+            return Err(-EINVAL);
+        }
+        if replaces {
+            self.old = Some(below);
+        }
+        Ok(())
     }
 
     fn start_disable(&mut self) {

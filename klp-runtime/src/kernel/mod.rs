@@ -32,8 +32,12 @@ unsafe extern "C" {
     ) -> *mut c_void;
     /// `klp_shadow_free_all`, returning how many variables were freed.
     fn klp_rs_shadow_free_all(id: u64, dtor: Option<ShadowDtorFn>) -> usize;
-    /// The previous patch's header through our `klp_state` (only during a transition).
-    fn klp_rs_prev_header() -> *const crate::abi::PatchHeader;
+    /// The topmost klp-rs patch's header below ours, through our `klp_state` (only during a
+    /// transition): 0 with `*prev` set (null: none), or `-EINVAL` when that state's data is
+    /// not klp-rs tables. Checked without faulting before anything else is read.
+    fn klp_rs_prev_header(prev: *mut *const crate::abi::PatchHeader) -> c_int;
+    /// Whether this patch replaces (`replace = true`) rather than stacks.
+    fn klp_rs_replaces() -> c_int;
     /// Makes room to pin every object's module and has the nop objects call us
     /// (0 or `-ENOMEM`). See the C init for why.
     fn klp_rs_pin_begin() -> c_int;
@@ -61,9 +65,9 @@ unsafe extern "C" {
     ) -> isize;
 }
 
-/// A fixed buffer for one log line; longer lines are cut (dmesg lines are short anyway).
+/// A fixed buffer for one log line; longer lines are cut (printk keeps about 1000 bytes).
 struct Line {
-    buf: [u8; 256],
+    buf: [u8; 512],
     len: usize,
 }
 
@@ -78,7 +82,7 @@ impl fmt::Write for Line {
 
 pub(crate) fn log(args: fmt::Arguments<'_>) {
     let mut line = Line {
-        buf: [0; 256],
+        buf: [0; 512],
         len: 0,
     };
     let _ = fmt::write(&mut line, args);
@@ -181,7 +185,7 @@ static ALLOCATOR: KernelAllocator = KernelAllocator;
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut line = Line {
-        buf: [0; 256],
+        buf: [0; 512],
         len: 0,
     };
     let _ = fmt::write(&mut line, format_args!("{info}"));

@@ -40,6 +40,12 @@ pub enum SimError {
     InTransition,
     #[error("no transition is in progress")]
     NoTransition,
+    #[error("{patch} cannot replace {old}: {conflict}")]
+    Conflict {
+        patch: String,
+        old: String,
+        conflict: String,
+    },
     #[error("pre_patch of {patch} set {set} failed with {errno}; the patch was not enabled")]
     PrePatchFailed { patch: String, set: u32, errno: i32 },
 }
@@ -496,6 +502,17 @@ impl Kernel {
         replaced: Option<usize>,
         patching: bool,
     ) -> Result<(), SimError> {
+        // The runtime refuses before anything runs (kernel/dispatch.rs: read_below).
+        if let Some(r) = replaced.filter(|_| patching) {
+            let (old, new) = (&self.modules[r].tables, &self.modules[target].tables);
+            if let Some(c) = crate::check::replace_conflicts(old, new).next() {
+                return Err(SimError::Conflict {
+                    patch: new.name.into(),
+                    old: old.name.into(),
+                    conflict: c.to_string(),
+                });
+            }
+        }
         let objects = &self.objects;
         let loaded = |o: &str| objects.contains(o);
         let plan = if patching {
