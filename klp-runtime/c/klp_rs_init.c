@@ -295,7 +295,11 @@ void *klp_rs_shadow_alloc(void *obj, unsigned long id, size_t size, klp_shadow_c
 	return klp_shadow_alloc(obj, id, size, klp_rs_gfp(), ctor, data);
 }
 
-/* Counting happens under klp_mutex (callbacks) and klp_shadow_lock (the dtor calls). */
+/*
+ * The dispatcher's free, which counts what it freed for its log line. Only the dispatcher
+ * calls it, from livepatch callbacks, so under klp_mutex: the globals are never shared by two
+ * frees at once. Patched code frees through klp_shadow_free_all with its type's own dtor.
+ */
 static klp_shadow_dtor_t klp_rs_gc_dtor;
 static size_t klp_rs_gc_count;
 

@@ -38,6 +38,7 @@ on_both_kernels!(
     a_replace_that_changes_a_shared_shadow_layout_is_refused,
     a_replace_over_a_stack_is_refused_by_the_kernel,
     a_foreign_patch_with_our_state_id_is_refused_without_an_oops,
+    two_cpus_freeing_two_shadow_types_never_mix_them,
     a_target_module_loading_during_a_replace_transition,
 );
 
@@ -970,4 +971,46 @@ fn a_foreign_patch_with_our_state_id_is_refused_without_an_oops(series: Series) 
         )),
         "{lines:#?}"
     );
+}
+
+fn two_cpus_freeing_two_shadow_types_never_mix_them(series: Series) {
+    // Patched code on two CPUs at once attaches and frees all variables of two shadow types
+    // (Left through /proc/cmdline, Right through /proc/version). Each type's Drop checks the
+    // mark its constructor left; one type's data run through the other's destructor shows.
+    // `read` is a shell builtin: no fork per read, so the loops spend their time in the patch.
+    let k = kernel(series);
+    let ko = build("shadowrace", &k);
+    let rounds = 1500;
+    let log = xtask::boot_on(
+        &k,
+        &[&ko],
+        &format!(
+            "load klp_shadowrace; dmesg -c >/dev/null\n\
+             section race; grep -c ^processor /proc/cpuinfo\n\
+             (i=0; while [ $i -lt {rounds} ]; do read l </proc/cmdline; i=$((i+1)); done) &\n\
+             j=0; while [ $j -lt {rounds} ]; do read l </proc/version; j=$((j+1)); done; wait\n\
+             disable klp_shadowrace\n\
+             section log; dmesg -c\n"
+        ),
+        2,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(log.section("race").first().map(String::as_str), Some("2"));
+    let lines = kernel_lines(&log, "log");
+    assert!(
+        !lines.iter().any(|l| l.contains("dropped with mark")),
+        "{lines:#?}"
+    );
+    // Every read runs the patched show at least once, and each run drops what it attached.
+    let report = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("klp_shadowrace: shadowrace: "))
+        .find(|r| r.contains(" dropped, "))
+        .unwrap_or_else(|| panic!("no report: {lines:#?}"));
+    let (dropped, wrong) = report
+        .split_once(" dropped, ")
+        .map(|(d, w)| (d.parse::<u64>().unwrap(), w.to_string()))
+        .unwrap();
+    assert!(dropped >= 2 * rounds, "{report}");
+    assert_eq!(wrong, "0 with the wrong type");
 }

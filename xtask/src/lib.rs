@@ -195,9 +195,14 @@ pub fn build_patch_with(
     Ok(out.ko)
 }
 
-/// Boots `kernel` with `modules` and runs `script` in it.
+/// Boots `kernel` with `modules` and runs `script` in it, on one CPU.
 pub fn boot(kernel: &Kernel, modules: &[&Path], script: &str) -> Result<GuestLog> {
-    vm::run(kernel, modules, script, &target_dir().join("klp-vm"))
+    boot_on(kernel, modules, script, 1)
+}
+
+/// As [`boot`], with `cpus` virtual CPUs (qemu's TCG runs them on threads of their own).
+pub fn boot_on(kernel: &Kernel, modules: &[&Path], script: &str, cpus: u32) -> Result<GuestLog> {
+    vm::run(kernel, modules, script, &target_dir().join("klp-vm"), cpus)
 }
 
 /// A module of the kernel image (e.g. `fs/binfmt_misc`), decompressed if the image ships it

@@ -58,7 +58,13 @@ const TROUBLE: [&str; 6] = [
 /// Boots `kernel`, runs `script` (after the helpers in [`initramfs::GUEST_LIB`]) with
 /// `modules` in `/mod`, and returns the console output. Fails on a timeout, an oops or
 /// panic, or a script that did not finish, with the whole log in the error.
-pub fn run(kernel: &Kernel, modules: &[&Path], script: &str, work: &Path) -> Result<GuestLog> {
+pub fn run(
+    kernel: &Kernel,
+    modules: &[&Path],
+    script: &str,
+    work: &Path,
+    cpus: u32,
+) -> Result<GuestLog> {
     std::fs::create_dir_all(work)?;
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -74,6 +80,8 @@ pub fn run(kernel: &Kernel, modules: &[&Path], script: &str, work: &Path) -> Res
             "tcg",
             "-m",
             "512",
+            "-smp",
+            &cpus.to_string(),
             "-nographic",
             "-no-reboot",
             "-kernel",

@@ -54,6 +54,7 @@ unsafe extern "C" {
     fn kernel_panic(fmt: *const c_char, ...) -> !;
     fn klp_shadow_get(obj: *const c_void, id: u64) -> *mut c_void;
     fn klp_shadow_free(obj: *const c_void, id: u64, dtor: Option<ShadowDtorFn>);
+    fn klp_shadow_free_all(id: u64, dtor: Option<ShadowDtorFn>);
     fn seq_write(m: *mut SeqFile, data: *const c_void, len: usize) -> c_int;
     #[link_name = "simple_read_from_buffer"]
     fn kernel_simple_read_from_buffer(
@@ -150,8 +151,11 @@ pub(crate) mod sys {
     }
 
     pub fn shadow_free_all(id: u64, dtor: ShadowDtorFn) {
+        // Straight to the kernel, with this type's own destructor: patched code may free
+        // several types on several CPUs at once. (The dispatcher's counting free, which
+        // keeps its destructor in C globals, runs only under klp_mutex.)
         // SAFETY: as above.
-        unsafe { klp_rs_shadow_free_all(id, Some(dtor)) };
+        unsafe { klp_shadow_free_all(id, Some(dtor)) };
     }
 
     pub fn log(args: fmt::Arguments<'_>) {
