@@ -413,11 +413,29 @@ fn rust_src_installed() -> bool {
 
 /// Everything the module loader, modpost and the livepatch core would trip over, found
 /// before linking, each with the fix.
-fn validate(shell: &Shell, path: &Path, tree: &KernelTree, license: &str) -> Result<()> {
+fn validate(
+    shell: &Shell,
+    path: &Path,
+    tree: &KernelTree,
+    license: &str,
+    crate_name: &str,
+) -> Result<()> {
     let data = std::fs::read(path)?;
     let file = object::File::parse(&*data)
         .with_context(|| format!("{}: not an object file", path.display()))?;
     let mut problems = Vec::new();
+
+    // Each crate's items land in sections named after it; the module carries the patch
+    // crate's only (the link script), so another crate's would be silently dropped.
+    for (sec, other) in elf::foreign_tables(&file, crate_name) {
+        problems.push(format!(
+            "{}: section {sec}: crate `{other}` declares #[klp_func], #[klp_callbacks] or \
+             #[klp_shadow] items, which the module would not carry: only the patch crate's \
+             (`{crate_name}`) become its tables; move them into the patch crate (a dependency \
+             may hold the code they call)",
+            path.display()
+        ));
+    }
 
     for (sec, offset, ty) in elf::bad_relocations(&file) {
         problems.push(format!(
@@ -615,7 +633,7 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         ),
     );
     objtool(shell, &tree, &object, &staging)?;
-    validate(shell, &object, &tree, &settings.license)?;
+    validate(shell, &object, &tree, &settings.license, &crate_name)?;
 
     shell.status(
         "Linking",

@@ -350,3 +350,26 @@ pub fn relocation_name(r_type: u32) -> String {
         other => format!("type {other}"),
     }
 }
+
+/// Table sections of crates other than `crate_name` (section name, crate name): the macros
+/// name each crate's sections `klp_rs_<kind>_<crate>` (see `klp_runtime::abi::section`).
+pub fn foreign_tables(file: &object::File<'_>, crate_name: &str) -> Vec<(String, String)> {
+    use klp_runtime::abi::section;
+    use object::{Object, ObjectSection};
+    let prefixes = [
+        section::PATCH,
+        section::FUNCS,
+        section::SETS,
+        section::SHADOWS,
+    ];
+    file.sections()
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .filter_map(|name| {
+            let other = prefixes
+                .iter()
+                .find_map(|p| name.strip_prefix(p)?.strip_prefix('_'))?
+                .to_string();
+            (other != crate_name).then_some((name, other))
+        })
+        .collect()
+}

@@ -597,6 +597,9 @@ fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series
         format!("callback set id 4 is declared twice: at broken::first ({file}:10) and at broken::second ({file}:15)"),
         "owned by callback set 7, which this patch does not declare".to_string(),
         "vmlinux:cmdline_proc_show (sympos 0) is patched twice".to_string(),
+        "section klp_rs_sets_brokendep: crate `brokendep` declares #[klp_func], #[klp_callbacks] \
+         or #[klp_shadow] items, which the module would not carry"
+            .to_string(),
     ] {
         assert!(msg.contains(&want), "`{want}` not in:\n{msg}");
     }
