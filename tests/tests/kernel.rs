@@ -65,21 +65,48 @@ fn kernel_lines(log: &GuestLog, section: &str) -> Vec<String> {
 
 /// Our dispatcher's step lines (`p3: set 2 vmlinux pre_unpatch`, `p3: set 2 free shadow
 /// 0x20`) and the kernel's transition lines, whoever printed them.
-fn steps_and_transitions(lines: &[String]) -> Vec<String> {
-    let is_step = |text: &str| {
-        let Some((_, rest)) = text.split_once(": set ") else {
-            return false;
-        };
-        let words: Vec<&str> = rest.split(' ').collect();
-        words.first().is_some_and(|n| n.parse::<u32>().is_ok())
-            && match words[1..] {
-                [_object, hook] => {
-                    ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"].contains(&hook)
-                }
-                ["free", "shadow", id] => id.starts_with("0x"),
-                _ => false,
-            }
+/// Whether `text` is one of the runtime's step lines (`p3: set 2 vmlinux pre_unpatch`,
+/// `p3: set 2 free shadow 0x20`).
+fn is_step(text: &str) -> bool {
+    let Some((_, rest)) = text.split_once(": set ") else {
+        return false;
     };
+    let words: Vec<&str> = rest.split(' ').collect();
+    words.first().is_some_and(|n| n.parse::<u32>().is_ok())
+        && match words[1..] {
+            [_object, hook] => {
+                ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"].contains(&hook)
+            }
+            ["free", "shadow", id] => id.starts_with("0x"),
+            _ => false,
+        }
+}
+
+/// What the patches' own code printed (their hooks, their types' `Drop`), without the module
+/// prefix: every line of a `klp_*` module that the runtime did not print itself (its step
+/// lines, its `shadow 0x..: N freed` counts, its `klp-rs:` notes).
+fn hook_messages(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let (source, text) = l.split_once(": ")?;
+            let runtime = is_step(text)
+                || text.starts_with("klp-rs: ")
+                || (text.contains(": shadow 0x") && text.ends_with(" freed"));
+            (source.starts_with("klp_") && !runtime).then(|| text.to_string())
+        })
+        .collect()
+}
+
+/// The same from the simulator's log: its lines that are neither steps nor transitions.
+fn sim_hook_messages(sim: &Sim) -> Vec<String> {
+    sim.lines()
+        .into_iter()
+        .filter(|l| !is_step(l) && !l.starts_with('\''))
+        .collect()
+}
+
+fn steps_and_transitions(lines: &[String]) -> Vec<String> {
     lines
         .iter()
         .filter_map(|l| {
@@ -223,6 +250,23 @@ fn target_module_loaded_before_the_patch(series: Series) {
         kernel_steps, sim_lines,
         "the simulator and the kernel ran different steps"
     );
+    // From the rule: set 2 sets up with the patch (binfmt_misc is there), tears down with it,
+    // its shadow variable dropped after its post_unpatch; set 1 likewise around it.
+    assert_eq!(
+        modobj_effects(&kernel_lines(&log, "log"), "klp_modobj")
+            .into_iter()
+            .filter(|l| l.starts_with("klp_modobj: "))
+            .collect::<Vec<_>>(),
+        [
+            "klp_modobj: modobj: core set up on vmlinux",
+            "klp_modobj: modobj: binfmt set up on binfmt_misc",
+            "klp_modobj: modobj: binfmt set live on binfmt_misc",
+            "klp_modobj: modobj: binfmt set leaving binfmt_misc",
+            "klp_modobj: modobj: binfmt set down on binfmt_misc",
+            "klp_modobj: modobj: binfmt tracker dropped (live=true)",
+            "klp_modobj: modobj: core set down on vmlinux",
+        ]
+    );
 }
 
 const VERSIONED: [(&str, &str); 4] = [
@@ -304,6 +348,13 @@ fn versioned_all_twelve_replace_pairs_match_the_planner_and_the_simulator(series
             kernel_steps,
             sim.step_lines().iter().collect::<Vec<_>>(),
             "simulator vs kernel, pair {a}->{b}"
+        );
+        // What the hooks themselves printed, in the kernel and in the simulator, whose own
+        // log versioned_matrix.rs checks against expectations written by hand.
+        assert_eq!(
+            hook_messages(&kernel_lines(&log, &format!("pair-{a}-{b}"))),
+            sim_hook_messages(&sim),
+            "the hooks' own output, pair {a}->{b}"
         );
         assert!(
             log.section(&format!("cleanup-{a}-{b}"))
@@ -699,6 +750,16 @@ fn a_reversed_replace_restores_the_old_patch(series: Series) {
     sim.insmod_pending(&busy::KLP_PATCH).unwrap();
     sim.reverse_transition().unwrap();
     assert_eq!(kernel_steps, sim.step_lines(), "kernel vs simulator");
+    // The hooks' own output: busy's set 6 set up; at the reversal P3's set 2 gets its
+    // post_patch back (its text, from p3's source), then busy's set 6 is undone.
+    assert_eq!(
+        hook_messages(&kernel_lines(&log, "log")),
+        [
+            "busy: set 6 up on vmlinux",
+            "p3: counting reads per task on vmlinux",
+            "busy: set 6 down on vmlinux"
+        ]
+    );
     // Hand-written from the rule: busy-only sets 6 and 7 set up and are undone in reverse;
     // P3-only set 2 ran pre_unpatch and gets post_patch back.
     assert_eq!(
