@@ -269,6 +269,16 @@ pub fn kernel_rustc_command(
         .args(["--config", &format!("profile.{profile}.lto=\"fat\"")])
         .args(["--config", &format!("profile.{profile}.codegen-units=1")])
         .args(["--config", &format!("profile.{profile}.panic=\"abort\"")])
+        // A panic in the kernel is a kernel panic: no overflow checks or debug assertions
+        // (the code says where it wraps or saturates), as for a release build.
+        .args([
+            "--config",
+            &format!("profile.{profile}.overflow-checks=false"),
+        ])
+        .args([
+            "--config",
+            &format!("profile.{profile}.debug-assertions=false"),
+        ])
         .args(["--config", &format!("profile.{profile}.opt-level={opt}")])
         .args(["--config", &format!("profile.{profile}.debug=false")])
         .args(["--config", &format!("profile.{profile}.incremental=false")])

@@ -34,7 +34,7 @@ const void *klp_rs_current(void);
 void *klp_rs_alloc(size_t size);
 void klp_rs_free(void *ptr);
 void *klp_rs_shadow_alloc(void *obj, unsigned long id, size_t size, klp_shadow_ctor_t ctor, void *data,
-			  int or_get);
+			  int or_get, unsigned int gfp);
 size_t klp_rs_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor);
 int klp_rs_prev_header(const struct klp_rs_patch_header **prev);
 int klp_rs_replaces(void);
@@ -105,24 +105,42 @@ static const char *object_name(struct klp_object *obj)
 	return obj->name ? obj->name : "vmlinux";
 }
 
+/*
+ * The task running our dispatcher: livepatch callbacks run in process context under
+ * klp_mutex, one at a time, and may sleep, so the runtime's and the hooks' allocations from
+ * this task use GFP_KERNEL (klp_rs_alloc). Any other task is patched code, whose context we
+ * cannot know: GFP_ATOMIC.
+ */
+static struct task_struct *dispatching;
+
+static int dispatch(int hook, struct klp_object *obj)
+{
+	int ret;
+
+	WRITE_ONCE(dispatching, current);
+	ret = klp_rs_dispatch(&klp_rs_header, hook, object_name(obj));
+	WRITE_ONCE(dispatching, NULL);
+	return ret;
+}
+
 static int klp_rs_pre_patch(struct klp_object *obj)
 {
-	return klp_rs_dispatch(&klp_rs_header, 0, object_name(obj));
+	return dispatch(0, obj);
 }
 
 static void klp_rs_post_patch(struct klp_object *obj)
 {
-	klp_rs_dispatch(&klp_rs_header, 1, object_name(obj));
+	dispatch(1, obj);
 }
 
 static void klp_rs_pre_unpatch(struct klp_object *obj)
 {
-	klp_rs_dispatch(&klp_rs_header, 2, object_name(obj));
+	dispatch(2, obj);
 }
 
 static void klp_rs_post_unpatch(struct klp_object *obj)
 {
-	klp_rs_dispatch(&klp_rs_header, 3, object_name(obj));
+	dispatch(3, obj);
 }
 
 static size_t add_object(const char *name, size_t n)
@@ -271,15 +289,14 @@ const void *klp_rs_current(void)
 	return current;
 }
 
-/* Patched code may run where sleeping is not allowed. */
-static gfp_t klp_rs_gfp(void)
-{
-	return preemptible() ? GFP_KERNEL : GFP_ATOMIC;
-}
-
+/*
+ * Rust's global allocator. preemptible() cannot tell: under PREEMPT_RCU (Debian's
+ * PREEMPT_DYNAMIC kernels) it is true inside RCU read-side sections. So only the
+ * dispatching task may sleep (see dispatch()).
+ */
 void *klp_rs_alloc(size_t size)
 {
-	return kmalloc(size, klp_rs_gfp());
+	return kmalloc(size, READ_ONCE(dispatching) == current ? GFP_KERNEL : GFP_ATOMIC);
 }
 
 void klp_rs_free(void *ptr)
@@ -287,12 +304,15 @@ void klp_rs_free(void *ptr)
 	kfree(ptr);
 }
 
+/* The caller says whether it may sleep (klp_runtime::abi::Gfp). */
 void *klp_rs_shadow_alloc(void *obj, unsigned long id, size_t size, klp_shadow_ctor_t ctor, void *data,
-			  int or_get)
+			  int or_get, unsigned int gfp)
 {
+	gfp_t flags = gfp == KLP_RS_GFP_KERNEL ? GFP_KERNEL : GFP_ATOMIC;
+
 	if (or_get)
-		return klp_shadow_get_or_alloc(obj, id, size, klp_rs_gfp(), ctor, data);
-	return klp_shadow_alloc(obj, id, size, klp_rs_gfp(), ctor, data);
+		return klp_shadow_get_or_alloc(obj, id, size, flags, ctor, data);
+	return klp_shadow_alloc(obj, id, size, flags, ctor, data);
 }
 
 /*

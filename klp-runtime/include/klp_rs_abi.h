@@ -10,6 +10,9 @@
 #define KLP_RS_STATE_ID 0x6b6c707273000001UL
 #define KLP_RS_STATE_VERSION 1
 #define KLP_RS_STACK_STATE_ID 0x6b6c707273000002UL
+/* klp_runtime::abi::Gfp */
+#define KLP_RS_GFP_KERNEL 0
+#define KLP_RS_GFP_ATOMIC 1
 
 struct klp_rs_table {
 	const void *start;

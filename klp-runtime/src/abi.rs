@@ -47,6 +47,19 @@ pub mod section {
     pub const KO_SHADOWS: &str = ".klp_rs.shadows";
 }
 
+/// How an allocation may wait, as the kernel's `gfp_t` says it; the C init maps each to its
+/// flags (`KLP_RS_GFP_*` in the C header).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gfp {
+    /// May sleep (`GFP_KERNEL`): hooks, and patched code in process context that holds no
+    /// spinlock and is not in an RCU read-side section.
+    Kernel = 0,
+    /// Never sleeps (`GFP_ATOMIC`): patched code under a spinlock, in an RCU read-side
+    /// section, with interrupts off or in interrupt context. Fails more readily.
+    Atomic = 1,
+}
+
 /// `pre_patch`: returns 0 or a negative errno. The argument is the object's name
 /// (`"vmlinux"` or a module name), NUL-terminated.
 pub type PrePatchFn = unsafe extern "C" fn(object: *const c_char) -> c_int;

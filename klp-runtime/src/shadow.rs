@@ -7,6 +7,7 @@ use core::ffi::{c_int, c_void};
 use core::mem::size_of;
 use core::ptr::NonNull;
 
+pub use crate::abi::Gfp;
 use crate::hook::{Errno, Result};
 use crate::sys;
 
@@ -26,25 +27,31 @@ pub fn get<S: ShadowType>(obj: *const c_void) -> Option<NonNull<S::Data>> {
     NonNull::new(sys::shadow_get(obj, S::ID).cast())
 }
 
-/// The variable attached to `obj`, attaching `init()` first if there is none. `init` runs only
-/// when a variable is created; if another caller wins the race, its value is kept.
+/// The variable attached to `obj`, attaching `init()` first if there is none, allocating as
+/// `gfp` allows. `init` runs only when a variable is created; if another caller wins the
+/// race, its value is kept.
 pub fn get_or_alloc<S: ShadowType>(
     obj: *const c_void,
+    gfp: Gfp,
     init: impl FnOnce() -> S::Data,
 ) -> Result<NonNull<S::Data>> {
     if let Some(p) = get::<S>(obj) {
         return Ok(p);
     }
-    attach::<S>(obj, init(), true)
+    attach::<S>(obj, init(), true, gfp)
 }
 
-/// Attaches `value` to `obj`; fails with `EEXIST` if a variable is attached already (the
-/// kernel warns "Duplicate shadow variable" then).
-pub fn alloc<S: ShadowType>(obj: *const c_void, value: S::Data) -> Result<NonNull<S::Data>> {
+/// Attaches `value` to `obj`, allocating as `gfp` allows; fails with `EEXIST` if a variable
+/// is attached already (the kernel warns "Duplicate shadow variable" then).
+pub fn alloc<S: ShadowType>(
+    obj: *const c_void,
+    gfp: Gfp,
+    value: S::Data,
+) -> Result<NonNull<S::Data>> {
     if get::<S>(obj).is_some() {
         return Err(Errno::EEXIST);
     }
-    attach::<S>(obj, value, false)
+    attach::<S>(obj, value, false, gfp)
 }
 
 /// `klp_shadow_alloc` (`or_get` false) or `klp_shadow_get_or_alloc` (true) with our
@@ -53,6 +60,7 @@ fn attach<S: ShadowType>(
     obj: *const c_void,
     value: S::Data,
     or_get: bool,
+    gfp: Gfp,
 ) -> Result<NonNull<S::Data>> {
     let mut value = Some(value);
     let p = sys::shadow_alloc(
@@ -62,6 +70,7 @@ fn attach<S: ShadowType>(
         ctor::<S::Data>,
         (&raw mut value).cast(),
         or_get,
+        gfp,
     );
     NonNull::new(p.cast()).ok_or(Errno::ENOMEM)
 }

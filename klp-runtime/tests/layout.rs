@@ -140,8 +140,9 @@ fn the_c_header_constants_match_the_rust_ones() {
     std::fs::write(
         dir.join("consts.c"),
         "#include <stdio.h>\n#include \"klp_rs_abi.h\"\nint main(void) {\n\
-         printf(\"%u %lu %u %lu\\n\", (unsigned)KLP_RS_FORMAT_VERSION, KLP_RS_STATE_ID,\n\
-         (unsigned)KLP_RS_STATE_VERSION, KLP_RS_STACK_STATE_ID);\nreturn 0; }\n",
+         printf(\"%u %lu %u %lu %u %u\\n\", (unsigned)KLP_RS_FORMAT_VERSION, KLP_RS_STATE_ID,\n\
+         (unsigned)KLP_RS_STATE_VERSION, KLP_RS_STACK_STATE_ID,\n\
+         (unsigned)KLP_RS_GFP_KERNEL, (unsigned)KLP_RS_GFP_ATOMIC);\nreturn 0; }\n",
     )
     .unwrap();
     let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
@@ -157,11 +158,13 @@ fn the_c_header_constants_match_the_rust_ones() {
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().trim(),
         format!(
-            "{} {} {} {}",
+            "{} {} {} {} {} {}",
             abi::FORMAT_VERSION,
             abi::KLP_STATE_ID,
             abi::KLP_STATE_VERSION,
-            abi::KLP_STACK_STATE_ID
+            abi::KLP_STACK_STATE_ID,
+            abi::Gfp::Kernel as u32,
+            abi::Gfp::Atomic as u32
         )
     );
 }

@@ -62,6 +62,7 @@ unsafe extern "C" fn pre_patch(_obj: *const c_char) -> c_int {
                 klp_runtime::shadow::ctor::<u64>,
                 (&raw mut value).cast(),
                 true,
+                klp_runtime::abi::Gfp::Kernel,
             )
         };
         assert!(!p.is_null());

@@ -212,3 +212,24 @@ fn an_enabled_patch_cannot_be_removed() {
         Err(SimError::AlreadyLoaded("p2".into()))
     );
 }
+
+/// Patched code says whether its allocation may sleep: in the simulator, code run as the
+/// kernel runs code that may not sleep (`store::atomic`) gets the kernel's might_sleep report
+/// for a sleeping allocation, and none for the `_atomic` variant.
+#[test]
+fn a_sleeping_shadow_allocation_in_atomic_context_is_reported() {
+    let (a, b) = (0x1000usize as *const u8, 0x2000usize as *const u8);
+    let _ = store::take_warnings();
+    store::atomic(|| p4::TaskStats::get_or_alloc(a, Default::default).unwrap());
+    let warnings = store::take_warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("BUG: sleeping function called from invalid context")),
+        "{warnings:?}"
+    );
+    store::atomic(|| p4::TaskStats::get_or_alloc_atomic(b, Default::default).unwrap());
+    p4::TaskStats::get_or_alloc(b, Default::default).unwrap();
+    assert_eq!(store::take_warnings(), Vec::<String>::new());
+    p4::TaskStats::free_all();
+}

@@ -75,16 +75,39 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             pub fn get<O>(obj: *const O) -> ::core::option::Option<::core::ptr::NonNull<#data>> {
                 ::klp_runtime::shadow::get::<Self>(obj.cast())
             }
-            /// The variable attached to `obj`, attaching `init()` first if there is none.
+            /// The variable attached to `obj`, attaching `init()` first if there is none. The
+            /// allocation may sleep (`GFP_KERNEL`): for hooks, and patched code in process
+            /// context that holds no spinlock and is not in an RCU read-side section.
             pub fn get_or_alloc<O>(
                 obj: *const O,
                 init: impl ::core::ops::FnOnce() -> #data,
             ) -> ::klp_runtime::Result<::core::ptr::NonNull<#data>> {
-                ::klp_runtime::shadow::get_or_alloc::<Self>(obj.cast(), init)
+                ::klp_runtime::shadow::get_or_alloc::<Self>(
+                    obj.cast(),
+                    ::klp_runtime::shadow::Gfp::Kernel,
+                    init,
+                )
             }
-            /// Attaches `value` to `obj`; `EEXIST` if one is attached already.
+            /// As `get_or_alloc`, never sleeping (`GFP_ATOMIC`): for patched code under a
+            /// spinlock, in an RCU read-side section or in interrupt context.
+            pub fn get_or_alloc_atomic<O>(
+                obj: *const O,
+                init: impl ::core::ops::FnOnce() -> #data,
+            ) -> ::klp_runtime::Result<::core::ptr::NonNull<#data>> {
+                ::klp_runtime::shadow::get_or_alloc::<Self>(
+                    obj.cast(),
+                    ::klp_runtime::shadow::Gfp::Atomic,
+                    init,
+                )
+            }
+            /// Attaches `value` to `obj`; `EEXIST` if one is attached already. May sleep,
+            /// as `get_or_alloc`.
             pub fn alloc<O>(obj: *const O, value: #data) -> ::klp_runtime::Result<::core::ptr::NonNull<#data>> {
-                ::klp_runtime::shadow::alloc::<Self>(obj.cast(), value)
+                ::klp_runtime::shadow::alloc::<Self>(obj.cast(), ::klp_runtime::shadow::Gfp::Kernel, value)
+            }
+            /// As `alloc`, never sleeping, as `get_or_alloc_atomic`.
+            pub fn alloc_atomic<O>(obj: *const O, value: #data) -> ::klp_runtime::Result<::core::ptr::NonNull<#data>> {
+                ::klp_runtime::shadow::alloc::<Self>(obj.cast(), ::klp_runtime::shadow::Gfp::Atomic, value)
             }
             /// Detaches and drops the variable attached to `obj`.
             pub fn free<O>(obj: *const O) {

@@ -13,7 +13,7 @@ pub use dispatch::{klp_rs_dispatch, klp_rs_format_version};
 use core::ffi::{c_char, c_int, c_void};
 use core::fmt;
 
-use crate::abi::{ShadowCtorFn, ShadowDtorFn};
+use crate::abi::{Gfp, ShadowCtorFn, ShadowDtorFn};
 use crate::bindings::SeqFile;
 
 // Helpers in the generic C init (klp_rs_init.c): anything that depends on the kernel config.
@@ -29,6 +29,7 @@ unsafe extern "C" {
         ctor: ShadowCtorFn,
         data: *mut c_void,
         or_get: c_int,
+        gfp: Gfp,
     ) -> *mut c_void;
     /// `klp_shadow_free_all`, returning how many variables were freed.
     fn klp_rs_shadow_free_all(id: u64, dtor: Option<ShadowDtorFn>) -> usize;
@@ -140,9 +141,10 @@ pub(crate) mod sys {
         ctor: ShadowCtorFn,
         data: *mut c_void,
         or_get: bool,
+        gfp: Gfp,
     ) -> *mut c_void {
         // SAFETY: ctor and data are paired by `crate::shadow`.
-        unsafe { klp_rs_shadow_alloc(obj, id, size, ctor, data, or_get as c_int) }
+        unsafe { klp_rs_shadow_alloc(obj, id, size, ctor, data, or_get as c_int, gfp) }
     }
 
     pub fn shadow_free(obj: *const c_void, id: u64, dtor: ShadowDtorFn) {

@@ -617,7 +617,7 @@ impl Kernel {
 pub(crate) mod sys {
     use core::ffi::c_void;
 
-    use crate::abi::{ShadowCtorFn, ShadowDtorFn};
+    use crate::abi::{Gfp, ShadowCtorFn, ShadowDtorFn};
 
     pub fn shadow_get(obj: *const c_void, id: u64) -> *mut c_void {
         super::store::get(obj, id)
@@ -630,9 +630,10 @@ pub(crate) mod sys {
         ctor: ShadowCtorFn,
         data: *mut c_void,
         or_get: bool,
+        gfp: Gfp,
     ) -> *mut c_void {
         // SAFETY: `crate::shadow` pairs `data` with `ctor`.
-        unsafe { super::store::alloc(obj, id, size, ctor, data, or_get) }
+        unsafe { super::store::alloc(obj, id, size, ctor, data, or_get, gfp) }
     }
 
     pub fn shadow_free(obj: *const c_void, id: u64, dtor: ShadowDtorFn) {

@@ -8,13 +8,25 @@ use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
 
-use crate::abi::{ShadowCtorFn, ShadowDtorFn};
+use crate::abi::{Gfp, ShadowCtorFn, ShadowDtorFn};
 
 type Data = Box<[MaybeUninit<u64>]>;
 
 thread_local! {
     static STORE: RefCell<BTreeMap<(usize, u64), Data>> = const { RefCell::new(BTreeMap::new()) };
     static WARNINGS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    static ATOMIC: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` as the kernel runs code that may not sleep (under a spinlock, in an RCU read-side
+/// section): an allocation inside that may sleep ([`Gfp::Kernel`]) is reported as the
+/// kernel's might_sleep check does, so a test can call patched code the way its call site
+/// in the kernel does.
+pub fn atomic<R>(f: impl FnOnce() -> R) -> R {
+    ATOMIC.with(|a| a.set(a.get() + 1));
+    let r = f();
+    ATOMIC.with(|a| a.set(a.get() - 1));
+    r
 }
 
 fn warn(msg: String) {
@@ -45,7 +57,14 @@ pub unsafe fn alloc(
     ctor: ShadowCtorFn,
     ctor_data: *mut c_void,
     or_get: bool,
+    gfp: Gfp,
 ) -> *mut c_void {
+    if gfp == Gfp::Kernel && ATOMIC.with(|a| a.get()) > 0 {
+        warn(format!(
+            "BUG: sleeping function called from invalid context: a shadow allocation that may \
+             sleep (<{obj:p}, {id:#x}>) in atomic context; use the _atomic variant"
+        ));
+    }
     let existing = get(obj, id);
     if !existing.is_null() {
         if !or_get {
