@@ -11,6 +11,84 @@ pub use crate::abi::Gfp;
 use crate::hook::{Errno, Result};
 use crate::sys;
 
+/// Data that means the same to every klp-rs module, so it may cross a replace: shadow
+/// variables outlive the module that attached them (they carry over by id), so they must not
+/// hold references, raw pointers, function pointers or trait objects, which may point into
+/// the module that wrote them and dangle once a replace unloads it. `#[klp_shadow]` requires
+/// it of every field.
+///
+/// # Safety
+/// Implement it only for a type whose values hold no address of anything in a module: a
+/// plain-data type of your own (`unsafe impl Portable for Mine {}`, each field portable), or
+/// a pointer into the kernel through [`KernelPtr`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be shadow data: it may point into the patch module, and shadow variables outlive the module across a replace",
+    label = "not plain data",
+    note = "shadow data may hold integers, bool, char, floats, atomics, arrays, tuples, Options of these and `KernelPtr<T>` (a pointer into the kernel); for a plain-data type of your own, `unsafe impl klp_runtime::shadow::Portable for Type {{}}`"
+)]
+pub unsafe trait Portable: 'static {}
+
+macro_rules! portable {
+    ($($t:ty),* $(,)?) => { $(
+        // SAFETY: plain data, no addresses.
+        unsafe impl Portable for $t {}
+    )* };
+}
+
+portable!(
+    (),
+    bool,
+    char,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    core::num::NonZeroU8,
+    core::num::NonZeroU16,
+    core::num::NonZeroU32,
+    core::num::NonZeroU64,
+    core::num::NonZeroUsize,
+    core::num::NonZeroI32,
+    core::num::NonZeroI64,
+    core::sync::atomic::AtomicBool,
+    core::sync::atomic::AtomicU8,
+    core::sync::atomic::AtomicU16,
+    core::sync::atomic::AtomicU32,
+    core::sync::atomic::AtomicU64,
+    core::sync::atomic::AtomicUsize,
+    core::sync::atomic::AtomicI32,
+    core::sync::atomic::AtomicI64,
+    core::sync::atomic::AtomicIsize,
+);
+// SAFETY: made of portable parts.
+unsafe impl<T: Portable, const N: usize> Portable for [T; N] {}
+// SAFETY: as above.
+unsafe impl<T: Portable> Portable for Option<T> {}
+// SAFETY: as above.
+unsafe impl<A: Portable, B: Portable> Portable for (A, B) {}
+// SAFETY: as above.
+unsafe impl<A: Portable, B: Portable, C: Portable> Portable for (A, B, C) {}
+
+/// A pointer into the kernel (a `task_struct`, a `file`...), never into a module: what
+/// shadow data may hold instead of a raw pointer. The kernel object must outlive the
+/// variable, as with any shadow variable's key.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelPtr<T: 'static>(pub *mut T);
+
+// SAFETY: by its contract, it points into the kernel, which outlives every module.
+unsafe impl<T: 'static> Portable for KernelPtr<T> {}
+
 /// Implemented by `#[klp_shadow]` for each shadow type.
 pub trait ShadowType: 'static {
     /// What is attached to each object.

@@ -1,5 +1,6 @@
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::{Fields, ItemStruct};
 
 use crate::internals::attr::{nonzero_id, Args, Kind};
@@ -56,6 +57,21 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     };
     cx.check()?;
 
+    // Every part of the data must be portable (`klp_runtime::shadow::Portable`): checked per
+    // field, so that the error points at the field that holds an address.
+    let parts: Vec<syn::Type> = match args.ty(TYPE) {
+        Some(ty) => vec![ty.clone()],
+        None => s.fields.iter().map(|f| f.ty.clone()).collect(),
+    };
+    let portable_checks = parts
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> __klp_rs_portable::<#ty>();));
+    let portable_impl = args.ty(TYPE).is_none().then(|| {
+        quote! {
+            // SAFETY: every field is checked to be portable below.
+            unsafe impl ::klp_runtime::shadow::Portable for #handle {}
+        }
+    });
     let (id, owner) = (id.expect("checked"), owner.expect("checked"));
     let type_name = super::cstr(&data.to_string().replace(' ', ""));
     let origin = super::origin(Some(handle));
@@ -119,7 +135,14 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             }
         }
 
+        #portable_impl
+
         const _: () = {
+            fn __klp_rs_portable<T: ?::core::marker::Sized + ::klp_runtime::shadow::Portable>() {}
+            #[allow(dead_code)]
+            fn __klp_rs_check() {
+                #(#portable_checks)*
+            }
             ::core::assert!(
                 ::core::mem::align_of::<#data>() <= 8,
                 ::core::concat!("shadow type of `", #handle_name, "` needs alignment above 8, but the kernel's shadow data is only 8-byte aligned")

@@ -117,7 +117,7 @@ pub fn shadow_data_type(cx: &mut Ctxt, ty: &Type) {
     match ty {
         Type::Reference(r) if r.lifetime.as_ref().is_none_or(|l| l.ident != "static") => cx.error_spanned_by(
             r,
-            "a shadow type must be `'static`: it outlives the call that attaches it; store owned data or a raw pointer",
+            "a shadow type must be `'static`: it outlives the call that attaches it; store owned plain data (a pointer into the kernel as `KernelPtr<T>`)",
         ),
         Type::Slice(_) | Type::TraitObject(_) => cx.error_spanned_by(
             ty,
