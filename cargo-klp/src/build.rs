@@ -29,6 +29,8 @@ pub struct BuildOptions {
     pub sign: Option<(PathBuf, PathBuf)>,
     /// Extra rustc flags for the kernel object (after the ones the kernel config implies).
     pub extra_rustflags: Vec<String>,
+    /// A test build whose runtime allocations can be made to fail (`--alloc-faults`).
+    pub alloc_faults: bool,
 }
 
 /// What a build produced.
@@ -149,6 +151,7 @@ fn settings(pkg: &Package) -> Result<ModuleSettings> {
         description: string("description")?.or_else(|| pkg.description.clone()),
         license: string("license")?.unwrap_or_else(|| "GPL".into()),
         author: string("author")?.or_else(|| pkg.authors.first().cloned()),
+        alloc_faults: false,
     })
 }
 
@@ -597,7 +600,15 @@ fn write_if_changed(path: &Path, text: &str) -> Result<()> {
 pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     let started = Instant::now();
     let (pkg, target_dir) = find_package(opts)?;
-    let settings = settings(&pkg)?;
+    let mut settings = settings(&pkg)?;
+    settings.alloc_faults = opts.alloc_faults;
+    if opts.alloc_faults {
+        shell.warn(format!(
+            "{} is a test build: its runtime's allocations fail on demand (module parameter \
+             fail_alloc); never load it anywhere but a test machine",
+            settings.name
+        ));
+    }
     if !settings.replace {
         shell.warn(format!(
             "{} stacks (replace = false): while it is enabled the kernel refuses every replacing \

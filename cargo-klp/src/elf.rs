@@ -63,9 +63,16 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
         Some(Self::of(file, &file.section_by_index(index).ok()?))
     }
 
-    /// Offsets in `range` that carry a relocation.
+    /// Offsets in `range` that carry a relocation (none if the range is empty or reversed).
     pub fn offsets(&self, range: std::ops::Range<u64>) -> impl Iterator<Item = u64> + '_ {
-        self.relocs.range(range).map(|(o, _)| *o)
+        let end = range.end.max(range.start);
+        self.relocs.range(range.start..end).map(|(o, _)| *o)
+    }
+
+    /// How many bytes of the section are in the file (none for `SHT_NOBITS`, whatever its
+    /// header says its size is).
+    pub fn data_len(&self) -> u64 {
+        self.data.len() as u64
     }
 
     /// Whether the relocation at `offset` targets the symbol `sym`.
@@ -76,7 +83,7 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
     pub fn u64_at(&self, offset: u64) -> Option<u64> {
         let o = usize::try_from(offset).ok()?;
         Some(u64::from_le_bytes(
-            self.data.get(o..o + 8)?.try_into().ok()?,
+            self.data.get(o..o.checked_add(8)?)?.try_into().ok()?,
         ))
     }
 
@@ -102,7 +109,7 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
         let (sym, addend) = self.symbol(offset).ok()?;
         Some((
             sym.section_index()?,
-            u64::try_from(sym.address() as i64 + addend).ok()?,
+            sym.address().checked_add_signed(addend)?,
         ))
     }
 
@@ -119,8 +126,11 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
             return Err("points into writable data or code, not a string");
         }
         let data = sec.data().map_err(|_| "section has no data")?;
-        let start =
-            usize::try_from(sym.address() as i64 + addend).map_err(|_| "negative offset")?;
+        let start = sym
+            .address()
+            .checked_add_signed(addend)
+            .and_then(|a| usize::try_from(a).ok())
+            .ok_or("offset outside the address space")?;
         let bytes = data.get(start..).ok_or("offset past its section")?;
         let end = bytes.iter().position(|b| *b == 0).ok_or("no NUL")?;
         std::str::from_utf8(&bytes[..end]).map_err(|_| "not UTF-8")
@@ -139,12 +149,15 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
         let index = sym
             .section_index()
             .ok_or("function symbol has no section")?;
-        let at = sym.address() as i64 + addend;
+        let at = sym
+            .address()
+            .checked_add_signed(addend)
+            .ok_or("offset outside the address space")?;
         self.file
             .symbols()
             .find(|s| {
                 s.section_index() == Some(index)
-                    && s.address() as i64 == at
+                    && s.address() == at
                     && s.kind() == object::SymbolKind::Text
             })
             .and_then(|s| s.name().ok())
@@ -188,9 +201,19 @@ pub enum TablesError {
     Headers { count: usize, section: String },
 }
 
+/// A section's name for a message: a crafted file's names can be as long as the file.
+fn section_name(sec: &object::Section<'_, '_>) -> String {
+    const SHOWN: usize = 80;
+    let name = sec.name().unwrap_or("?");
+    match name.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}...", &name[..cut]),
+        None => name.to_string(),
+    }
+}
+
 fn section_data<'d>(sec: &object::Section<'d, '_>) -> Result<&'d [u8], TablesError> {
     sec.data().map_err(|e| TablesError::Section {
-        section: sec.name().unwrap_or("?").into(),
+        section: section_name(sec),
         why: e.to_string(),
     })
 }
@@ -205,20 +228,23 @@ pub fn read_patch<'d>(file: &object::File<'d>) -> Result<Option<Patch<'d, &'d st
         [] => return Ok(None),
         [h] => h,
         more => {
-            let section = more
+            let mut section = more
                 .iter()
-                .map(|s| s.name().unwrap_or("?"))
+                .take(4)
+                .map(section_name)
                 .collect::<Vec<_>>()
                 .join(", ");
+            if more.len() > 4 {
+                section += ", ...";
+            }
             return Err(TablesError::Headers {
                 count: more.len(),
                 section,
             });
         }
     };
-    let name_of = |s: &object::Section<'d, '_>| s.name().unwrap_or("?").to_string();
     let wrap = |sec: &object::Section<'d, '_>| {
-        let section = name_of(sec);
+        let section = section_name(sec);
         move |source| TablesError::Read { section, source }
     };
     let data = section_data(header)?;
@@ -334,7 +360,7 @@ pub fn function_prefix<'d>(file: &object::File<'d>, name: &str, len: usize) -> O
     let sec = file.section_by_index(sym.section_index()?).ok()?;
     let data = sec.data().ok()?;
     let start = usize::try_from(sym.address()).ok()?;
-    data.get(start..start + len)
+    data.get(start..start.checked_add(len)?)
 }
 
 /// `endbr64`.

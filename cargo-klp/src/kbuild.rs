@@ -12,6 +12,9 @@ pub struct ModuleSettings {
     /// Default `GPL`: livepatch and shadow-variable interfaces are GPL-only exports.
     pub license: String,
     pub author: Option<String>,
+    /// Test builds: the runtime's allocations can be made to fail (module parameter
+    /// `fail_alloc=N`: the Nth from then on fails), to prove a failure is an error.
+    pub alloc_faults: bool,
 }
 
 /// A valid kernel module name: what `/sys/kernel/livepatch/<name>` and `rmmod` will use.
@@ -61,6 +64,9 @@ pub fn modinfo_header(s: &ModuleSettings) -> String {
     }
     if let Some(a) = &s.author {
         h += &format!("MODULE_AUTHOR({});\n", c_string(a));
+    }
+    if s.alloc_faults {
+        h += "#define KLP_RS_ALLOC_FAULTS 1\nMODULE_INFO(klp_rs_alloc_faults, \"Y\");\n";
     }
     h
 }
@@ -119,6 +125,7 @@ mod tests {
             description: Some("say \"hi\" \\ bye".into()),
             license: "GPL".into(),
             author: None,
+            alloc_faults: false,
         };
         let h = modinfo_header(&s);
         assert!(h.contains("#define KLP_RS_REPLACE 0\n"));

@@ -69,6 +69,10 @@ pub struct BuildArgs {
     /// Show each command as it runs.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Test build: the runtime's allocations fail on demand (`insmod M.ko fail_alloc=N` fails
+    /// the Nth), to check that every failure is a clean error. Never ship such a module.
+    #[arg(long)]
+    pub alloc_faults: bool,
 }
 
 fn run(cli: Cargo) -> anyhow::Result<()> {
@@ -87,6 +91,7 @@ fn run(cli: Cargo) -> anyhow::Result<()> {
                 extra_rustflags: std::env::var("KLP_RUSTFLAGS")
                     .map(|f| f.split_whitespace().map(str::to_string).collect())
                     .unwrap_or_default(),
+                alloc_faults: a.alloc_faults,
             };
             build::build(&shell, &opts)?;
             Ok(())

@@ -14,7 +14,6 @@
 #include <linux/kernel.h>
 #include <linux/livepatch.h>
 #include <linux/module.h>
-#include <linux/preempt.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
 #include <linux/string.h>
@@ -294,8 +293,41 @@ const void *klp_rs_current(void)
  * PREEMPT_DYNAMIC kernels) it is true inside RCU read-side sections. So only the
  * dispatching task may sleep (see dispatch()).
  */
+#ifdef KLP_RS_ALLOC_FAULTS
+/*
+ * Test builds only (cargo klp build --alloc-faults): the Nth allocation of the runtime from
+ * the moment this is set fails, to show that every one is an error, never a panic.
+ */
+static atomic_t fail_alloc = ATOMIC_INIT(0);
+static int fail_alloc_set(const char *val, const struct kernel_param *kp)
+{
+	int n, ret = kstrtoint(val, 0, &n);
+
+	if (!ret)
+		atomic_set(&fail_alloc, n);
+	return ret;
+}
+static int fail_alloc_get(char *buf, const struct kernel_param *kp)
+{
+	return sprintf(buf, "%d\n", atomic_read(&fail_alloc));
+}
+static const struct kernel_param_ops fail_alloc_ops = {
+	.set = fail_alloc_set,
+	.get = fail_alloc_get,
+};
+module_param_cb(fail_alloc, &fail_alloc_ops, NULL, 0644);
+MODULE_PARM_DESC(fail_alloc, "test builds: fail the runtime's Nth allocation from now on (0: none)");
+#endif
+
 void *klp_rs_alloc(size_t size)
 {
+#ifdef KLP_RS_ALLOC_FAULTS
+	if (atomic_read(&fail_alloc) > 0 && atomic_dec_and_test(&fail_alloc)) {
+		pr_info("%s: klp-rs: test build: allocation of %zu bytes failed on purpose\n",
+			KBUILD_MODNAME, size);
+		return NULL;
+	}
+#endif
 	return kmalloc(size, READ_ONCE(dispatching) == current ? GFP_KERNEL : GFP_ATOMIC);
 }
 

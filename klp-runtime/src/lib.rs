@@ -17,6 +17,7 @@ extern crate alloc;
 pub mod abi;
 pub mod bindings;
 pub mod check;
+pub mod fallible;
 pub mod hook;
 pub mod plan;
 pub mod reader;

@@ -20,6 +20,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::fallible::{self, AllocError};
 use crate::reader::Patch;
 
 /// The four callbacks of a set, in table order.
@@ -98,38 +99,40 @@ impl<'a> Plan<'a> {
     /// set's shadow types are freed (it may have allocated some before failing), then
     /// everything done so far is undone in reverse order. The kernel does not call
     /// `post_unpatch` for a set whose `pre_patch` failed, and neither do we.
-    pub fn cancel(&self, failed: usize) -> Vec<Step<'a>> {
-        let frees = self.before[failed]
-            .undo
-            .iter()
+    pub fn cancel(&self, failed: usize) -> impl Iterator<Item = Step<'a>> + '_ {
+        let (done, failing) = self.before.split_at(failed.min(self.before.len()));
+        let frees = failing
+            .first()
+            .into_iter()
+            .flat_map(|p| p.undo.iter())
             .filter(|s| matches!(s, Step::FreeShadow { .. }));
-        frees
-            .copied()
-            .chain(unwind(&self.before[..failed]))
-            .collect()
+        frees.copied().chain(unwind(done))
     }
 
     /// The steps of `before`, for plans whose before-part cannot fail (no `pre_patch`).
-    pub fn before_steps(&self) -> Vec<Step<'a>> {
-        self.before.iter().map(|p| p.step).collect()
+    pub fn before_steps(&self) -> impl Iterator<Item = Step<'a>> + '_ {
+        self.before.iter().map(|p| p.step)
     }
 
     /// The steps that undo all of `before`: the transition was reversed before it completed.
-    pub fn reverse(&self) -> Vec<Step<'a>> {
-        unwind(&self.before).collect()
+    pub fn reverse(&self) -> impl Iterator<Item = Step<'a>> + '_ {
+        unwind(&self.before)
     }
 
     /// The steps that undo what `before` did on `object` for `side`'s sets, in reverse: a
     /// target module goes in the middle of a transition (its init failed after it came, or
     /// it was forced out), and those sets must be torn down while it is still there.
-    pub fn undo_on(&self, object: &str, side: Side) -> Vec<Step<'a>> {
-        let on = |s: &Step<'_>| matches!(s, Step::Hook { object: o, side: d, .. } if *o == object && *d == side);
+    pub fn undo_on<'p>(
+        &'p self,
+        object: &'p str,
+        side: Side,
+    ) -> impl Iterator<Item = Step<'a>> + 'p {
+        let on = move |s: &Step<'_>| matches!(s, Step::Hook { object: o, side: d, .. } if *o == object && *d == side);
         self.before
             .iter()
             .rev()
-            .filter(|p| on(&p.step))
+            .filter(move |p| on(&p.step))
             .flat_map(|p| p.undo.iter().copied())
-            .collect()
     }
 
     /// Drops every hook step on `object` (a module that went in the middle of the
@@ -147,24 +150,32 @@ impl<'a> Plan<'a> {
     /// The steps after the transition, given the plans of target modules that loaded during
     /// it: their `after` steps follow, and the shadow types their sets keep alive are not
     /// freed.
-    pub fn after_with(&self, late: &[Plan<'a>]) -> Vec<Step<'a>> {
-        let keeps = |id: &u64| late.iter().any(|l| l.keeps.contains(id));
+    pub fn after_with<'p, L>(&'p self, late: L) -> impl Iterator<Item = Step<'a>> + 'p
+    where
+        'a: 'p,
+        L: Iterator<Item = &'p Plan<'a>> + Clone + 'p,
+    {
+        let keeps = {
+            let late = late.clone();
+            move |id: &u64| late.clone().any(|l| l.keeps.contains(id))
+        };
         // A set a late plan tears down has its shadow types freed there, after its
         // post_unpatch; freeing them here would free them before it runs.
-        let torn_down_late = |side: Side, set: u32| {
-            late.iter()
-                .flat_map(|l| l.after.iter())
-                .any(|s| matches!(s, Step::Hook { side: d, set: t, .. } if *d == side && *t == set))
+        let torn_down_late = {
+            let late = late.clone();
+            move |side: Side, set: u32| {
+                late.clone().flat_map(|l| l.after.iter()).any(
+                    |s| matches!(s, Step::Hook { side: d, set: t, .. } if *d == side && *t == set),
+                )
+            }
         };
-        let main = self.after.iter().filter(|s| match s {
+        let main = self.after.iter().filter(move |s| match s {
             Step::FreeShadow { side, set, shadow } => {
                 !keeps(shadow) && !torn_down_late(*side, *set)
             }
             Step::Hook { .. } => true,
         });
-        main.chain(late.iter().flat_map(|l| l.after.iter()))
-            .copied()
-            .collect()
+        main.chain(late.flat_map(|l| l.after.iter())).copied()
     }
 
     /// Every step in order, the transition marked by `None`; for display.
@@ -194,14 +205,22 @@ fn unwind<'p, 'a>(done: &'p [Planned<'a>]) -> impl Iterator<Item = Step<'a>> + '
 fn sets_not_in<'p, 'a, F, G>(
     patch: &'p Patch<'a, F>,
     other: Option<&'p Patch<'a, G>>,
-) -> Vec<&'p crate::reader::CallbackSet<'a, F>> {
-    let mut v: Vec<_> = patch
-        .sets
-        .iter()
-        .filter(|s| other.is_none_or(|o| !o.sets.iter().any(|t| t.id == s.id)))
-        .collect();
-    v.sort_by_key(|s| s.id);
-    v
+) -> Result<Vec<&'p crate::reader::CallbackSet<'a, F>>, AllocError> {
+    let mut v = fallible::collect(
+        patch
+            .sets
+            .iter()
+            .filter(|s| other.is_none_or(|o| !o.sets.iter().any(|t| t.id == s.id))),
+    )?;
+    // Insertion sort: a handful of sets, and nothing here may allocate or panic.
+    for i in 1..v.len() {
+        let mut j = i;
+        while j > 0 && v.get(j - 1).map(|s| s.id) > v.get(j).map(|s| s.id) {
+            v.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    Ok(v)
 }
 
 fn hook<'a, F>(side: Side, set: &crate::reader::CallbackSet<'a, F>, hook: Hook) -> Step<'a> {
@@ -219,13 +238,13 @@ fn hook<'a, F>(side: Side, set: &crate::reader::CallbackSet<'a, F>, hook: Hook) 
 type Survivor<'p, 'a, G> = Option<(&'p Patch<'a, G>, &'p dyn Fn(&str) -> bool)>;
 
 /// Shadow ids owned by `set` in `patch` that no set-up set of the survivor owns.
-fn frees<'a, F, G>(
+fn frees<'p, 'a, F, G>(
     side: Side,
-    patch: &Patch<'a, F>,
+    patch: &'p Patch<'a, F>,
     set: u32,
-    survivor: Survivor<'_, 'a, G>,
-) -> Vec<Step<'a>> {
-    let kept = |id: u64| {
+    survivor: Survivor<'p, 'a, G>,
+) -> impl Iterator<Item = Step<'a>> + 'p {
+    let kept = move |id: u64| {
         survivor.is_some_and(|(s, loaded)| {
             s.shadows
                 .iter()
@@ -235,13 +254,23 @@ fn frees<'a, F, G>(
     patch
         .shadows
         .iter()
-        .filter(|t| t.owner == set && !kept(t.id))
-        .map(|t| Step::FreeShadow {
+        .filter(move |t| t.owner == set && !kept(t.id))
+        .map(move |t| Step::FreeShadow {
             side,
             set,
             shadow: t.id,
         })
-        .collect()
+}
+
+/// A before-step and what undoes it.
+fn planned<'a>(
+    step: Step<'a>,
+    undo: impl IntoIterator<Item = Step<'a>>,
+) -> Result<Planned<'a>, AllocError> {
+    Ok(Planned {
+        step,
+        undo: fallible::collect(undo)?,
+    })
 }
 
 /// Enable `new`, replacing `old` if there is one. `loaded` says whether a module object is
@@ -250,61 +279,54 @@ pub fn replace<'a, F, G>(
     old: Option<&Patch<'a, F>>,
     new: &Patch<'a, G>,
     loaded: &dyn Fn(&str) -> bool,
-) -> Plan<'a> {
+) -> Result<Plan<'a>, AllocError> {
     let is_loaded = |o: &str| o == "vmlinux" || loaded(o);
-    let new_only = sets_not_in(new, old);
-    let old_only: Vec<_> = old.map(|o| sets_not_in(o, Some(new))).unwrap_or_default();
+    let new_only = sets_not_in(new, old)?;
+    let old_only = match old {
+        Some(o) => sets_not_in(o, Some(new))?,
+        None => Vec::new(),
+    };
     let mut plan = Plan {
         transition: true,
         ..Plan::default()
     };
+    let old_survivor = old.map(|o| (o, &is_loaded as &dyn Fn(&str) -> bool));
 
     for s in new_only.iter().filter(|s| is_loaded(s.object)) {
-        let mut undo = Vec::from([hook(Side::New, s, Hook::PostUnpatch)]);
-        undo.extend(frees(
+        let undo = core::iter::once(hook(Side::New, s, Hook::PostUnpatch)).chain(frees(
             Side::New,
             new,
             s.id,
-            old.map(|o| (o, &is_loaded as &dyn Fn(&str) -> bool)),
+            old_survivor,
         ));
-        plan.before.push(Planned {
-            step: hook(Side::New, s, Hook::PrePatch),
-            undo,
-        });
+        let p = planned(hook(Side::New, s, Hook::PrePatch), undo)?;
+        fallible::push(&mut plan.before, p)?;
     }
     for s in old_only.iter().rev().filter(|s| is_loaded(s.object)) {
-        let undo = Vec::from([hook(Side::Old, s, Hook::PostPatch)]);
-        plan.before.push(Planned {
-            step: hook(Side::Old, s, Hook::PreUnpatch),
-            undo,
-        });
+        let undo = core::iter::once(hook(Side::Old, s, Hook::PostPatch));
+        let p = planned(hook(Side::Old, s, Hook::PreUnpatch), undo)?;
+        fallible::push(&mut plan.before, p)?;
     }
     if let Some(old) = old {
+        let new_survivor = Some((new, &is_loaded as &dyn Fn(&str) -> bool));
         for s in old_only.iter().rev() {
             if is_loaded(s.object) {
-                plan.after.push(hook(Side::Old, s, Hook::PostUnpatch));
+                fallible::push(&mut plan.after, hook(Side::Old, s, Hook::PostUnpatch))?;
             }
-            plan.after
-                .extend(frees(Side::Old, old, s.id, Some((new, &is_loaded))));
+            fallible::extend(&mut plan.after, frees(Side::Old, old, s.id, new_survivor))?;
         }
         // A set both patches keep runs nothing, but if the new patch no longer owns one of
-        // its shadow types, that type is gone with the old patch.
-        let mut kept: Vec<u32> = old
-            .sets
-            .iter()
-            .filter(|s| new.set(s.id).is_some())
-            .map(|s| s.id)
-            .collect();
-        kept.sort_unstable();
-        for id in kept.into_iter().rev() {
-            plan.after
-                .extend(frees(Side::Old, old, id, Some((new, &is_loaded))));
+        // its shadow types, that type is gone with the old patch: kept sets, descending id.
+        let mut kept = sets_not_in(old, None::<&Patch<'a, G>>)?;
+        kept.retain(|s| new.set(s.id).is_some());
+        for s in kept.iter().rev() {
+            fallible::extend(&mut plan.after, frees(Side::Old, old, s.id, new_survivor))?;
         }
     }
     for s in new_only.iter().filter(|s| is_loaded(s.object)) {
-        plan.after.push(hook(Side::New, s, Hook::PostPatch));
+        fallible::push(&mut plan.after, hook(Side::New, s, Hook::PostPatch))?;
     }
-    plan
+    Ok(plan)
 }
 
 /// A module `object` loads while `new` is replacing `old` (the transition is in progress):
@@ -320,8 +342,8 @@ pub fn replace_object<'a, F, G>(
     old: Option<&Patch<'a, F>>,
     new: &Patch<'a, G>,
     object: &str,
-) -> Plan<'a> {
-    let whole = replace(old, new, &|o| o == object);
+) -> Result<Plan<'a>, AllocError> {
+    let mut whole = replace(old, new, &|o| o == object)?;
     let on_object = |s: &Step<'_>| matches!(s, Step::Hook { object: o, .. } if *o == object);
     let old_set_on_object = |set: u32| {
         old.and_then(|o| o.set(set))
@@ -335,51 +357,52 @@ pub fn replace_object<'a, F, G>(
         } => old_set_on_object(*set) && new.set(*set).is_none(),
         _ => on_object(s),
     };
-    let keeps = new
-        .shadows
-        .iter()
-        .filter(|t| new.set(t.owner).is_some_and(|s| s.object == object))
-        .map(|t| t.id)
-        .collect();
-    Plan {
+    let keeps = fallible::collect(
+        new.shadows
+            .iter()
+            .filter(|t| new.set(t.owner).is_some_and(|s| s.object == object))
+            .map(|t| t.id),
+    )?;
+    whole.before.retain(|p| on_object(&p.step));
+    whole.after.retain(after_on_object);
+    Ok(Plan {
         keeps,
-        before: whole
-            .before
-            .into_iter()
-            .filter(|p| on_object(&p.step))
-            .collect(),
+        before: whole.before,
         transition: false,
-        after: whole.after.into_iter().filter(after_on_object).collect(),
-    }
+        after: whole.after,
+    })
 }
 
 /// Enable `patch` with nothing to replace.
-pub fn enable<'a, F>(patch: &Patch<'a, F>, loaded: &dyn Fn(&str) -> bool) -> Plan<'a> {
+pub fn enable<'a, F>(
+    patch: &Patch<'a, F>,
+    loaded: &dyn Fn(&str) -> bool,
+) -> Result<Plan<'a>, AllocError> {
     replace::<F, F>(None, patch, loaded)
 }
 
 /// Disable `patch` (it is `Side::Old`: it is going away): every set tears down, then every
 /// shadow type of the patch is freed.
-pub fn disable<'a, F>(patch: &Patch<'a, F>, loaded: &dyn Fn(&str) -> bool) -> Plan<'a> {
+pub fn disable<'a, F>(
+    patch: &Patch<'a, F>,
+    loaded: &dyn Fn(&str) -> bool,
+) -> Result<Plan<'a>, AllocError> {
     let is_loaded = |o: &str| o == "vmlinux" || loaded(o);
-    let sets = sets_not_in::<F, F>(patch, None);
+    let sets = sets_not_in::<F, F>(patch, None)?;
     let mut plan = Plan {
         transition: true,
         ..Plan::default()
     };
     for s in sets.iter().rev().filter(|s| is_loaded(s.object)) {
-        let undo = Vec::from([hook(Side::Old, s, Hook::PostPatch)]);
-        plan.before.push(Planned {
-            step: hook(Side::Old, s, Hook::PreUnpatch),
-            undo,
-        });
+        let undo = core::iter::once(hook(Side::Old, s, Hook::PostPatch));
+        let p = planned(hook(Side::Old, s, Hook::PreUnpatch), undo)?;
+        fallible::push(&mut plan.before, p)?;
     }
     for s in sets.iter().rev() {
         if is_loaded(s.object) {
-            plan.after.push(hook(Side::Old, s, Hook::PostUnpatch));
+            fallible::push(&mut plan.after, hook(Side::Old, s, Hook::PostUnpatch))?;
         }
-        plan.after
-            .extend(frees::<F, F>(Side::Old, patch, s.id, None));
+        fallible::extend(&mut plan.after, frees::<F, F>(Side::Old, patch, s.id, None))?;
     }
     // Shadow types whose owner is not a set of this patch (tables that failed the cross-item
     // check still must not leak).
@@ -388,56 +411,54 @@ pub fn disable<'a, F>(patch: &Patch<'a, F>, loaded: &dyn Fn(&str) -> bool) -> Pl
         .iter()
         .filter(|t| patch.set(t.owner).is_none())
     {
-        plan.after.push(Step::FreeShadow {
+        let step = Step::FreeShadow {
             side: Side::Old,
             set: t.owner,
             shadow: t.id,
-        });
+        };
+        fallible::push(&mut plan.after, step)?;
     }
-    plan
+    Ok(plan)
 }
 
 /// A module `object` loads while `patch` is enabled: its sets set up.
-pub fn module_coming<'a, F>(patch: &Patch<'a, F>, object: &str) -> Plan<'a> {
-    let sets: Vec<_> = sets_not_in::<F, F>(patch, None)
-        .into_iter()
-        .filter(|s| s.object == object)
-        .collect();
+pub fn module_coming<'a, F>(patch: &Patch<'a, F>, object: &str) -> Result<Plan<'a>, AllocError> {
+    let mut sets = sets_not_in::<F, F>(patch, None)?;
+    sets.retain(|s| s.object == object);
     let mut plan = Plan::default();
     for s in &sets {
-        let mut undo = Vec::from([hook(Side::Old, s, Hook::PostUnpatch)]);
-        undo.extend(frees::<F, F>(Side::Old, patch, s.id, None));
-        plan.before.push(Planned {
-            step: hook(Side::Old, s, Hook::PrePatch),
-            undo,
-        });
+        let undo = core::iter::once(hook(Side::Old, s, Hook::PostUnpatch)).chain(frees::<F, F>(
+            Side::Old,
+            patch,
+            s.id,
+            None,
+        ));
+        let p = planned(hook(Side::Old, s, Hook::PrePatch), undo)?;
+        fallible::push(&mut plan.before, p)?;
     }
-    plan.after
-        .extend(sets.iter().map(|s| hook(Side::Old, s, Hook::PostPatch)));
-    plan
+    fallible::extend(
+        &mut plan.after,
+        sets.iter().map(|s| hook(Side::Old, s, Hook::PostPatch)),
+    )?;
+    Ok(plan)
 }
 
 /// A module `object` unloads while `patch` is enabled: its sets tear down and free their
 /// shadow types (what they hung on the module's objects would dangle).
-pub fn module_going<'a, F>(patch: &Patch<'a, F>, object: &str) -> Plan<'a> {
-    let sets: Vec<_> = sets_not_in::<F, F>(patch, None)
-        .into_iter()
-        .filter(|s| s.object == object)
-        .collect();
+pub fn module_going<'a, F>(patch: &Patch<'a, F>, object: &str) -> Result<Plan<'a>, AllocError> {
+    let mut sets = sets_not_in::<F, F>(patch, None)?;
+    sets.retain(|s| s.object == object);
     let mut plan = Plan::default();
     for s in sets.iter().rev() {
-        let undo = Vec::from([hook(Side::Old, s, Hook::PostPatch)]);
-        plan.before.push(Planned {
-            step: hook(Side::Old, s, Hook::PreUnpatch),
-            undo,
-        });
+        let undo = core::iter::once(hook(Side::Old, s, Hook::PostPatch));
+        let p = planned(hook(Side::Old, s, Hook::PreUnpatch), undo)?;
+        fallible::push(&mut plan.before, p)?;
     }
     for s in sets.iter().rev() {
-        plan.after.push(hook(Side::Old, s, Hook::PostUnpatch));
-        plan.after
-            .extend(frees::<F, F>(Side::Old, patch, s.id, None));
+        fallible::push(&mut plan.after, hook(Side::Old, s, Hook::PostUnpatch))?;
+        fallible::extend(&mut plan.after, frees::<F, F>(Side::Old, patch, s.id, None))?;
     }
-    plan
+    Ok(plan)
 }
 
 /// Carries out a plan's steps; implemented by the kernel dispatcher and the simulator.
@@ -467,11 +488,13 @@ fn run_step<'a>(runner: &mut impl Runner<'a>, step: &Step<'a>) -> Result<(), i32
     }
 }
 
-/// Runs `steps` that cannot fail (everything but `pre_patch`).
-pub fn run<'a>(runner: &mut impl Runner<'a>, steps: &[Step<'a>]) {
+/// Runs steps that cannot fail (everything but `pre_patch`). Takes them as they come, so
+/// that running a plan never allocates: the kernel runs these from callbacks that cannot
+/// report a failure.
+pub fn run<'a>(runner: &mut impl Runner<'a>, steps: impl IntoIterator<Item = Step<'a>>) {
     for step in steps {
         // Only pre_patch can fail, and no list built here for `run` contains one.
-        let _ = run_step(runner, step);
+        let _ = run_step(runner, &step);
     }
 }
 
@@ -480,7 +503,7 @@ pub fn run<'a>(runner: &mut impl Runner<'a>, steps: &[Step<'a>]) {
 pub fn run_before<'a>(runner: &mut impl Runner<'a>, plan: &Plan<'a>) -> Result<(), i32> {
     for (i, p) in plan.before.iter().enumerate() {
         if let Err(errno) = run_step(runner, &p.step) {
-            run(runner, &plan.cancel(i));
+            run(runner, plan.cancel(i));
             return Err(errno);
         }
     }

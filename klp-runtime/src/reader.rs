@@ -32,6 +32,8 @@ impl fmt::Display for TableKind {
 pub enum ReadError {
     #[error("not a klp-rs patch header (bad magic); was this module built by cargo klp?")]
     BadMagic,
+    #[error("out of memory reading the tables")]
+    NoMemory(#[from] crate::fallible::AllocError),
     #[error("table format version {found} is newer than this reader understands (up to {supported}); use a newer klp-rs to read or replace it")]
     TooNew { found: u32, supported: u32 },
     #[error(
@@ -240,13 +242,14 @@ pub fn read_tables<'a, R: Resolver<'a>>(
     };
     for item in entries(Funcs, funcs, layout::FUNC_SIZE) {
         let (o, e) = item?;
-        patch.funcs.push(Func {
+        let func = Func {
             object: s(Funcs, o, layout::FUNC_OBJECT, e)?,
             old_name: s(Funcs, o, layout::FUNC_OLD_NAME, e)?,
             sympos: u32_at(e, layout::FUNC_SYMPOS),
             new_func: f(Funcs, o, layout::FUNC_NEW_FUNC, e)?,
             origin: s(Funcs, o, layout::FUNC_ORIGIN, e)?,
-        });
+        };
+        crate::fallible::push(&mut patch.funcs, func)?;
     }
     for item in entries(Sets, sets, layout::SET_SIZE) {
         let (o, e) = item?;
@@ -254,16 +257,17 @@ pub fn read_tables<'a, R: Resolver<'a>>(
         for (hook, field) in hooks.iter_mut().zip(layout::SET_HOOKS) {
             *hook = f(Sets, o, field, e)?;
         }
-        patch.sets.push(CallbackSet {
+        let set = CallbackSet {
             id: u32_at(e, layout::SET_ID),
             object: s(Sets, o, layout::SET_OBJECT, e)?,
             hooks,
             origin: s(Sets, o, layout::SET_ORIGIN, e)?,
-        });
+        };
+        crate::fallible::push(&mut patch.sets, set)?;
     }
     for item in entries(Shadows, shadows, layout::SHADOW_SIZE) {
         let (o, e) = item?;
-        patch.shadows.push(ShadowType {
+        let shadow = ShadowType {
             id: u64_at(e, layout::SHADOW_ID),
             owner: u32_at(e, layout::SHADOW_OWNER),
             type_name: s(Shadows, o, layout::SHADOW_TYPE_NAME, e)?,
@@ -272,7 +276,8 @@ pub fn read_tables<'a, R: Resolver<'a>>(
             ctor: f(Shadows, o, layout::SHADOW_CTOR, e)?,
             dtor: f(Shadows, o, layout::SHADOW_DTOR, e)?,
             origin: s(Shadows, o, layout::SHADOW_ORIGIN, e)?,
-        });
+        };
+        crate::fallible::push(&mut patch.shadows, shadow)?;
     }
     Ok(patch)
 }

@@ -39,6 +39,7 @@ on_both_kernels!(
     a_replace_over_a_stack_is_refused_by_the_kernel,
     a_foreign_patch_with_our_state_id_is_refused_without_an_oops,
     two_cpus_freeing_two_shadow_types_never_mix_them,
+    every_failed_allocation_is_a_clean_error,
     a_target_module_loading_during_a_replace_transition,
 );
 
@@ -1077,4 +1078,71 @@ fn two_cpus_freeing_two_shadow_types_never_mix_them(series: Series) {
         .unwrap();
     assert!(dropped >= 2 * rounds, "{report}");
     assert_eq!(wrong, "0 with the wrong type");
+}
+
+fn every_failed_allocation_is_a_clean_error(series: Series) {
+    // A test build of P3 whose runtime fails its Nth allocation (module parameter fail_alloc)
+    // replaces P4, for N = 1, 2, ... until the load succeeds. Every allocation the runtime
+    // makes in a callback that can fail must fail the load cleanly, P4 staying in effect; the
+    // callbacks that cannot report a failure (post_patch, the disable's) must not allocate at
+    // all: the first N that gets past the enable leaves the countdown at the next allocation,
+    // wherever it is, and the disable is run with fail_alloc=1. Any allocation failure that
+    // reached Rust's allocation-error path would panic the kernel and fail the boot.
+    let k = kernel(series);
+    let p4 = build("p4", &k);
+    let p3 = xtask::build_patch_alloc_faults("p3", &k).unwrap_or_else(|e| panic!("{e:#}"));
+    let log = boot(
+        &k,
+        &[&p4, &p3],
+        "load klp_v4; dmesg -c >/dev/null\n\
+         section attempts\n\
+         n=1\n\
+         while [ $n -lt 100 ]; do\n\
+           if insmod /mod/klp_v3.ko fail_alloc=$n 2>/dev/null; then echo \"loaded at $n\"; break; fi\n\
+           read l </proc/cmdline; echo \"failed at $n: $l\"\n\
+           n=$((n+1))\n\
+         done\n\
+         waitlp\n\
+         section loaded; lpstate; read l </proc/cmdline; echo \"$l\"\n\
+         section disable; echo 1 > /sys/module/klp_v3/parameters/fail_alloc; disable klp_v3\n\
+         section after; lpstate\n\
+         section log; dmesg -c\n",
+    );
+    let attempts = log.section("attempts");
+    let failed: Vec<&String> = attempts
+        .iter()
+        .filter(|l| l.starts_with("failed at "))
+        .collect();
+    assert!(
+        !failed.is_empty(),
+        "the runtime allocates while enabling: {attempts:?}"
+    );
+    for l in &failed {
+        assert!(
+            l.contains(": klp versioned p4 banner=true"),
+            "P4 stays in effect after a failed load: {l}"
+        );
+    }
+    assert_eq!(
+        attempts.last().map(String::as_str),
+        Some(format!("loaded at {}", failed.len() + 1).as_str()),
+        "{attempts:?}"
+    );
+    let loaded = log.section("loaded");
+    assert!(
+        loaded.contains(&"patch klp_v3 enabled=1 transition=0".to_string()),
+        "{loaded:?}"
+    );
+    assert_eq!(
+        loaded.last().map(String::as_str),
+        Some("klp versioned p3 banner=true reads=1"),
+        "P3 in effect, the banner carried over"
+    );
+    assert_eq!(
+        log.section("after"),
+        Vec::<String>::new(),
+        "the disable completed"
+    );
+    let lines = kernel_lines(&log, "log");
+    assert!(!lines.iter().any(|l| l.contains("panic")), "{lines:#?}");
 }

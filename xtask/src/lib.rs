@@ -165,11 +165,34 @@ pub fn build_patch_with(
     kernel: &Kernel,
     extra_rustflags: &[&str],
 ) -> Result<PathBuf> {
+    let variant = extra_rustflags.join("_").replace(['-', ' '], "");
+    build_variant(package, kernel, &variant, |opts| {
+        opts.extra_rustflags = extra_rustflags.iter().map(|f| f.to_string()).collect();
+    })
+}
+
+/// As [`build_patch`], a test build whose runtime allocations fail on demand
+/// (`cargo klp build --alloc-faults`), in a directory of its own.
+pub fn build_patch_alloc_faults(package: &str, kernel: &Kernel) -> Result<PathBuf> {
+    build_variant(package, kernel, "alloc-faults", |opts| {
+        opts.alloc_faults = true
+    })
+}
+
+/// Builds a workspace patch crate for `kernel`, the options adjusted by `configure`, into
+/// `target/klp/<release>/<variant>` (the plain build when `variant` is empty); each
+/// (crate, variant, kernel) once per process.
+fn build_variant(
+    package: &str,
+    kernel: &Kernel,
+    variant: &str,
+    configure: impl FnOnce(&mut cargo_klp::build::BuildOptions),
+) -> Result<PathBuf> {
     static BUILT: OnceLock<Mutex<Vec<(String, String, PathBuf)>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     // One build at a time: cargo and Kbuild both lock, and two cores are all there is.
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    let key = format!("{package} {}", extra_rustflags.join(" "));
+    let key = format!("{package} {variant}");
     if let Some((_, _, ko)) = built
         .iter()
         .find(|(p, r, _)| *p == key && *r == kernel.release)
@@ -177,17 +200,17 @@ pub fn build_patch_with(
         return Ok(ko.clone());
     }
     let mut out_dir = target_dir().join("klp").join(&kernel.release);
-    if !extra_rustflags.is_empty() {
-        out_dir = out_dir.join(extra_rustflags.join("_").replace(['-', ' '], ""));
+    if !variant.is_empty() {
+        out_dir = out_dir.join(variant);
     }
-    let opts = cargo_klp::build::BuildOptions {
+    let mut opts = cargo_klp::build::BuildOptions {
         manifest_path: Some(workspace().join("Cargo.toml")),
         package: Some(package.to_string()),
         kdir: Some(kernel.kdir.clone()),
         out: Some(out_dir),
-        extra_rustflags: extra_rustflags.iter().map(|f| f.to_string()).collect(),
         ..Default::default()
     };
+    configure(&mut opts);
     let shell = cargo_klp::status::Shell::new(false);
     let out = cargo_klp::build::build(&shell, &opts)
         .with_context(|| format!("cargo klp build -p {package}"))?;

@@ -27,7 +27,9 @@ use core::ffi::{c_char, c_int, CStr};
 use alloc::vec::Vec;
 
 use crate::abi::{self, PatchHeader};
+use crate::fallible;
 use crate::plan::{self, Hook, Plan, Runner, Side, Step, StepLine};
+use crate::reader::ReadError;
 use crate::reader::{self, Patch};
 
 use super::{
@@ -55,12 +57,24 @@ struct Dispatcher {
     /// which is until our transition completes or is reversed. Dropped then.
     old: Option<Patch<'static, usize>>,
     plan: Option<Plan<'static>>,
-    /// A target module between its pre_patch and post_patch (coming) or pre_unpatch and
-    /// post_unpatch (going). After an enable completes at vmlinux, the kernel still calls
-    /// post_patch for the other objects: those calls must not look like a module coming.
-    module: Option<&'static str>,
     /// Plans for target modules that loaded during the transition in flight, by module.
     late: Vec<(&'static str, Plan<'static>)>,
+    /// A target module between its pre_patch and post_patch, with the plan its pre_patch
+    /// made. After an enable completes at vmlinux, the kernel still calls post_patch for the
+    /// other objects: those calls must not look like a module coming.
+    coming: Option<(&'static str, Plan<'static>)>,
+    /// A target module between its pre_unpatch and post_unpatch.
+    going: Option<&'static str>,
+    /// Plans for the callbacks that cannot report a failure, made in the enable's pre_patch,
+    /// which can: nothing that runs where a failure cannot be reported allocates. The
+    /// disable, made for every module object (the runner skips the sets of modules that are
+    /// not loaded then), and each of our module objects going while we are enabled.
+    disable: Option<Plan<'static>>,
+    going_plans: Vec<(&'static str, Plan<'static>)>,
+    /// Module objects that went during the disable in flight (room reserved at enable time):
+    /// the disable plan is kept for the next disable should this one be reversed, so their
+    /// steps are skipped rather than removed from it.
+    gone: Vec<&'static str>,
 }
 
 /// Mutable global state, serialized by the kernel.
@@ -75,8 +89,12 @@ static STATE: Global<Dispatcher> = Global(UnsafeCell::new(Dispatcher {
     own: None,
     old: None,
     plan: None,
-    module: None,
     late: Vec::new(),
+    coming: None,
+    going: None,
+    disable: None,
+    going_plans: Vec::new(),
+    gone: Vec::new(),
 }));
 
 const EINVAL: c_int = 22;
@@ -108,7 +126,7 @@ pub unsafe extern "C" fn klp_rs_dispatch(
             Ok(p) => d.own = Some(p),
             Err(e) => {
                 crate::pr_info!("klp-rs: cannot read this module's tables: {e}");
-                return -EINVAL;
+                return read_errno(&e);
             }
         }
     }
@@ -160,21 +178,18 @@ impl Dispatcher {
         match (hook, self.phase, vmlinux) {
             (Hook::PrePatch, Phase::Idle, true) => self.start_enable(),
             (Hook::PostPatch, Phase::Enabling, true) => {
-                let late: Vec<Plan<'static>> = core::mem::take(&mut self.late)
-                    .into_iter()
-                    .map(|(_, p)| p)
-                    .collect();
-                self.finish(|p| p.after_with(&late));
+                self.finish(|r, p, late| plan::run(r, p.after_with(late.iter().map(|(_, l)| l))));
                 self.phase = Phase::Enabled;
                 0
             }
             // Cancelled after our pre_patch succeeded, or reversed: undo, the old patch stays.
             (Hook::PostUnpatch, Phase::Enabling, true) => {
-                let late = core::mem::take(&mut self.late);
-                for (_, l) in late.iter().rev() {
-                    plan::run(&mut self.runner(), &l.reverse());
-                }
-                self.finish(Plan::reverse);
+                self.finish(|r, p, late| {
+                    for (_, l) in late.iter().rev() {
+                        plan::run(r, l.reverse());
+                    }
+                    plan::run(r, p.reverse());
+                });
                 self.phase = Phase::Gone;
                 0
             }
@@ -192,59 +207,83 @@ impl Dispatcher {
             }
             (Hook::PostUnpatch, Phase::Disabling, true) => {
                 // The sets of modules that came during the disable had only their pre_patch.
-                let late = core::mem::take(&mut self.late);
-                for (_, l) in late.iter().rev() {
-                    plan::run(&mut self.runner(), &l.reverse());
-                }
-                self.finish(|p| p.after.clone());
+                let gone = core::mem::take(&mut self.gone);
+                self.finish(|r, p, late| {
+                    for (_, l) in late.iter().rev() {
+                        plan::run(r, l.reverse());
+                    }
+                    plan::run(r, p.after.iter().copied().filter(|s| !on_any(s, &gone)));
+                });
+                self.gone = gone;
+                self.gone.clear();
                 self.phase = Phase::Gone;
                 0
             }
             // The unpatching transition was reversed: the patch stays, and the sets of
             // modules that came meanwhile finish setting up (while still pinned).
             (Hook::PostPatch, Phase::Disabling, true) => {
-                let late = core::mem::take(&mut self.late);
-                self.finish(|p| {
-                    let mut steps = p.reverse();
-                    steps.extend(late.iter().flat_map(|(_, l)| l.after.iter().copied()));
-                    steps
+                let gone = core::mem::take(&mut self.gone);
+                self.finish(|r, p, late| {
+                    plan::run(r, p.reverse().filter(|s| !on_any(s, &gone)));
+                    for (_, l) in late {
+                        plan::run(r, l.after.iter().copied());
+                    }
                 });
+                self.gone = gone;
+                self.gone.clear();
                 self.phase = Phase::Enabled;
                 0
             }
             // A target module comes or goes while we are the enabled patch.
             (Hook::PrePatch, Phase::Enabled, false) => {
-                let plan = plan::module_coming(self.own(), object);
+                let Some(object) = self.own_object(object) else {
+                    return 0;
+                };
+                let Ok(plan) = plan::module_coming(self.own(), object) else {
+                    return -ENOMEM;
+                };
                 match plan::run_before(&mut self.runner(), &plan) {
                     Ok(()) => {
-                        self.module = self.own_object(object);
+                        self.coming = Some((object, plan));
                         0
                     }
                     Err(errno) => errno_to_kernel(errno),
                 }
             }
-            (Hook::PostPatch, Phase::Enabled, false) if self.module == Some(object) => {
-                self.module = None;
-                let plan = plan::module_coming(self.own(), object);
-                plan::run(&mut self.runner(), &plan.after);
+            (Hook::PostPatch, Phase::Enabled, false)
+                if self.coming.as_ref().is_some_and(|(o, _)| *o == object) =>
+            {
+                if let Some((_, plan)) = self.coming.take() {
+                    plan::run(&mut self.runner(), plan.after.iter().copied());
+                }
                 0
             }
             (Hook::PreUnpatch, Phase::Enabled, false) => {
-                let plan = plan::module_going(self.own(), object);
-                plan::run(&mut self.runner(), &plan.before_steps());
-                self.module = self.own_object(object);
+                if let Some((o, plan)) = self.going_plan(object) {
+                    plan::run(&mut self.runner(), plan.before_steps());
+                    self.going = Some(o);
+                }
                 0
             }
-            (Hook::PostUnpatch, Phase::Enabled, false) if self.module == Some(object) => {
-                self.module = None;
-                let plan = plan::module_going(self.own(), object);
-                plan::run(&mut self.runner(), &plan.after);
+            (Hook::PostUnpatch, Phase::Enabled, false) if self.going == Some(object) => {
+                self.going = None;
+                if let Some((_, plan)) = self.going_plan(object) {
+                    plan::run(&mut self.runner(), plan.after.iter().copied());
+                }
                 0
             }
             // The other objects' post callbacks at the end of a transition whose steps ran at
             // vmlinux; anything after the patch is gone.
             _ => 0,
         }
+    }
+
+    /// The plan made at enable time for one of our module objects going.
+    fn going_plan(&self, object: &str) -> Option<(&'static str, &Plan<'static>)> {
+        self.going_plans
+            .iter()
+            .find(|(o, _)| *o == object)
+            .map(|(o, p)| (*o, p))
     }
 
     /// A target module loads during our transition: `klp_module_coming` calls our
@@ -271,13 +310,17 @@ impl Dispatcher {
             // disable is reversed), as the kernel does for a C patch's callbacks.
             _ => plan::module_coming(self.own(), object),
         };
+        let Ok(late) = late else {
+            unpin(object);
+            return -ENOMEM;
+        };
+        if self.late.try_reserve(1).is_err() {
+            unpin(object);
+            return -ENOMEM;
+        }
         match plan::run_before(&mut self.runner(), &late) {
             Ok(()) => {
-                if self.late.try_reserve(1).is_err() {
-                    plan::run(&mut self.runner(), &late.reverse());
-                    unpin(object);
-                    return -ENOMEM;
-                }
+                // Room was reserved above: this does not allocate.
                 self.late.push((object, late));
                 0
             }
@@ -303,22 +346,29 @@ impl Dispatcher {
             return;
         }
         crate::pr_info!("klp-rs: {object} goes during the transition");
-        let steps = if let Some(i) = self.late.iter().position(|(o, _)| *o == object) {
+        let side = self.own_side();
+        if let Some(i) = self.late.iter().position(|(o, _)| *o == object) {
             let (_, late) = self.late.remove(i);
-            late.undo_on(object, self.own_side())
+            plan::run(&mut self.runner(), late.undo_on(object, side));
         } else if let Some(plan) = &self.plan {
             match self.phase {
                 // Disabling: pre_unpatch ran for its sets; finish their teardown.
-                Phase::Disabling => plan::module_going(self.own(), object).after,
-                _ => plan.undo_on(object, Side::New),
+                Phase::Disabling => {
+                    if let Some((_, going)) = self.going_plan(object) {
+                        plan::run(&mut self.runner(), going.after.iter().copied());
+                    }
+                }
+                _ => plan::run(&mut self.runner(), plan.undo_on(object, Side::New)),
             }
-        } else {
-            Vec::new()
-        };
-        plan::run(&mut self.runner(), &steps);
+        }
         // Should it come back before the transition ends, it is a late module then: the main
-        // plan must not run its steps a second time.
-        if let Some(plan) = &mut self.plan {
+        // plan must not run its steps a second time. The disable plan is kept for a later
+        // disable, so there the module is only noted (room was reserved for every object).
+        if self.phase == Phase::Disabling {
+            if self.gone.len() < self.gone.capacity() {
+                self.gone.push(object);
+            }
+        } else if let Some(plan) = &mut self.plan {
             plan.forget(object);
         }
         unpin(object);
@@ -366,22 +416,21 @@ impl Dispatcher {
     }
 
     fn start_enable(&mut self) -> c_int {
-        if let Err(errno) = self.read_below() {
+        let result = self.prepare_enable();
+        if let Err(errno) = result {
             self.phase = Phase::Gone;
             self.old = None;
             return errno;
         }
-        // SAFETY: under klp_mutex, in our pre_patch.
-        if unsafe { klp_rs_pin_begin() } != 0 {
-            self.phase = Phase::Gone;
-            self.old = None;
-            return -ENOMEM;
-        }
         self.phase = Phase::Enabling;
         self.pin_set_objects();
-        let plan = plan::replace(self.old.as_ref(), self.own(), &pinned);
-        let result = plan::run_before(&mut self.runner(), &plan);
-        match result {
+        let Ok(plan) = plan::replace(self.old.as_ref(), self.own(), &pinned) else {
+            unpin_all();
+            self.old = None;
+            self.phase = Phase::Gone;
+            return -ENOMEM;
+        };
+        match plan::run_before(&mut self.runner(), &plan) {
             Ok(()) => {
                 self.plan = Some(plan);
                 0
@@ -394,6 +443,33 @@ impl Dispatcher {
                 errno_to_kernel(errno)
             }
         }
+    }
+
+    /// Everything the enable needs that can fail, before anything runs: the tables below,
+    /// room for the pins, and the plans for the callbacks that cannot fail later.
+    fn prepare_enable(&mut self) -> Result<(), c_int> {
+        self.read_below()?;
+        // SAFETY: under klp_mutex, in our pre_patch.
+        if unsafe { klp_rs_pin_begin() } != 0 {
+            return Err(-ENOMEM);
+        }
+        let own = self.own();
+        let disable = plan::disable(own, &|_| true).map_err(|_| -ENOMEM)?;
+        let mut going_plans = Vec::new();
+        for s in own.sets.iter().filter(|s| s.object != "vmlinux") {
+            if going_plans.iter().any(|(o, _)| *o == s.object) {
+                continue;
+            }
+            let p = plan::module_going(own, s.object).map_err(|_| -ENOMEM)?;
+            fallible::push(&mut going_plans, (s.object, p)).map_err(|_| -ENOMEM)?;
+        }
+        let mut gone = Vec::new();
+        gone.try_reserve_exact(going_plans.len())
+            .map_err(|_| -ENOMEM)?;
+        self.disable = Some(disable);
+        self.going_plans = going_plans;
+        self.gone = gone;
+        Ok(())
     }
 
     /// Reads the tables of the klp-rs patch below ours and decides what we do with them: a
@@ -415,18 +491,23 @@ impl Dispatcher {
         if prev.is_null() {
             return Ok(());
         }
+        // SAFETY: under klp_mutex.
+        let replaces = unsafe { klp_rs_replaces() } != 0;
+        let verb = if replaces { "replace" } else { "stack on" };
         // SAFETY: the C side checked the magic; the header and its tables stay valid until we
         // drop what we read (the module is pinned until we complete).
         let below = match unsafe { reader::read_memory(&*prev) } {
             Ok(p) => p,
             Err(e) => {
-                crate::pr_info!("klp-rs: {me} cannot take over from the patch below: {e}");
-                return Err(-EINVAL);
+                // SAFETY: the magic is ours, and the name field's position and meaning are
+                // the same in every format version.
+                let name = unsafe { CStr::from_ptr((*prev).name) }
+                    .to_str()
+                    .unwrap_or("the patch below");
+                crate::pr_info!("klp-rs: {me} cannot {verb} {name}: {e}");
+                return Err(read_errno(&e));
             }
         };
-        // SAFETY: under klp_mutex.
-        let replaces = unsafe { klp_rs_replaces() } != 0;
-        let verb = if replaces { "replace" } else { "stack on" };
         let mut refused = false;
         let mut report = |c: crate::check::Conflict<'_>| {
             crate::pr_info!("klp-rs: {me} cannot {verb} {}: {c}", below.name);
@@ -446,15 +527,18 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// The disable runs the plan made at enable time: a pre_unpatch callback cannot fail,
+    /// so nothing here allocates. Sets on modules that are not loaded now are skipped.
     fn start_disable(&mut self) {
         // Room for every static object was made at init: this cannot fail (the C init).
         // SAFETY: under klp_mutex, in our pre_unpatch.
         let _ = unsafe { klp_rs_pin_begin() };
         self.phase = Phase::Disabling;
         self.pin_set_objects();
-        let plan = plan::disable(self.own(), &pinned);
-        plan::run(&mut self.runner(), &plan.before_steps());
-        self.plan = Some(plan);
+        self.plan = self.disable.take();
+        if let Some(plan) = &self.plan {
+            plan::run(&mut self.runner(), plan.before_steps());
+        }
     }
 
     /// Pins every loaded module that a set of ours or of the outgoing patch lives on.
@@ -471,14 +555,35 @@ impl Dispatcher {
         }
     }
 
-    /// Runs what remains of the plan in flight and lets go of the outgoing patch.
-    fn finish(&mut self, rest: impl FnOnce(&Plan<'static>) -> alloc::vec::Vec<Step<'static>>) {
+    /// Runs what remains of the transition in flight (`rest` gets the runner, the main plan
+    /// and the late modules' plans), then lets go of the outgoing patch and the pins.
+    fn finish(
+        &mut self,
+        rest: impl FnOnce(&mut KernelRunner<'_>, &Plan<'static>, &[(&'static str, Plan<'static>)]),
+    ) {
+        let late = core::mem::take(&mut self.late);
         if let Some(plan) = self.plan.take() {
-            let steps = rest(&plan);
-            plan::run(&mut self.runner(), &steps);
+            rest(&mut self.runner(), &plan, &late);
+            // A reversed disable keeps the patch enabled: it can be disabled again.
+            if self.phase == Phase::Disabling {
+                self.disable = Some(plan);
+            }
         }
         self.old = None;
         unpin_all();
+    }
+}
+
+/// Whether `step` is a hook on one of `objects`.
+fn on_any(step: &Step<'_>, objects: &[&str]) -> bool {
+    matches!(step, Step::Hook { object, .. } if objects.contains(object))
+}
+
+/// The errno for tables that cannot be read.
+fn read_errno(e: &ReadError) -> c_int {
+    match e {
+        ReadError::NoMemory(_) => -ENOMEM,
+        _ => -EINVAL,
     }
 }
 

@@ -46,6 +46,8 @@ pub enum SimError {
         old: String,
         conflict: String,
     },
+    #[error("out of memory")]
+    NoMemory(#[from] crate::fallible::AllocError),
     #[error("pre_patch of {patch} set {set} failed with {errno}; the patch was not enabled")]
     PrePatchFailed { patch: String, set: u32, errno: i32 },
 }
@@ -372,7 +374,7 @@ impl Kernel {
             return Err(SimError::AlreadyLoaded(object.into()));
         }
         if let Some(i) = self.enabled() {
-            let plan = plan::module_coming(&self.modules[i].tables, object);
+            let plan = plan::module_coming(&self.modules[i].tables, object)?;
             let mut exec = Exec {
                 old: Some(&self.modules[i]),
                 new: &self.modules[i],
@@ -380,7 +382,7 @@ impl Kernel {
                 failures: &self.failures,
             };
             match plan::run_before(&mut exec, &plan) {
-                Ok(()) => plan::run(&mut exec, &plan.after),
+                Ok(()) => plan::run(&mut exec, plan.after.iter().copied()),
                 // The kernel refuses the module load when a pre_patch fails; the cancel ran.
                 Err(_) => {
                     self.objects.remove(object);
@@ -392,7 +394,7 @@ impl Kernel {
             return Ok(());
         };
         let (old, new) = sides(&self.modules, t);
-        let late = plan::replace_object(old.map(|o| &o.tables), &new.tables, object);
+        let late = plan::replace_object(old.map(|o| &o.tables), &new.tables, object)?;
         let mut exec = Exec {
             old,
             new,
@@ -429,7 +431,10 @@ impl Kernel {
     /// The enabled patch `i` tears down its sets on `object` (`klp_module_going`); nothing
     /// in it can fail.
     fn module_going(&mut self, i: usize, object: &str) {
-        let plan = plan::module_going(&self.modules[i].tables, object);
+        // Host memory: a failure here is the process's, as for any allocation.
+        let Ok(plan) = plan::module_going(&self.modules[i].tables, object) else {
+            return;
+        };
         let m = &self.modules[i];
         let mut exec = Exec {
             old: Some(m),
@@ -437,8 +442,8 @@ impl Kernel {
             log: &mut self.log,
             failures: &self.failures,
         };
-        plan::run(&mut exec, &plan.before_steps());
-        plan::run(&mut exec, &plan.after);
+        plan::run(&mut exec, plan.before_steps());
+        plan::run(&mut exec, plan.after.iter().copied());
     }
 
     /// Makes `pre_patch` of `patch`'s set `set` fail with `errno` from now on.
@@ -466,7 +471,7 @@ impl Kernel {
             log: &mut self.log,
             failures: &self.failures,
         };
-        plan::run(&mut exec, &t.plan.after_with(&t.late));
+        plan::run(&mut exec, t.plan.after_with(t.late.iter()));
         // The kernel announces completion after the post callbacks (klp_complete_transition).
         self.log.push(Event::TransitionComplete {
             to,
@@ -490,9 +495,9 @@ impl Kernel {
             failures: &self.failures,
         };
         for late in t.late.iter().rev() {
-            plan::run(&mut exec, &late.reverse());
+            plan::run(&mut exec, late.reverse());
         }
-        plan::run(&mut exec, &t.plan.reverse());
+        plan::run(&mut exec, t.plan.reverse());
         Ok(())
     }
 
@@ -520,9 +525,9 @@ impl Kernel {
                 replaced.map(|r| &self.modules[r].tables),
                 &self.modules[target].tables,
                 &loaded,
-            )
+            )?
         } else {
-            plan::disable(&self.modules[target].tables, &loaded)
+            plan::disable(&self.modules[target].tables, &loaded)?
         };
         let t = Transition {
             target,
