@@ -14,6 +14,7 @@
 #include <linux/kernel.h>
 #include <linux/livepatch.h>
 #include <linux/module.h>
+#include <linux/preempt.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
 #include <linux/string.h>
@@ -28,6 +29,7 @@ extern const struct klp_rs_patch_header klp_rs_header;
 /* The Rust side: the dispatcher, and the helpers it calls. */
 int klp_rs_dispatch(const struct klp_rs_patch_header *header, int hook, const char *object);
 unsigned int klp_rs_format_version(void);
+void klp_rs_release(void);
 void klp_rs_log(const char *msg, size_t len);
 const void *klp_rs_current(void);
 void *klp_rs_alloc(size_t size);
@@ -269,6 +271,7 @@ nomem:
 
 static void __exit klp_rs_exit(void)
 {
+	klp_rs_release();
 	free_objects();
 }
 
@@ -289,9 +292,10 @@ const void *klp_rs_current(void)
 }
 
 /*
- * Rust's global allocator. preemptible() cannot tell: under PREEMPT_RCU (Debian's
- * PREEMPT_DYNAMIC kernels) it is true inside RCU read-side sections. So only the
- * dispatching task may sleep (see dispatch()).
+ * Rust's global allocator. preemptible() alone cannot tell: under PREEMPT_RCU (Debian's
+ * PREEMPT_DYNAMIC kernels) it is true inside RCU read-side sections, where patched code may
+ * run. So only the dispatching task may sleep (see dispatch()), and there only where
+ * preemptible() allows it (without PREEMPT_COUNT it is always false: GFP_ATOMIC).
  */
 #ifdef KLP_RS_ALLOC_FAULTS
 /*
@@ -321,14 +325,23 @@ MODULE_PARM_DESC(fail_alloc, "test builds: fail the runtime's Nth allocation fro
 
 void *klp_rs_alloc(size_t size)
 {
+	/*
+	 * Only our callbacks may sleep, and only where the kernel says sleeping is allowed: an
+	 * interrupt on the dispatching CPU has the same `current`, and a shadow destructor
+	 * (Drop) runs under klp_shadow_lock with interrupts off.
+	 */
+	bool may_sleep = READ_ONCE(dispatching) == current && in_task() && preemptible();
+
 #ifdef KLP_RS_ALLOC_FAULTS
-	if (atomic_read(&fail_alloc) > 0 && atomic_dec_and_test(&fail_alloc)) {
+	/* Only the runtime's own allocations count, never patched code's. */
+	if (READ_ONCE(dispatching) == current && atomic_read(&fail_alloc) > 0 &&
+	    atomic_dec_and_test(&fail_alloc)) {
 		pr_info("%s: klp-rs: test build: allocation of %zu bytes failed on purpose\n",
 			KBUILD_MODNAME, size);
 		return NULL;
 	}
 #endif
-	return kmalloc(size, READ_ONCE(dispatching) == current ? GFP_KERNEL : GFP_ATOMIC);
+	return kmalloc(size, may_sleep ? GFP_KERNEL : GFP_ATOMIC);
 }
 
 void klp_rs_free(void *ptr)

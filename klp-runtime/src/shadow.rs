@@ -30,7 +30,9 @@ pub unsafe trait Portable: 'static {}
 
 macro_rules! portable {
     ($($t:ty),* $(,)?) => { $(
-        // SAFETY: plain data, no addresses.
+        // SAFETY: plain data, no addresses. Not offered as a suggestion in the error for a
+        // type that is not portable (its note lists what is).
+        #[diagnostic::do_not_recommend]
         unsafe impl Portable for $t {}
     )* };
 }

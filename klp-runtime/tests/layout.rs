@@ -104,20 +104,7 @@ fn the_c_header_matches_the_document() {
         }
     }
     prog += "return 0; }\n";
-    let dir = std::env::temp_dir().join(format!("klp-layout-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("layout.c"), prog).unwrap();
-    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
-    let cc = Command::new("cc")
-        .args(["-I", include, "-o"])
-        .arg(dir.join("layout"))
-        .arg(dir.join("layout.c"))
-        .status()
-        .expect("a C compiler (cc) is needed for this test");
-    assert!(cc.success());
-    let out = Command::new(dir.join("layout")).output().unwrap();
-    let c: Layout = String::from_utf8(out.stdout)
-        .unwrap()
+    let c: Layout = run_c("layout", &prog)
         .lines()
         .map(|l| {
             let v: Vec<&str> = l.split(' ').collect();
@@ -127,36 +114,41 @@ fn the_c_header_matches_the_document() {
             )
         })
         .collect();
-    std::fs::remove_dir_all(&dir).ok();
     assert_eq!(c, doc);
+}
+
+/// Compiles `prog` against the C header with `cc`, runs it and returns what it printed.
+fn run_c(name: &str, prog: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("klp-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, prog).unwrap();
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+    let cc = Command::new("cc")
+        .args(["-I", include, "-o"])
+        .arg(dir.join(name))
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) is needed for this test");
+    assert!(cc.success());
+    let out = Command::new(dir.join(name)).output().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The constants C and Rust share: the header spells each once, as abi.rs does.
 #[test]
 fn the_c_header_constants_match_the_rust_ones() {
     use klp_runtime::abi;
-    let dir = std::env::temp_dir().join(format!("klp-consts-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("consts.c"),
+    let out = run_c(
+        "consts",
         "#include <stdio.h>\n#include \"klp_rs_abi.h\"\nint main(void) {\n\
          printf(\"%u %lu %u %lu %u %u\\n\", (unsigned)KLP_RS_FORMAT_VERSION, KLP_RS_STATE_ID,\n\
          (unsigned)KLP_RS_STATE_VERSION, KLP_RS_STACK_STATE_ID,\n\
          (unsigned)KLP_RS_GFP_KERNEL, (unsigned)KLP_RS_GFP_ATOMIC);\nreturn 0; }\n",
-    )
-    .unwrap();
-    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
-    let cc = Command::new("cc")
-        .args(["-I", include, "-o"])
-        .arg(dir.join("consts"))
-        .arg(dir.join("consts.c"))
-        .status()
-        .expect("a C compiler (cc) is needed for this test");
-    assert!(cc.success());
-    let out = Command::new(dir.join("consts")).output().unwrap();
-    std::fs::remove_dir_all(&dir).ok();
+    );
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap().trim(),
+        out.trim(),
         format!(
             "{} {} {} {} {} {}",
             abi::FORMAT_VERSION,

@@ -100,6 +100,16 @@ static STATE: Global<Dispatcher> = Global(UnsafeCell::new(Dispatcher {
 const EINVAL: c_int = 22;
 const ENOMEM: c_int = 12;
 
+/// Called by the C init's module exit, after the kernel freed the patch: nothing of ours
+/// runs any more, so what the dispatcher still holds goes.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_rs_release() {
+    // SAFETY: no callback can run any more (the patch is freed before the module exits).
+    let d = unsafe { &mut *STATE.0.get() };
+    d.release();
+    d.own = None;
+}
+
 /// The table format this module's runtime reads: the C init checks the tables against it.
 #[unsafe(no_mangle)]
 pub extern "C" fn klp_rs_format_version() -> u32 {
@@ -178,19 +188,22 @@ impl Dispatcher {
         match (hook, self.phase, vmlinux) {
             (Hook::PrePatch, Phase::Idle, true) => self.start_enable(),
             (Hook::PostPatch, Phase::Enabling, true) => {
-                self.finish(|r, p, late| plan::run(r, p.after_with(late.iter().map(|(_, l)| l))));
+                self.finish(false, |r, p, late| {
+                    plan::run(r, p.after_with(late.iter().map(|(_, l)| l)))
+                });
                 self.phase = Phase::Enabled;
                 0
             }
             // Cancelled after our pre_patch succeeded, or reversed: undo, the old patch stays.
             (Hook::PostUnpatch, Phase::Enabling, true) => {
-                self.finish(|r, p, late| {
+                self.finish(false, |r, p, late| {
                     for (_, l) in late.iter().rev() {
                         plan::run(r, l.reverse());
                     }
                     plan::run(r, p.reverse());
                 });
                 self.phase = Phase::Gone;
+                self.release();
                 0
             }
             // A target module comes or goes during our transition.
@@ -208,23 +221,25 @@ impl Dispatcher {
             (Hook::PostUnpatch, Phase::Disabling, true) => {
                 // The sets of modules that came during the disable had only their pre_patch.
                 let gone = core::mem::take(&mut self.gone);
-                self.finish(|r, p, late| {
+                self.finish(false, |r, p, late| {
                     for (_, l) in late.iter().rev() {
                         plan::run(r, l.reverse());
                     }
-                    plan::run(r, p.after.iter().copied().filter(|s| !on_any(s, &gone)));
+                    plan::run(
+                        r,
+                        p.after.iter().copied().filter(|s| !skipped(s, &gone, late)),
+                    );
                 });
-                self.gone = gone;
-                self.gone.clear();
                 self.phase = Phase::Gone;
+                self.release();
                 0
             }
             // The unpatching transition was reversed: the patch stays, and the sets of
             // modules that came meanwhile finish setting up (while still pinned).
             (Hook::PostPatch, Phase::Disabling, true) => {
                 let gone = core::mem::take(&mut self.gone);
-                self.finish(|r, p, late| {
-                    plan::run(r, p.reverse().filter(|s| !on_any(s, &gone)));
+                self.finish(true, |r, p, late| {
+                    plan::run(r, p.reverse().filter(|s| !skipped(s, &gone, late)));
                     for (_, l) in late {
                         plan::run(r, l.after.iter().copied());
                     }
@@ -255,6 +270,16 @@ impl Dispatcher {
             {
                 if let Some((_, plan)) = self.coming.take() {
                     plan::run(&mut self.runner(), plan.after.iter().copied());
+                }
+                0
+            }
+            // klp_module_coming could not patch the module after our pre_patch: it calls our
+            // post_unpatch and the load fails. Undo what the pre_patch set up.
+            (Hook::PostUnpatch, Phase::Enabled, false)
+                if self.coming.as_ref().is_some_and(|(o, _)| *o == object) =>
+            {
+                if let Some((_, plan)) = self.coming.take() {
+                    plan::run(&mut self.runner(), plan.reverse());
                 }
                 0
             }
@@ -347,10 +372,12 @@ impl Dispatcher {
         }
         crate::pr_info!("klp-rs: {object} goes during the transition");
         let side = self.own_side();
+        let mut main = false;
         if let Some(i) = self.late.iter().position(|(o, _)| *o == object) {
             let (_, late) = self.late.remove(i);
             plan::run(&mut self.runner(), late.undo_on(object, side));
         } else if let Some(plan) = &self.plan {
+            main = true;
             match self.phase {
                 // Disabling: pre_unpatch ran for its sets; finish their teardown.
                 Phase::Disabling => {
@@ -365,7 +392,8 @@ impl Dispatcher {
         // plan must not run its steps a second time. The disable plan is kept for a later
         // disable, so there the module is only noted (room was reserved for every object).
         if self.phase == Phase::Disabling {
-            if self.gone.len() < self.gone.capacity() {
+            let room = self.gone.len() < self.gone.capacity();
+            if main && room && !self.gone.contains(&object) {
                 self.gone.push(object);
             }
         } else if let Some(plan) = &mut self.plan {
@@ -419,15 +447,15 @@ impl Dispatcher {
         let result = self.prepare_enable();
         if let Err(errno) = result {
             self.phase = Phase::Gone;
-            self.old = None;
+            self.release();
             return errno;
         }
         self.phase = Phase::Enabling;
         self.pin_set_objects();
         let Ok(plan) = plan::replace(self.old.as_ref(), self.own(), &pinned) else {
             unpin_all();
-            self.old = None;
             self.phase = Phase::Gone;
+            self.release();
             return -ENOMEM;
         };
         match plan::run_before(&mut self.runner(), &plan) {
@@ -438,8 +466,8 @@ impl Dispatcher {
             Err(errno) => {
                 // The kernel cancels without calling our post_unpatch for vmlinux.
                 unpin_all();
-                self.old = None;
                 self.phase = Phase::Gone;
+                self.release();
                 errno_to_kernel(errno)
             }
         }
@@ -557,26 +585,43 @@ impl Dispatcher {
 
     /// Runs what remains of the transition in flight (`rest` gets the runner, the main plan
     /// and the late modules' plans), then lets go of the outgoing patch and the pins.
+    /// `keep_disable`: a reversed disable, whose plan serves the next disable.
     fn finish(
         &mut self,
+        keep_disable: bool,
         rest: impl FnOnce(&mut KernelRunner<'_>, &Plan<'static>, &[(&'static str, Plan<'static>)]),
     ) {
         let late = core::mem::take(&mut self.late);
         if let Some(plan) = self.plan.take() {
             rest(&mut self.runner(), &plan, &late);
-            // A reversed disable keeps the patch enabled: it can be disabled again.
-            if self.phase == Phase::Disabling {
+            if keep_disable {
                 self.disable = Some(plan);
             }
         }
         self.old = None;
+        self.gone.clear();
         unpin_all();
+    }
+
+    /// Drops everything but our own tables: the patch is gone (disabled, cancelled or
+    /// reversed), and the kernel will not call us again.
+    fn release(&mut self) {
+        self.plan = None;
+        self.old = None;
+        self.late = Vec::new();
+        self.coming = None;
+        self.going = None;
+        self.disable = None;
+        self.going_plans = Vec::new();
+        self.gone = Vec::new();
     }
 }
 
-/// Whether `step` is a hook on one of `objects`.
-fn on_any(step: &Step<'_>, objects: &[&str]) -> bool {
-    matches!(step, Step::Hook { object, .. } if objects.contains(object))
+/// Whether a step of the main disable plan is left out: a hook on a module that went during
+/// the disable, or on one that came during it (its own plan runs its sets).
+fn skipped(step: &Step<'_>, gone: &[&str], late: &[(&str, Plan<'_>)]) -> bool {
+    matches!(step, Step::Hook { object, .. }
+        if gone.contains(object) || late.iter().any(|(o, _)| o == object))
 }
 
 /// The errno for tables that cannot be read.

@@ -8,7 +8,7 @@
 
 mod dispatch;
 
-pub use dispatch::{klp_rs_dispatch, klp_rs_format_version};
+pub use dispatch::{klp_rs_dispatch, klp_rs_format_version, klp_rs_release};
 
 use core::ffi::{c_char, c_int, c_void};
 use core::fmt;
