@@ -13,9 +13,23 @@ pub struct AllocError;
 /// `v.push(x)`, or `AllocError` if there is no room and none can be had.
 pub fn push<T>(v: &mut Vec<T>, x: T) -> Result<(), AllocError> {
     v.try_reserve(1).map_err(|_| AllocError)?;
-    // Cannot reallocate: there is room for one more.
-    v.push(x);
-    Ok(())
+    push_within_capacity(v, x).map_err(|_| AllocError)
+}
+
+/// `v.push(x)` if there is room already, never allocating; otherwise `x` back. Unlike
+/// `Vec::push` after a reservation, it has no growth path (which could reach the panic
+/// handler) even in code that can never take it.
+pub fn push_within_capacity<T>(v: &mut Vec<T>, x: T) -> Result<(), T> {
+    let len = v.len();
+    match v.spare_capacity_mut().first_mut() {
+        Some(slot) => {
+            slot.write(x);
+            // SAFETY: the element at `len` was just written, within the capacity.
+            unsafe { v.set_len(len + 1) };
+            Ok(())
+        }
+        None => Err(x),
+    }
 }
 
 /// `v.extend(items)`, one fallible push at a time.

@@ -40,6 +40,7 @@ on_both_kernels!(
     a_foreign_patch_with_our_state_id_is_refused_without_an_oops,
     two_cpus_freeing_two_shadow_types_never_mix_them,
     every_failed_allocation_is_a_clean_error,
+    no_runtime_entry_point_reaches_the_panic_handler,
     a_target_module_loading_during_a_replace_transition,
 );
 
@@ -1145,4 +1146,95 @@ fn every_failed_allocation_is_a_clean_error(series: Series) {
     );
     let lines = kernel_lines(&log, "log");
     assert!(!lines.iter().any(|l| l.contains("panic")), "{lines:#?}");
+}
+
+/// A path, as function names, from a runtime entry point of `ko` to the panic handler, if
+/// there is one. Functions live in sections of their own (function sections), so a call is a
+/// relocation from the caller's section to the callee's symbol or section. The runtime's entry
+/// points are what the kernel and the C init call: the dispatcher, the release at exit, the
+/// format query, and the shadow constructors and destructors. Hooks and patched functions are
+/// the patch author's code, reached through the tables, not by calls.
+fn path_to_panic_handler(ko: &Path) -> Option<Vec<String>> {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget, SectionIndex};
+    use std::collections::{HashMap, VecDeque};
+    let data = read_ko(ko);
+    let file = object::File::parse(&*data).unwrap();
+    let mut name_of: HashMap<SectionIndex, String> = HashMap::new();
+    for sym in file.symbols() {
+        if let (Some(i), Ok(name)) = (sym.section_index(), sym.name()) {
+            // 6.12's function padding puts a `__pfx_` symbol before each function.
+            if sym.kind() == object::SymbolKind::Text
+                && !name.is_empty()
+                && !name.starts_with("__pfx_")
+            {
+                name_of.entry(i).or_insert_with(|| name.to_string());
+            }
+        }
+    }
+    let mut calls: HashMap<SectionIndex, Vec<SectionIndex>> = HashMap::new();
+    for sec in file.sections() {
+        for (_, rel) in sec.relocations() {
+            let RelocationTarget::Symbol(si) = rel.target() else {
+                continue;
+            };
+            if let Some(t) = file
+                .symbol_by_index(si)
+                .ok()
+                .and_then(|s| s.section_index())
+            {
+                calls.entry(sec.index()).or_default().push(t);
+            }
+        }
+    }
+    let named = |pred: &dyn Fn(&str) -> bool| -> Vec<SectionIndex> {
+        name_of
+            .iter()
+            .filter(|(_, n)| pred(n))
+            .map(|(i, _)| *i)
+            .collect()
+    };
+    let handler = named(&|n| n.contains("rust_begin_unwind"));
+    let entries = named(&|n| {
+        ["klp_rs_dispatch", "klp_rs_release", "klp_rs_format_version"].contains(&n)
+            || n.contains("11klp_runtime6shadow4ctor")
+            || n.contains("11klp_runtime6shadow4dtor")
+    });
+    assert!(
+        entries.len() >= 3,
+        "the runtime's entry points are not in {}",
+        ko.display()
+    );
+    let mut from: HashMap<SectionIndex, SectionIndex> = HashMap::new();
+    let mut queue: VecDeque<SectionIndex> = entries.iter().copied().collect();
+    while let Some(s) = queue.pop_front() {
+        if handler.contains(&s) {
+            let mut path = vec![s];
+            while let Some(p) = from.get(path.last().unwrap()) {
+                path.push(*p);
+            }
+            path.reverse();
+            let show = |i: &SectionIndex| name_of.get(i).cloned().unwrap_or(format!("{i:?}"));
+            return Some(path.iter().map(show).collect());
+        }
+        for t in calls.get(&s).into_iter().flatten() {
+            if !entries.contains(t) && !from.contains_key(t) {
+                from.insert(*t, s);
+                queue.push_back(*t);
+            }
+        }
+    }
+    None
+}
+
+fn no_runtime_entry_point_reaches_the_panic_handler(series: Series) {
+    // In the kernel a Rust panic is a kernel panic. Checked on the built modules, whose
+    // runtime LLVM has optimized with the patch's code: no call path leads from what the
+    // kernel calls in the runtime to the panic handler.
+    let k = kernel(series);
+    for package in ["p3", "modobj", "shadowrace"] {
+        let ko = build(package, &k);
+        if let Some(path) = path_to_panic_handler(&ko) {
+            panic!("{}: {}", ko.display(), path.join("\n  -> "));
+        }
+    }
 }

@@ -97,6 +97,15 @@ static STATE: Global<Dispatcher> = Global(UnsafeCell::new(Dispatcher {
     gone: Vec::new(),
 }));
 
+/// What `own()` answers before our tables are read, which never happens when dispatching.
+static NO_TABLES: Patch<'static, usize> = Patch {
+    name: "",
+    format_version: 0,
+    funcs: Vec::new(),
+    sets: Vec::new(),
+    shadows: Vec::new(),
+};
+
 const EINVAL: c_int = 22;
 const ENOMEM: c_int = 12;
 
@@ -346,7 +355,13 @@ impl Dispatcher {
         match plan::run_before(&mut self.runner(), &late) {
             Ok(()) => {
                 // Room was reserved above: this does not allocate.
-                self.late.push((object, late));
+                if let Err((_, late)) =
+                    fallible::push_within_capacity(&mut self.late, (object, late))
+                {
+                    plan::run(&mut self.runner(), late.reverse());
+                    unpin(object);
+                    return -ENOMEM;
+                }
                 0
             }
             Err(errno) => {
@@ -373,8 +388,10 @@ impl Dispatcher {
         crate::pr_info!("klp-rs: {object} goes during the transition");
         let side = self.own_side();
         let mut main = false;
-        if let Some(i) = self.late.iter().position(|(o, _)| *o == object) {
-            let (_, late) = self.late.remove(i);
+        if let Some(entry) = self.late.iter_mut().find(|(o, _)| *o == object) {
+            // Emptied in place (no removal, which could reach the panic handler): an entry
+            // with no name and no steps runs nothing.
+            let (_, late) = core::mem::take(entry);
             plan::run(&mut self.runner(), late.undo_on(object, side));
         } else if let Some(plan) = &self.plan {
             main = true;
@@ -392,9 +409,8 @@ impl Dispatcher {
         // plan must not run its steps a second time. The disable plan is kept for a later
         // disable, so there the module is only noted (room was reserved for every object).
         if self.phase == Phase::Disabling {
-            let room = self.gone.len() < self.gone.capacity();
-            if main && room && !self.gone.contains(&object) {
-                self.gone.push(object);
+            if main && !self.gone.contains(&object) {
+                let _ = fallible::push_within_capacity(&mut self.gone, object);
             }
         } else if let Some(plan) = &mut self.plan {
             plan.forget(object);
@@ -429,8 +445,10 @@ impl Dispatcher {
             .find(|o| *o == object)
     }
 
+    /// Our tables, read at the first call (`klp_rs_dispatch` does not dispatch before they
+    /// are); no tables at all otherwise, rather than a path to the panic handler.
     fn own(&self) -> &Patch<'static, usize> {
-        self.own.as_ref().expect("read at the first call")
+        self.own.as_ref().unwrap_or(&NO_TABLES)
     }
 
     fn runner(&self) -> KernelRunner<'_> {

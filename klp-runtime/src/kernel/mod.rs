@@ -75,9 +75,12 @@ struct Line {
 
 impl fmt::Write for Line {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
+        // No indexing: nothing on the logging path may reach the panic handler.
+        let free = self.buf.iter_mut().skip(self.len);
+        for (dst, src) in free.zip(s.as_bytes()) {
+            *dst = *src;
+            self.len += 1;
+        }
         Ok(())
     }
 }
