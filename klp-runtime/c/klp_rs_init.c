@@ -27,7 +27,7 @@
 extern const struct klp_rs_patch_header klp_rs_header;
 
 /* The Rust side: the dispatcher, and the helpers it calls. */
-int klp_rs_dispatch(const struct klp_rs_patch_header *header, int hook, const char *object);
+int klp_rs_dispatch(const struct klp_rs_patch_header *header, unsigned int hook, const char *object);
 unsigned int klp_rs_format_version(void);
 void klp_rs_release(void);
 void klp_rs_log(const char *msg, size_t len);
@@ -114,7 +114,7 @@ static const char *object_name(struct klp_object *obj)
  */
 static struct task_struct *dispatching;
 
-static int dispatch(int hook, struct klp_object *obj)
+static int dispatch(unsigned int hook, struct klp_object *obj)
 {
 	int ret;
 
@@ -126,22 +126,22 @@ static int dispatch(int hook, struct klp_object *obj)
 
 static int klp_rs_pre_patch(struct klp_object *obj)
 {
-	return dispatch(0, obj);
+	return dispatch(KLP_RS_HOOK_PRE_PATCH, obj);
 }
 
 static void klp_rs_post_patch(struct klp_object *obj)
 {
-	dispatch(1, obj);
+	dispatch(KLP_RS_HOOK_POST_PATCH, obj);
 }
 
 static void klp_rs_pre_unpatch(struct klp_object *obj)
 {
-	dispatch(2, obj);
+	dispatch(KLP_RS_HOOK_PRE_UNPATCH, obj);
 }
 
 static void klp_rs_post_unpatch(struct klp_object *obj)
 {
-	dispatch(3, obj);
+	dispatch(KLP_RS_HOOK_POST_UNPATCH, obj);
 }
 
 static size_t add_object(const char *name, size_t n)

@@ -10,6 +10,11 @@
 #define KLP_RS_STATE_ID 0x6b6c707273000001UL
 #define KLP_RS_STATE_VERSION 1
 #define KLP_RS_STACK_STATE_ID 0x6b6c707273000002UL
+/* klp_runtime::abi::Hook: the hook numbers the trampolines pass to the dispatcher */
+#define KLP_RS_HOOK_PRE_PATCH 0
+#define KLP_RS_HOOK_POST_PATCH 1
+#define KLP_RS_HOOK_PRE_UNPATCH 2
+#define KLP_RS_HOOK_POST_UNPATCH 3
 /* klp_runtime::abi::Gfp */
 #define KLP_RS_GFP_KERNEL 0
 #define KLP_RS_GFP_ATOMIC 1

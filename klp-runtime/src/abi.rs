@@ -47,6 +47,46 @@ pub mod section {
     pub const KO_SHADOWS: &str = ".klp_rs.shadows";
 }
 
+/// The four callbacks of a set, in table order: also the hook number the C init's
+/// trampolines pass to the dispatcher (`KLP_RS_HOOK_*` in the C header).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hook {
+    PrePatch = 0,
+    PostPatch = 1,
+    PreUnpatch = 2,
+    PostUnpatch = 3,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [
+        Hook::PrePatch,
+        Hook::PostPatch,
+        Hook::PreUnpatch,
+        Hook::PostUnpatch,
+    ];
+
+    /// The hook a number from C stands for; `None` for anything else.
+    pub fn from_raw(raw: u32) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| *h as u32 == raw)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::PrePatch => "pre_patch",
+            Hook::PostPatch => "post_patch",
+            Hook::PreUnpatch => "pre_unpatch",
+            Hook::PostUnpatch => "post_unpatch",
+        }
+    }
+}
+
+impl core::fmt::Display for Hook {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How an allocation may wait, as the kernel's `gfp_t` says it; the C init maps each to its
 /// flags (`KLP_RS_GFP_*` in the C header).
 #[repr(u32)]

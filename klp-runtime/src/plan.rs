@@ -23,31 +23,7 @@ use core::fmt;
 use crate::fallible::{self, AllocError};
 use crate::reader::Patch;
 
-/// The four callbacks of a set, in table order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Hook {
-    PrePatch = 0,
-    PostPatch = 1,
-    PreUnpatch = 2,
-    PostUnpatch = 3,
-}
-
-impl Hook {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Hook::PrePatch => "pre_patch",
-            Hook::PostPatch => "post_patch",
-            Hook::PreUnpatch => "pre_unpatch",
-            Hook::PostUnpatch => "post_unpatch",
-        }
-    }
-}
-
-impl fmt::Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::abi::Hook;
 
 /// Whose tables a step belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -143,20 +143,27 @@ fn the_c_header_constants_match_the_rust_ones() {
     let out = run_c(
         "consts",
         "#include <stdio.h>\n#include \"klp_rs_abi.h\"\nint main(void) {\n\
-         printf(\"%u %lu %u %lu %u %u\\n\", (unsigned)KLP_RS_FORMAT_VERSION, KLP_RS_STATE_ID,\n\
-         (unsigned)KLP_RS_STATE_VERSION, KLP_RS_STACK_STATE_ID,\n\
-         (unsigned)KLP_RS_GFP_KERNEL, (unsigned)KLP_RS_GFP_ATOMIC);\nreturn 0; }\n",
+         printf(\"%u %lu %u %lu %u %u %u %u %u %u\\n\", (unsigned)KLP_RS_FORMAT_VERSION,\n\
+         KLP_RS_STATE_ID, (unsigned)KLP_RS_STATE_VERSION, KLP_RS_STACK_STATE_ID,\n\
+         (unsigned)KLP_RS_GFP_KERNEL, (unsigned)KLP_RS_GFP_ATOMIC,\n\
+         (unsigned)KLP_RS_HOOK_PRE_PATCH, (unsigned)KLP_RS_HOOK_POST_PATCH,\n\
+         (unsigned)KLP_RS_HOOK_PRE_UNPATCH, (unsigned)KLP_RS_HOOK_POST_UNPATCH);\n\
+         return 0; }\n",
     );
     assert_eq!(
         out.trim(),
         format!(
-            "{} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {} {}",
             abi::FORMAT_VERSION,
             abi::KLP_STATE_ID,
             abi::KLP_STATE_VERSION,
             abi::KLP_STACK_STATE_ID,
             abi::Gfp::Kernel as u32,
-            abi::Gfp::Atomic as u32
+            abi::Gfp::Atomic as u32,
+            abi::Hook::PrePatch as u32,
+            abi::Hook::PostPatch as u32,
+            abi::Hook::PreUnpatch as u32,
+            abi::Hook::PostUnpatch as u32
         )
     );
 }

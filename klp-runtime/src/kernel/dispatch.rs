@@ -134,7 +134,7 @@ pub extern "C" fn klp_rs_format_version() -> u32 {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn klp_rs_dispatch(
     header: *const PatchHeader,
-    hook: c_int,
+    hook: u32,
     object: *const c_char,
 ) -> c_int {
     // SAFETY: see `Global`'s Sync impl: calls are serialized.
@@ -154,11 +154,9 @@ pub unsafe extern "C" fn klp_rs_dispatch(
     let Ok(object) = unsafe { CStr::from_ptr(object) }.to_str() else {
         return 0;
     };
-    let hook = match hook {
-        0 => Hook::PrePatch,
-        1 => Hook::PostPatch,
-        2 => Hook::PreUnpatch,
-        _ => Hook::PostUnpatch,
+    let Some(hook) = Hook::from_raw(hook) else {
+        crate::pr_info!("klp-rs: unknown hook number {hook} from the C init");
+        return -EINVAL;
     };
     d.dispatch(hook, object)
 }
