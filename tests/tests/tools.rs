@@ -32,15 +32,19 @@ fn path_without(hidden: &str, dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// The `cargo-klp` binary, built once per test process (`cargo test` of this package alone
+/// does not build other packages' binaries).
 fn cargo_klp() -> PathBuf {
-    let bin = xtask::target_dir().join("debug/cargo-klp");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "-q", "-p", "cargo-klp", "--bin", "cargo-klp"])
-        .current_dir(xtask::workspace())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    bin
+    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["build", "-q", "-p", "cargo-klp", "--bin", "cargo-klp"])
+            .current_dir(xtask::workspace())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(built, "cannot build the cargo-klp binary");
+    xtask::target_dir().join("debug/cargo-klp")
 }
 
 fn hidden_tool_is_named(series: Series, hidden: &str, expected: &[&str]) {

@@ -426,12 +426,17 @@ impl Dispatcher {
 
     /// `object` as the tables spell it, if a set of ours or of the outgoing patch is on it.
     fn set_object(&self, object: &str) -> Option<&'static str> {
+        self.set_objects().find(|o| *o == object)
+    }
+
+    /// The objects the sets of ours and of the outgoing patch live on, as the tables spell
+    /// them (repeats included).
+    fn set_objects(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.own()
             .sets
             .iter()
             .chain(self.old.iter().flat_map(|o| o.sets.iter()))
             .map(|s| s.object)
-            .find(|o| *o == object)
     }
 
     /// `object` as our tables spell it, if one of our sets is on it.
@@ -587,14 +592,7 @@ impl Dispatcher {
 
     /// Pins every loaded module that a set of ours or of the outgoing patch lives on.
     fn pin_set_objects(&self) {
-        let objects = self
-            .own()
-            .sets
-            .iter()
-            .chain(self.old.iter().flat_map(|o| o.sets.iter()))
-            .map(|s| s.object)
-            .filter(|o| *o != "vmlinux");
-        for o in objects {
+        for o in self.set_objects().filter(|o| *o != "vmlinux") {
             pin(o);
         }
     }
