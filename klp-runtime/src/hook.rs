@@ -43,6 +43,15 @@ impl Errno {
         }
     }
 
+    /// The errno of what a kernel function returned: `-errno`. Anything else (a positive
+    /// value, `i32::MIN`, beyond `MAX_ERRNO`) is `EINVAL`, never a wrap or a panic.
+    pub const fn from_kernel(ret: c_int) -> Errno {
+        match ret.checked_neg() {
+            Some(errno) => Errno::new(errno),
+            None => Errno::EINVAL,
+        }
+    }
+
     pub const fn get(self) -> i32 {
         self.0
     }

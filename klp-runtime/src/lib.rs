@@ -3,6 +3,8 @@
 //! - [`abi`]: the table format the macros write into the module (the single definition);
 //! - [`reader`]: the single decoder of it, for the kernel, the simulator and `cargo klp inspect`;
 //! - [`plan`]: the replace planner, pure, run by the kernel module itself on replace;
+//! - `dispatch`: the dispatcher that runs the plans from the kernel's callbacks, in the
+//!   kernel module and (over a model of the livepatch core) in the simulator;
 //! - [`shadow`], [`hook`]: what patch code uses (shadow variables, callback types);
 //! - `kernel` (target `x86_64-unknown-none`): the in-kernel dispatcher and bindings;
 //! - `sim` (host): a model of the kernel's livepatch core to run patches under `cargo test`.
@@ -17,6 +19,7 @@ extern crate alloc;
 pub mod abi;
 pub mod bindings;
 pub mod check;
+mod dispatch;
 pub mod fallible;
 pub mod hook;
 pub mod plan;

@@ -21,6 +21,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::fallible::{self, AllocError};
+use crate::hook::Errno;
 use crate::reader::Patch;
 
 pub use crate::abi::Hook;
@@ -437,31 +438,12 @@ pub fn module_going<'a, F>(patch: &Patch<'a, F>, object: &str) -> Result<Plan<'a
     Ok(plan)
 }
 
-/// Carries out a plan's steps; implemented by the kernel dispatcher and the simulator.
+/// Carries out a plan's steps. Its one implementation, [`crate::dispatch`]'s executor, runs
+/// in the kernel and in the simulator; tests may implement it to watch a plan.
 pub trait Runner<'a> {
-    /// Runs a defined hook; only `pre_patch` may fail (with a negative errno).
-    fn hook(&mut self, side: Side, set: u32, object: &'a str, hook: Hook) -> Result<(), i32>;
-    fn free_shadow(&mut self, side: Side, set: u32, shadow: u64);
-    /// Sees every step, run or not (the simulator's trace).
-    fn observe(&mut self, _step: &Step<'a>) {}
-}
-
-fn run_step<'a>(runner: &mut impl Runner<'a>, step: &Step<'a>) -> Result<(), i32> {
-    runner.observe(step);
-    match *step {
-        Step::Hook {
-            side,
-            set,
-            object,
-            hook,
-            defined: true,
-        } => runner.hook(side, set, object, hook),
-        Step::Hook { defined: false, .. } => Ok(()),
-        Step::FreeShadow { side, set, shadow } => {
-            runner.free_shadow(side, set, shadow);
-            Ok(())
-        }
-    }
+    /// Carries out one step: calls a set's hook (a step whose hook the set does not define
+    /// calls nothing) or frees a shadow type. Only a `pre_patch` may fail.
+    fn step(&mut self, step: &Step<'a>) -> Result<(), Errno>;
 }
 
 /// Runs steps that cannot fail (everything but `pre_patch`). Takes them as they come, so
@@ -470,15 +452,15 @@ fn run_step<'a>(runner: &mut impl Runner<'a>, step: &Step<'a>) -> Result<(), i32
 pub fn run<'a>(runner: &mut impl Runner<'a>, steps: impl IntoIterator<Item = Step<'a>>) {
     for step in steps {
         // Only pre_patch can fail, and no list built here for `run` contains one.
-        let _ = run_step(runner, &step);
+        let _ = runner.step(&step);
     }
 }
 
 /// Runs the part before the transition. If a `pre_patch` fails, runs [`Plan::cancel`] and
 /// returns the errno, with everything as it was before.
-pub fn run_before<'a>(runner: &mut impl Runner<'a>, plan: &Plan<'a>) -> Result<(), i32> {
+pub fn run_before<'a>(runner: &mut impl Runner<'a>, plan: &Plan<'a>) -> Result<(), Errno> {
     for (i, p) in plan.before.iter().enumerate() {
-        if let Err(errno) = run_step(runner, &p.step) {
+        if let Err(errno) = runner.step(&p.step) {
             run(runner, plan.cancel(i));
             return Err(errno);
         }

@@ -49,13 +49,23 @@ fn a_replace_that_changes_a_shared_shadow_layout_is_refused_before_anything_runs
     k.insmod(&p1::KLP_PATCH).unwrap();
     k.clear_log();
     let err = k.insmod(&relayout::KLP_PATCH).unwrap_err();
+    // The dispatcher itself refuses, in relayout's pre_patch for vmlinux, with the line the
+    // kernel module prints.
+    let SimError::Refused { patch, errno, why } = &err else {
+        panic!("not refused by the runtime: {err}");
+    };
+    assert_eq!((patch.as_str(), errno.get()), ("relayout", 22));
     assert_eq!(
-        err.to_string(),
-        "relayout cannot replace p1: shadow 0x10 is `Banner` (1 byte, align 1) in the outgoing \
-         patch and `Banner` (16 bytes, align 8) in the incoming one, and its variables would \
-         pass from one layout to the other; give the new layout a new shadow id"
+        why,
+        &[
+            "klp-rs: relayout cannot replace p1: shadow 0x10 is `Banner` (1 byte, align 1) in the \
+           outgoing patch and `Banner` (16 bytes, align 8) in the incoming one, and its \
+           variables would pass from one layout to the other; give the new layout a new shadow \
+           id"
+        ]
     );
-    assert!(k.lines().is_empty(), "nothing ran: {:?}", k.lines());
+    assert!(k.step_lines().is_empty(), "nothing ran: {:?}", k.lines());
+    assert!(k.messages().is_empty(), "nothing ran: {:?}", k.messages());
     assert_eq!(k.enabled_patch(), Some("p1"));
 }
 

@@ -112,6 +112,8 @@ fn pre_patch_enodev_cancels_and_leaves_the_old_patch_as_it_was() {
             "fail: set 9 vmlinux pre_patch",
             "fail: refusing vmlinux",
             "fail: set 9 vmlinux pre_patch failed: 19",
+            // klp_cancel_transition completes the transition the other way.
+            "'fail': unpatching complete",
         ]
     );
     assert_eq!(k.enabled_patch(), Some("p3"));
@@ -147,6 +149,7 @@ fn pre_patch_enodev_from_scratch_unwinds_the_sets_already_set_up() {
             "fail: set 2 vmlinux post_unpatch",
             "fail: set 2 free shadow 0x90",
             "fail: set 1 vmlinux post_unpatch",
+            "'fail': unpatching complete",
         ]
     );
     assert_eq!(store::total(), 0);
@@ -175,6 +178,8 @@ fn a_reversed_replace_restores_the_old_patch() {
             "p4: set 3 vmlinux post_unpatch",
             "p4: task stats retired on vmlinux",
             "p4: set 3 free shadow 0x30",
+            // The reversed transition completes: unpatching, for p4.
+            "'p4': unpatching complete",
         ]
     );
     assert_eq!(k.enabled_patch(), Some("p3"));
@@ -232,4 +237,116 @@ fn a_sleeping_shadow_allocation_in_atomic_context_is_reported() {
     p4::TaskStats::get_or_alloc(b, Default::default).unwrap();
     assert_eq!(store::take_warnings(), Vec::<String>::new());
     p4::TaskStats::free_all();
+}
+
+/// The case of the issue "The runtime keeps its promise": modobj (set 1 on vmlinux, set 2
+/// on binfmt_misc owning shadow type 0x200) replaced by P2 (set 1 only) while binfmt_misc
+/// stays loaded. The replace's nop object for binfmt_misc is discarded before the post
+/// callbacks (klp_complete_transition: klp_discard_nops first), so set 2's teardown must not
+/// depend on it. By the rule: set 2's pre_unpatch before the transition, its post_unpatch
+/// after, then its shadow type freed (Drop runs), each exactly once.
+fn replace_drops_a_module_object(binfmt_first: bool) {
+    let mut k = Kernel::new();
+    if binfmt_first {
+        k.load_object("binfmt_misc").unwrap();
+        k.insmod(&modobj::KLP_PATCH).unwrap();
+    } else {
+        k.insmod(&modobj::KLP_PATCH).unwrap();
+        k.load_object("binfmt_misc").unwrap();
+    }
+    assert_eq!(store::count(0x200), 1);
+    k.clear_log();
+    k.insmod(&p2::KLP_PATCH).unwrap();
+    let binfmt: Vec<String> = k
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("modobj: binfmt") || l.starts_with("'p2'"))
+        .collect();
+    assert_eq!(
+        binfmt,
+        [
+            "modobj: binfmt set leaving binfmt_misc",
+            "'p2': starting patching transition",
+            "modobj: binfmt set down on binfmt_misc",
+            "modobj: binfmt tracker dropped (live=true)",
+            "'p2': patching complete",
+        ]
+    );
+    assert_eq!(store::count(0x200), 0);
+    assert_eq!(k.enabled_patch(), Some("p2"));
+    // Nothing stays pinned: binfmt_misc unloads, and only P2 (which has nothing there) is
+    // asked.
+    k.clear_log();
+    k.unload_object("binfmt_misc").unwrap();
+    assert_eq!(k.lines(), Vec::<String>::new());
+    k.disable("p2").unwrap();
+}
+
+#[test]
+fn a_replace_drops_a_module_object_loaded_before_the_patch() {
+    replace_drops_a_module_object(true)
+}
+
+#[test]
+fn a_replace_drops_a_module_object_loaded_after_the_patch() {
+    replace_drops_a_module_object(false)
+}
+
+/// A module the runtime pinned for a transition cannot be unloaded until it ends (rmmod
+/// fails with EBUSY: the runtime holds a reference); forced out (`rmmod -f`), what the
+/// transition set up on it is torn down while it is still there, and nothing stays pinned.
+#[test]
+fn a_module_pinned_for_a_replace_stays_until_the_transition_ends_or_is_forced_out() {
+    let mut k = Kernel::new();
+    k.insmod(&modobj::KLP_PATCH).unwrap();
+    k.load_object("binfmt_misc").unwrap();
+    k.insmod_pending(&p2::KLP_PATCH).unwrap();
+    assert_eq!(
+        k.unload_object("binfmt_misc"),
+        Err(SimError::ModuleInUse("binfmt_misc".into()))
+    );
+    k.clear_log();
+    k.force_unload_object("binfmt_misc");
+    // modobj is not the transition patch: klp_module_going gives it both unpatch
+    // callbacks, and its set on binfmt_misc goes with the module (shadow type freed).
+    assert_eq!(
+        k.messages(),
+        [
+            "modobj: binfmt set leaving binfmt_misc",
+            "modobj: binfmt set down on binfmt_misc",
+            "modobj: binfmt tracker dropped (live=true)",
+        ]
+    );
+    k.clear_log();
+    k.complete_transition().unwrap();
+    // At the end, P2 has nothing left to run for set 2: it went with the module.
+    assert!(
+        k.messages().iter().all(|m| !m.contains("binfmt")),
+        "{:?}",
+        k.lines()
+    );
+    assert_eq!(store::count(0x200), 0);
+    k.disable("p2").unwrap();
+}
+
+/// A target module whose init fails after klp_module_coming: the enabled patch's sets on it
+/// set up, then tear down at klp_module_going, once each.
+#[test]
+fn a_target_module_whose_init_fails_is_set_up_and_torn_down_once() {
+    let mut k = Kernel::new();
+    k.insmod(&modobj::KLP_PATCH).unwrap();
+    k.clear_log();
+    k.load_object_failing_init("binfmt_misc").unwrap();
+    assert_eq!(
+        k.messages(),
+        [
+            "modobj: binfmt set up on binfmt_misc",
+            "modobj: binfmt set live on binfmt_misc",
+            "modobj: binfmt set leaving binfmt_misc",
+            "modobj: binfmt set down on binfmt_misc",
+            "modobj: binfmt tracker dropped (live=true)",
+        ]
+    );
+    assert_eq!(store::count(0x200), 0);
+    k.disable("modobj").unwrap();
 }

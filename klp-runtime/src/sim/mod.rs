@@ -1,21 +1,50 @@
-//! A host model of the kernel's livepatch core, for `cargo test` without a kernel: patch
+//! A host model of the kernel's livepatch core, for `cargo test` without a kernel. Patch
 //! modules (each with its own tables) come and go, patches are enabled, atomically replaced
 //! and disabled, transitions complete or are reversed, target modules load and unload, and
-//! shadow variables behave as `klp_shadow_*` does. The patch crates' real callbacks run, in
-//! the order the shared planner gives — the same planner the kernel module runs.
+//! shadow variables behave as `klp_shadow_*` does.
+//!
+//! What runs is the kernel module's own dispatcher ([`crate::dispatch`]), one per patch
+//! module, called per object and hook in the order the 6.1 and 6.12 livepatch cores call
+//! callbacks (kernel/livepatch/core.c, transition.c):
+//!
+//! - `klp_enable_patch`: `klp_init_patch` adds a nop object (`klp_add_nops`, no callbacks)
+//!   for each object of the patches already in `klp_patches` that the new one lacks;
+//!   `__klp_enable_patch` calls `pre_patch` of each loaded object in list order (vmlinux
+//!   first), and on failure `klp_cancel_transition`;
+//! - `klp_complete_transition`: for a replace, the replaced patches are unpatched and the
+//!   nop objects discarded (`klp_discard_nops`) *before* the post callbacks of the loaded
+//!   objects that remain; `post_unpatch` only where `pre_patch` succeeded
+//!   (`post_unpatch_enabled`); then the replaced or disabled patches leave `klp_patches`;
+//! - `klp_reverse_transition`: the target flips, and the transition later completes the
+//!   other way (here at once);
+//! - `klp_module_coming`: each patch in `klp_patches` order runs `pre_patch` of its object
+//!   for the module, and `post_patch` unless it is the transition patch; a failure refuses
+//!   the module and tears down the patches before (`klp_cleanup_module_patches_limited`);
+//! - `klp_module_going`: each patch's object gets `pre_unpatch` (not the transition patch)
+//!   and `post_unpatch`.
+//!
+//! The runtime's platform (pins, the patch below) is modelled as the C init implements it
+//! (see [`platform`]): a target module the runtime pins cannot be unloaded, short of
+//! [`Kernel::force_unload_object`].
 //!
 //! Every step is recorded; [`Kernel::lines`] renders the log in the format the kernel
 //! runtime prints to dmesg, so the two can be compared line for line.
 
+mod event;
+mod platform;
 pub mod store;
 
-use std::collections::BTreeSet;
-use std::ffi::CString;
-use std::fmt;
+use std::collections::BTreeMap;
 
-use crate::abi::{self, PatchHeader};
+pub use event::Event;
+pub use platform::current_hook;
+pub(crate) use platform::log_message;
+
+use crate::abi::PatchHeader;
 use crate::check::{check, CheckError};
-use crate::plan::{self, Hook, Plan, Runner, Side, Step, StepLine};
+use crate::dispatch::Dispatcher;
+use crate::hook::Errno;
+use crate::plan::Hook;
 use crate::reader::{self, Patch, ReadError};
 
 /// Why the simulated kernel refused an operation (what insmod or a sysfs write would return).
@@ -36,15 +65,17 @@ pub enum SimError {
     NotEnabled(String),
     #[error("patch {0} is enabled: disable it before removing the module (EBUSY)")]
     Busy(String),
+    #[error("module {0} is in use (EBUSY): a patch pins it for its transition")]
+    ModuleInUse(String),
     #[error("a transition is in progress (EBUSY)")]
     InTransition,
     #[error("no transition is in progress")]
     NoTransition,
-    #[error("{patch} cannot replace {old}: {conflict}")]
-    Conflict {
+    #[error("the runtime of {patch} refused to enable it ({errno}): {}", .why.join("; "))]
+    Refused {
         patch: String,
-        old: String,
-        conflict: String,
+        errno: Errno,
+        why: Vec<String>,
     },
     #[error("out of memory")]
     NoMemory(#[from] crate::fallible::AllocError),
@@ -52,89 +83,48 @@ pub enum SimError {
     PrePatchFailed { patch: String, set: u32, errno: i32 },
 }
 
-/// What happened, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// A plan step; `step` names the patch's tables by side, `patch` resolves it. Steps of
-    /// hooks a set does not define are kept (they mark set-up and tear-down) but are not
-    /// printed by [`Kernel::lines`], as the kernel runtime prints nothing for them.
-    Step {
-        patch: &'static str,
-        step: Step<'static>,
-    },
-    /// A hook returned an error.
-    HookFailed {
-        patch: &'static str,
-        set: u32,
-        object: &'static str,
-        hook: Hook,
-        errno: i32,
-    },
-    /// A transition started (`to` is the patch being enabled or disabled).
-    TransitionStart {
-        to: &'static str,
-        patching: bool,
-    },
-    TransitionComplete {
-        to: &'static str,
-        patching: bool,
-    },
-    TransitionReversed {
-        to: &'static str,
-    },
-    /// A patch's code logged something (`klp_runtime::pr_info!`).
-    Message(String),
+/// A `struct klp_object` of a registered patch.
+struct KlpObject {
+    name: &'static str,
+    /// A nop object `klp_add_nops` made for an object only the replaced patch has.
+    dynamic: bool,
+    /// Which of the four callbacks the object has (nop objects: none, until the runtime's
+    /// `klp_rs_pin_begin` gives them `pre_patch` and `post_unpatch`).
+    callbacks: [bool; 4],
+    patched: bool,
+    post_unpatch_enabled: bool,
 }
 
-impl fmt::Display for Event {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Event::Step { patch, step } => StepLine { patch, step }.fmt(f),
-            Event::HookFailed {
-                patch,
-                set,
-                object,
-                hook,
-                errno,
-            } => {
-                write!(f, "{patch}: set {set} {object} {hook} failed: {errno}")
-            }
-            Event::TransitionStart { to, patching } => {
-                write!(
-                    f,
-                    "'{to}': starting {} transition",
-                    if *patching { "patching" } else { "unpatching" }
-                )
-            }
-            Event::TransitionComplete { to, patching } => {
-                write!(
-                    f,
-                    "'{to}': {} complete",
-                    if *patching { "patching" } else { "unpatching" }
-                )
-            }
-            Event::TransitionReversed { to } => write!(f, "'{to}': reversing transition"),
-            Event::Message(m) => f.write_str(m),
+const VMLINUX: &str = "vmlinux";
+
+impl KlpObject {
+    fn new(name: &'static str, dynamic: bool) -> KlpObject {
+        KlpObject {
+            name,
+            dynamic,
+            callbacks: [!dynamic; 4],
+            patched: false,
+            post_unpatch_enabled: false,
         }
     }
 }
 
 struct PatchModule {
     name: &'static str,
-    tables: Patch<'static, usize>,
+    header: &'static PatchHeader,
+    dispatcher: Dispatcher,
+    /// The patch's objects while it is in `klp_patches`, as the C init builds them (vmlinux,
+    /// then the functions' objects, then the sets'), then the nop objects.
+    objects: Vec<KlpObject>,
     enabled: bool,
+    /// Target modules the runtime pinned (the C init's `pinned` array).
+    pins: Vec<&'static str>,
 }
 
-/// A transition in progress: what to run when it completes or is reversed.
+/// `klp_target_state` and `klp_transition_patch`.
 struct Transition {
-    /// Index of the patch being enabled or disabled.
-    target: usize,
-    /// Index of the patch being replaced.
-    replaced: Option<usize>,
+    patch: &'static str,
     patching: bool,
-    plan: Plan<'static>,
-    /// Parts for target modules that loaded during the transition ([`plan::replace_object`]).
-    late: Vec<Plan<'static>>,
 }
 
 /// The simulated kernel. Shadow variables live in a per-thread store shared by all patches,
@@ -142,148 +132,27 @@ struct Transition {
 #[derive(Default)]
 pub struct Kernel {
     modules: Vec<PatchModule>,
-    objects: BTreeSet<String>,
+    /// Registered patches, oldest first.
+    klp_patches: Vec<&'static str>,
+    /// Loaded target modules, with the references pins hold on each.
+    loaded: BTreeMap<String, usize>,
     transition: Option<Transition>,
     log: Vec<Event>,
     failures: Vec<(String, u32, i32)>,
 }
 
-thread_local! {
-    static MESSAGES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
-    static CURRENT: std::cell::Cell<Option<(&'static str, u32, Hook)>> = const { std::cell::Cell::new(None) };
-}
-
-/// Where patch code's log messages go on the host.
-pub(crate) fn log_message(args: fmt::Arguments<'_>) {
-    MESSAGES.with(|m| m.borrow_mut().push(args.to_string()));
-}
-
-/// The hook running now, as (patch, set, hook); for test patches that record what runs.
-pub fn current_hook() -> Option<(&'static str, u32, Hook)> {
-    CURRENT.with(|c| c.get())
-}
-
-/// Runs plan steps against real hooks, logging each.
-struct Exec<'k> {
-    old: Option<&'k PatchModule>,
-    new: &'k PatchModule,
-    log: &'k mut Vec<Event>,
-    failures: &'k [(String, u32, i32)],
-}
-
-impl Exec<'_> {
-    fn module(&self, side: Side) -> &PatchModule {
-        match side {
-            Side::New => self.new,
-            Side::Old => self.old.unwrap_or(self.new),
+/// The objects the C init gives a patch (klp_rs_init.c): vmlinux first, then each object a
+/// function or a set names, once.
+fn static_objects(tables: &Patch<'static, usize>) -> Vec<KlpObject> {
+    let names = tables.funcs.iter().map(|f| f.object);
+    let names = names.chain(tables.sets.iter().map(|s| s.object));
+    let mut objects = vec![KlpObject::new(VMLINUX, false)];
+    for n in names {
+        if !objects.iter().any(|o| o.name == n) {
+            objects.push(KlpObject::new(n, false));
         }
     }
-
-    fn drain_messages(&mut self) {
-        let msgs = MESSAGES.with(|m| std::mem::take(&mut *m.borrow_mut()));
-        self.log.extend(msgs.into_iter().map(Event::Message));
-    }
-}
-
-impl Runner<'static> for Exec<'_> {
-    fn observe(&mut self, step: &Step<'static>) {
-        let side = match step {
-            Step::Hook { side, .. } | Step::FreeShadow { side, .. } => *side,
-        };
-        self.log.push(Event::Step {
-            patch: self.module(side).name,
-            step: *step,
-        });
-    }
-
-    fn hook(&mut self, side: Side, set: u32, object: &'static str, hook: Hook) -> Result<(), i32> {
-        let m = self.module(side);
-        let (patch, addr) = (
-            m.name,
-            m.tables
-                .set(set)
-                .and_then(|s| s.hooks[hook as usize])
-                .expect("planned hook"),
-        );
-        if hook == Hook::PrePatch {
-            if let Some(&(_, _, errno)) = self.failures.iter().find(|f| f.0 == patch && f.1 == set)
-            {
-                self.log.push(Event::HookFailed {
-                    patch,
-                    set,
-                    object,
-                    hook,
-                    errno,
-                });
-                return Err(errno);
-            }
-        }
-        let obj = CString::new(object).expect("object names have no NUL");
-        CURRENT.with(|c| c.set(Some((patch, set, hook))));
-        let r = if hook == Hook::PrePatch {
-            // SAFETY: the address comes from a pre_patch slot of tables linked into this
-            // program, which the macros fill with `PrePatchFn`s.
-            let f: abi::PrePatchFn = unsafe { std::mem::transmute::<usize, abi::PrePatchFn>(addr) };
-            // SAFETY: `obj` is NUL-terminated and outlives the call.
-            unsafe { f(obj.as_ptr()) }
-        } else {
-            // SAFETY: as above, for the other three slots, which hold `HookFn`s.
-            let f: abi::HookFn = unsafe { std::mem::transmute::<usize, abi::HookFn>(addr) };
-            // SAFETY: as above.
-            unsafe { f(obj.as_ptr()) };
-            0
-        };
-        CURRENT.with(|c| c.set(None));
-        self.drain_messages();
-        if r != 0 {
-            self.log.push(Event::HookFailed {
-                patch,
-                set,
-                object,
-                hook,
-                errno: -r,
-            });
-            return Err(-r);
-        }
-        Ok(())
-    }
-
-    fn free_shadow(&mut self, side: Side, _set: u32, shadow: u64) {
-        let m = self.module(side);
-        let dtor = m
-            .tables
-            .shadows
-            .iter()
-            .find(|t| t.id == shadow)
-            .and_then(|t| t.dtor);
-        // SAFETY: the dtor slot of linked tables holds a `ShadowDtorFn`.
-        let dtor = dtor.map(|a| unsafe { std::mem::transmute::<usize, abi::ShadowDtorFn>(a) });
-        store::free_all(shadow, dtor);
-        self.drain_messages();
-    }
-}
-
-fn printed(e: &Event) -> bool {
-    !matches!(
-        e,
-        Event::Step {
-            step: Step::Hook { defined: false, .. },
-            ..
-        }
-    )
-}
-
-/// The patches a transition's plan calls `Old` and `New`.
-fn sides<'m>(
-    modules: &'m [PatchModule],
-    t: &Transition,
-) -> (Option<&'m PatchModule>, &'m PatchModule) {
-    let target = &modules[t.target];
-    if t.patching {
-        (t.replaced.map(|r| &modules[r]), target)
-    } else {
-        (Some(target), target)
-    }
+    objects
 }
 
 impl Kernel {
@@ -313,22 +182,83 @@ impl Kernel {
                 errors,
             });
         }
-        if self.modules.iter().any(|m| m.name == tables.name) {
-            return Err(SimError::AlreadyLoaded(tables.name.into()));
+        let name = tables.name;
+        if self.modules.iter().any(|m| m.name == name) {
+            return Err(SimError::AlreadyLoaded(name.into()));
+        }
+        // klp_init_patch: the static objects, then klp_add_nops (every patch replaces).
+        let mut objects = static_objects(&tables);
+        for p in &self.klp_patches {
+            for o in &self.modules[self.index(p)?].objects {
+                if !objects.iter().any(|n| n.name == o.name) {
+                    objects.push(KlpObject::new(o.name, true));
+                }
+            }
         }
         self.modules.push(PatchModule {
-            name: tables.name,
-            tables,
+            name,
+            header,
+            dispatcher: Dispatcher::new(),
+            objects,
             enabled: false,
+            pins: Vec::new(),
         });
-        let new = self.modules.len() - 1;
-        match self.start(new, self.enabled(), true) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // The kernel unloads a module whose init failed.
-                self.modules.pop();
-                Err(e)
+        self.klp_patches.push(name);
+        let m = self.modules.len() - 1;
+        let log_start = self.log.len();
+        // __klp_enable_patch.
+        self.transition = Some(Transition {
+            patch: name,
+            patching: true,
+        });
+        for o in 0..self.modules[m].objects.len() {
+            if !self.is_loaded(m, o) {
+                continue;
             }
+            let r = self.pre_patch(m, o);
+            if let Err(errno) = r {
+                // klp_cancel_transition, then the module's init fails and it is freed.
+                self.transition = Some(Transition {
+                    patch: name,
+                    patching: false,
+                });
+                self.complete();
+                self.modules.remove(m);
+                return Err(self.refusal(name, errno, log_start));
+            }
+            self.modules[m].objects[o].patched = true;
+        }
+        self.log.push(Event::TransitionStart {
+            to: name,
+            patching: true,
+        });
+        self.modules[m].enabled = true;
+        Ok(())
+    }
+
+    /// Why an enable failed: the hook that failed, or what the runtime said.
+    fn refusal(&self, patch: &'static str, errno: Errno, since: usize) -> SimError {
+        let log = &self.log[since.min(self.log.len())..];
+        if let Some(Event::HookFailed { set, errno, .. }) =
+            log.iter().find(|e| matches!(e, Event::HookFailed { .. }))
+        {
+            return SimError::PrePatchFailed {
+                patch: patch.into(),
+                set: *set,
+                errno: *errno,
+            };
+        }
+        let why = log
+            .iter()
+            .filter_map(|e| match e {
+                Event::Runtime(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect();
+        SimError::Refused {
+            patch: patch.into(),
+            errno,
+            why,
         }
     }
 
@@ -338,112 +268,146 @@ impl Kernel {
         self.complete_transition()
     }
 
-    /// As [`Kernel::disable`], leaving the transition in progress.
+    /// As [`Kernel::disable`], leaving the transition in progress (`__klp_disable_patch`).
     pub fn disable_pending(&mut self, name: &str) -> Result<(), SimError> {
         if self.transition.is_some() {
             return Err(SimError::InTransition);
         }
-        let i = self.index(name)?;
-        if !self.modules[i].enabled {
+        let m = self.index(name)?;
+        if !self.modules[m].enabled {
             return Err(SimError::NotEnabled(name.into()));
         }
-        self.start(i, None, false)
+        let patch = self.modules[m].name;
+        self.transition = Some(Transition {
+            patch,
+            patching: false,
+        });
+        for o in 0..self.modules[m].objects.len() {
+            if self.modules[m].objects[o].patched {
+                let _ = self.callback(m, o, Hook::PreUnpatch);
+            }
+        }
+        self.log.push(Event::TransitionStart {
+            to: patch,
+            patching: false,
+        });
+        self.modules[m].enabled = false;
+        Ok(())
     }
 
-    /// `rmmod NAME`: only a patch that is not enabled can go.
+    /// `rmmod NAME`: only a patch the kernel has let go of can go.
     pub fn rmmod(&mut self, name: &str) -> Result<(), SimError> {
-        let i = self.index(name)?;
-        if self.modules[i].enabled
-            || self
-                .transition
-                .as_ref()
-                .is_some_and(|t| t.target == i || t.replaced == Some(i))
-        {
+        let m = self.index(name)?;
+        if self.klp_patches.contains(&self.modules[m].name) {
             return Err(SimError::Busy(name.into()));
         }
-        self.modules.remove(i);
+        self.modules.remove(m).dispatcher.unload();
         Ok(())
     }
 
-    /// A target module loads (the kernel's `klp_module_coming`): the enabled patch's sets for
-    /// it set up. During a replace, the outgoing patch (still enabled) sets them up, and the
-    /// incoming one runs its part of the replace for this module now and after the
-    /// transition; during a disable, nothing runs for it.
+    /// A target module loads (`klp_module_coming`, then its init succeeds). When a patch's
+    /// `pre_patch` refuses it, the load fails: the log says why, and the module is not
+    /// loaded.
     pub fn load_object(&mut self, object: &str) -> Result<(), SimError> {
-        if !self.objects.insert(object.into()) {
+        self.module_coming(object).map(|_| ())
+    }
+
+    /// A target module loads and its init then fails: `klp_module_coming`, then
+    /// `klp_module_going` for the module still coming.
+    pub fn load_object_failing_init(&mut self, object: &str) -> Result<(), SimError> {
+        if self.module_coming(object)? {
+            self.module_going(object);
+        }
+        Ok(())
+    }
+
+    /// Whether the module came (no `pre_patch` refused it).
+    fn module_coming(&mut self, object: &str) -> Result<bool, SimError> {
+        if self.loaded.contains_key(object) {
             return Err(SimError::AlreadyLoaded(object.into()));
         }
-        if let Some(i) = self.enabled() {
-            let plan = plan::module_coming(&self.modules[i].tables, object)?;
-            let mut exec = Exec {
-                old: Some(&self.modules[i]),
-                new: &self.modules[i],
-                log: &mut self.log,
-                failures: &self.failures,
+        self.loaded.insert(object.into(), 0);
+        let transition = self.transition.as_ref().map(|t| t.patch);
+        for (i, p) in self.klp_patches.clone().into_iter().enumerate() {
+            let m = self.index(p)?;
+            let Some(o) = self.modules[m]
+                .objects
+                .iter()
+                .position(|o| o.name == object)
+            else {
+                continue;
             };
-            match plan::run_before(&mut exec, &plan) {
-                Ok(()) => plan::run(&mut exec, plan.after.iter().copied()),
-                // The kernel refuses the module load when a pre_patch fails; the cancel ran.
-                Err(_) => {
-                    self.objects.remove(object);
-                    return Ok(());
-                }
+            if self.pre_patch(m, o).is_err() {
+                // klp_cleanup_module_patches_limited(mod, patch): the patches before.
+                self.cleanup_module(object, Some(i));
+                self.release_module(object);
+                return Ok(false);
+            }
+            self.modules[m].objects[o].patched = true;
+            if transition != Some(p) {
+                let _ = self.callback(m, o, Hook::PostPatch);
             }
         }
-        let Some(t) = self.transition.as_ref().filter(|t| t.patching) else {
-            return Ok(());
-        };
-        let (old, new) = sides(&self.modules, t);
-        let late = plan::replace_object(old.map(|o| &o.tables), &new.tables, object)?;
-        let mut exec = Exec {
-            old,
-            new,
-            log: &mut self.log,
-            failures: &self.failures,
-        };
-        if plan::run_before(&mut exec, &late).is_err() {
-            // The load fails: the enabled patch tears down what it set up for the module.
-            if let Some(i) = self.enabled() {
-                self.module_going(i, object);
-            }
-            self.objects.remove(object);
-            return Ok(());
-        }
-        self.transition.as_mut().expect("checked").late.push(late);
-        Ok(())
+        Ok(true)
     }
 
-    /// A target module unloads (`klp_module_going`).
+    /// A target module unloads (`rmmod`, then `klp_module_going`). A module the runtime
+    /// pinned for a transition is in use: `rmmod` fails, as `try_module_get` makes it.
     pub fn unload_object(&mut self, object: &str) -> Result<(), SimError> {
-        if self.transition.is_some() {
-            return Err(SimError::InTransition);
+        match self.loaded.get(object) {
+            None => Ok(()),
+            Some(&refs) if refs > 0 => Err(SimError::ModuleInUse(object.into())),
+            Some(_) => {
+                self.module_going(object);
+                Ok(())
+            }
         }
-        if !self.objects.contains(object) {
-            return Ok(());
-        }
-        if let Some(i) = self.enabled() {
-            self.module_going(i, object);
-        }
-        self.objects.remove(object);
-        Ok(())
     }
 
-    /// The enabled patch `i` tears down its sets on `object` (`klp_module_going`); nothing
-    /// in it can fail.
-    fn module_going(&mut self, i: usize, object: &str) {
-        // Host memory: a failure here is the process's, as for any allocation.
-        let Ok(plan) = plan::module_going(&self.modules[i].tables, object) else {
-            return;
-        };
-        let m = &self.modules[i];
-        let mut exec = Exec {
-            old: Some(m),
-            new: m,
-            log: &mut self.log,
-            failures: &self.failures,
-        };
-        plan::run(&mut exec, plan.before_steps());
-        plan::run(&mut exec, plan.after.iter().copied());
+    /// `rmmod -f`: the module goes even if pinned (`klp_module_going` all the same).
+    pub fn force_unload_object(&mut self, object: &str) {
+        if self.loaded.contains_key(object) {
+            self.module_going(object);
+        }
+    }
+
+    fn module_going(&mut self, object: &str) {
+        self.cleanup_module(object, None);
+        self.release_module(object);
+    }
+
+    /// `klp_cleanup_module_patches_limited`: the patches before `limit` (all: `None`) tear
+    /// down their object for the module.
+    fn cleanup_module(&mut self, object: &str, limit: Option<usize>) {
+        let transition = self.transition.as_ref().map(|t| t.patch);
+        let patches = self.klp_patches.clone();
+        for p in patches.into_iter().take(limit.unwrap_or(usize::MAX)) {
+            let Ok(m) = self.index(p) else { continue };
+            let Some(o) = self.modules[m]
+                .objects
+                .iter()
+                .position(|o| o.name == object)
+            else {
+                continue;
+            };
+            if transition != Some(p) {
+                let _ = self.callback(m, o, Hook::PreUnpatch);
+            }
+            self.modules[m].objects[o].patched = false;
+            self.post_unpatch(m, o);
+        }
+    }
+
+    /// The module is freed. A pin still held on it would be a reference to freed memory in
+    /// the kernel: a runtime bug, which the simulator stops at.
+    fn release_module(&mut self, object: &str) {
+        self.loaded.remove(object);
+        if let Some(m) = self.modules.iter().find(|m| m.pins.contains(&object)) {
+            panic!(
+                "klp-rs runtime bug: {} still pins {object}, which has been freed",
+                m.name
+            );
+        }
     }
 
     /// Makes `pre_patch` of `patch`'s set `set` fail with `errno` from now on.
@@ -458,109 +422,114 @@ impl Kernel {
 
     /// Completes the transition in progress.
     pub fn complete_transition(&mut self) -> Result<(), SimError> {
-        let t = self.transition.take().ok_or(SimError::NoTransition)?;
-        let to = self.modules[t.target].name;
-        if let Some(r) = t.replaced {
-            self.modules[r].enabled = false;
+        if self.transition.is_none() {
+            return Err(SimError::NoTransition);
         }
-        self.modules[t.target].enabled = t.patching;
-        let (old, new) = sides(&self.modules, &t);
-        let mut exec = Exec {
-            old,
-            new,
-            log: &mut self.log,
-            failures: &self.failures,
-        };
-        plan::run(&mut exec, t.plan.after_with(t.late.iter()));
-        // The kernel announces completion after the post callbacks (klp_complete_transition).
-        self.log.push(Event::TransitionComplete {
-            to,
-            patching: t.patching,
-        });
+        self.complete();
         Ok(())
     }
 
-    /// Reverses the transition in progress (writing the opposite value to `enabled`): the
-    /// patch being enabled unwinds and the replaced one stays; or the disable is undone.
+    /// Reverses the transition in progress (writing the opposite value to `enabled`,
+    /// `klp_reverse_transition`), which then completes: the patch being enabled unwinds
+    /// and the replaced one stays; or the disable is undone.
     pub fn reverse_transition(&mut self) -> Result<(), SimError> {
-        let t = self.transition.take().ok_or(SimError::NoTransition)?;
-        let to = self.modules[t.target].name;
+        let t = self.transition.as_mut().ok_or(SimError::NoTransition)?;
+        t.patching = !t.patching;
+        let to = t.patch;
         self.log.push(Event::TransitionReversed { to });
-        self.modules[t.target].enabled = !t.patching;
-        let (old, new) = sides(&self.modules, &t);
-        let mut exec = Exec {
-            old,
-            new,
-            log: &mut self.log,
-            failures: &self.failures,
-        };
-        for late in t.late.iter().rev() {
-            plan::run(&mut exec, late.reverse());
-        }
-        plan::run(&mut exec, t.plan.reverse());
+        let m = self.index(to)?;
+        self.modules[m].enabled = !self.modules[m].enabled;
+        self.complete();
         Ok(())
     }
 
-    fn start(
-        &mut self,
-        target: usize,
-        replaced: Option<usize>,
-        patching: bool,
-    ) -> Result<(), SimError> {
-        // The runtime refuses before anything runs (kernel/dispatch.rs: read_below).
-        if let Some(r) = replaced.filter(|_| patching) {
-            let (old, new) = (&self.modules[r].tables, &self.modules[target].tables);
-            if let Some(c) = crate::check::replace_conflicts(old, new).next() {
-                return Err(SimError::Conflict {
-                    patch: new.name.into(),
-                    old: old.name.into(),
-                    conflict: c.to_string(),
-                });
+    /// `klp_complete_transition`, then what `klp_try_complete_transition` frees.
+    fn complete(&mut self) {
+        let Some(t) = self.transition.as_ref() else {
+            return;
+        };
+        let (to, patching) = (t.patch, t.patching);
+        let Ok(m) = self.index(to) else {
+            return;
+        };
+        if patching {
+            // klp_unpatch_replaced_patches, klp_discard_nops.
+            for other in self.modules.iter_mut().filter(|o| o.name != to) {
+                if self.klp_patches.contains(&other.name) {
+                    other.enabled = false;
+                    other.objects.iter_mut().for_each(|o| o.patched = false);
+                }
+            }
+            self.modules[m].objects.retain(|o| !o.dynamic);
+        } else {
+            self.modules[m]
+                .objects
+                .iter_mut()
+                .for_each(|o| o.patched = false);
+        }
+        for o in 0..self.modules[m].objects.len() {
+            if !self.is_loaded(m, o) {
+                continue;
+            }
+            if patching {
+                let _ = self.callback(m, o, Hook::PostPatch);
+            } else {
+                self.post_unpatch(m, o);
             }
         }
-        let objects = &self.objects;
-        let loaded = |o: &str| objects.contains(o);
-        let plan = if patching {
-            plan::replace(
-                replaced.map(|r| &self.modules[r].tables),
-                &self.modules[target].tables,
-                &loaded,
-            )?
+        self.log.push(Event::TransitionComplete { to, patching });
+        self.transition = None;
+        if !self.modules[m].enabled {
+            self.klp_patches.retain(|p| *p != to);
+            self.modules[m].objects.clear();
         } else {
-            plan::disable(&self.modules[target].tables, &loaded)?
-        };
-        let t = Transition {
-            target,
-            replaced,
-            patching,
-            plan,
-            late: Vec::new(),
-        };
-        let (old, new) = sides(&self.modules, &t);
-        let mut exec = Exec {
-            old,
-            new,
-            log: &mut self.log,
-            failures: &self.failures,
-        };
-        if let Err(errno) = plan::run_before(&mut exec, &t.plan) {
-            let set = self.log.iter().rev().find_map(|e| match e {
-                Event::HookFailed { set, .. } => Some(*set),
-                _ => None,
-            });
-            let patch = self.modules[target].name.to_string();
-            return Err(SimError::PrePatchFailed {
-                patch,
-                set: set.unwrap_or(0),
-                errno,
-            });
+            // klp_free_replaced_patches_async.
+            for other in self.modules.iter_mut().filter(|o| o.name != to) {
+                other.objects.clear();
+            }
+            self.klp_patches.retain(|p| *p == to);
         }
-        self.log.push(Event::TransitionStart {
-            to: self.modules[target].name,
-            patching,
-        });
-        self.transition = Some(t);
-        Ok(())
+    }
+
+    /// `klp_is_object_loaded`.
+    fn is_loaded(&self, m: usize, o: usize) -> bool {
+        let name = self.modules[m].objects[o].name;
+        name == VMLINUX || self.loaded.contains_key(name)
+    }
+
+    /// `klp_pre_patch_callback`.
+    fn pre_patch(&mut self, m: usize, o: usize) -> Result<(), Errno> {
+        let r = self.callback(m, o, Hook::PrePatch);
+        self.modules[m].objects[o].post_unpatch_enabled = r.is_ok();
+        r
+    }
+
+    /// `klp_post_unpatch_callback`.
+    fn post_unpatch(&mut self, m: usize, o: usize) {
+        if self.modules[m].objects[o].post_unpatch_enabled {
+            let _ = self.callback(m, o, Hook::PostUnpatch);
+        }
+        self.modules[m].objects[o].post_unpatch_enabled = false;
+    }
+
+    /// Calls the object's callback, if it has one: the patch module's dispatcher.
+    fn callback(&mut self, m: usize, o: usize, hook: Hook) -> Result<(), Errno> {
+        let object = &self.modules[m].objects[o];
+        if !object.callbacks[hook as usize] {
+            return Ok(());
+        }
+        let name = object.name;
+        let header = self.modules[m].header;
+        let mut dispatcher = std::mem::take(&mut self.modules[m].dispatcher);
+        let mut sys = platform::Sim {
+            kernel: self,
+            module: m,
+        };
+        // SAFETY: the header is a linked crate's, whose tables live as long as the program;
+        // the simulator passes object names to no C code.
+        let r = unsafe { dispatcher.dispatch(&mut sys, header, hook, name) };
+        self.modules[m].dispatcher = dispatcher;
+        r
     }
 
     fn index(&self, name: &str) -> Result<usize, SimError> {
@@ -570,14 +539,11 @@ impl Kernel {
             .ok_or_else(|| SimError::NoSuchPatch(name.into()))
     }
 
-    /// The enabled patch (all our patches replace, so there is at most one).
-    fn enabled(&self) -> Option<usize> {
-        self.modules.iter().position(|m| m.enabled)
-    }
-
-    /// The name of the enabled patch.
+    /// The name of the enabled patch: during a replace, the outgoing one until the
+    /// transition completes.
     pub fn enabled_patch(&self) -> Option<&'static str> {
-        self.enabled().map(|i| self.modules[i].name)
+        let enabled = |p: &&&str| self.modules.iter().any(|m| m.name == **p && m.enabled);
+        self.klp_patches.iter().find(enabled).copied()
     }
 
     /// The loaded patch modules, in load order.
@@ -594,11 +560,12 @@ impl Kernel {
         &self.log
     }
 
-    /// The log as text, one line per event.
+    /// The log as text, one line per event, without the runtime's bookkeeping lines (skipped
+    /// hooks, shadow counts, refusals: [`Event::Runtime`]) and the marks of undefined hooks.
     pub fn lines(&self) -> Vec<String> {
         self.log
             .iter()
-            .filter(|e| printed(e))
+            .filter(|e| e.shown())
             .map(|e| e.to_string())
             .collect()
     }
@@ -607,8 +574,19 @@ impl Kernel {
     pub fn step_lines(&self) -> Vec<String> {
         self.log
             .iter()
-            .filter(|e| matches!(e, Event::Step { .. }) && printed(e))
+            .filter(|e| matches!(e, Event::Step { .. }) && e.shown())
             .map(|e| e.to_string())
+            .collect()
+    }
+
+    /// What the patches' own code printed: their hooks, their shadow types' `Drop`.
+    pub fn messages(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => Some(m.clone()),
+                _ => None,
+            })
             .collect()
     }
 
