@@ -2,8 +2,8 @@
 //! table format (`klp_runtime::abi`) into the crate's table sections; `klp_runtime::patch!()`
 //! at the crate root makes the header that points to them.
 //!
-//! Each entry point is a shim: parse ([`internals::attr`], [`internals::ast`]), validate the
-//! item ([`internals::check`]), expand ([`expand`]). Misuse is a compile error with a span and
+//! Each entry point is a shim: parse the arguments ([`internals::attr`]; the items are
+//! `syn`'s), validate the item ([`internals::check`]), expand ([`expand`]). Misuse is a compile error with a span and
 //! the fix; what needs the whole crate (duplicate set ids, a shadow type owned by a set that
 //! does not exist, a function patched twice) is checked when the tables are loaded
 //! (`klp_runtime::check`).

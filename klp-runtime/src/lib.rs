@@ -35,12 +35,17 @@ pub mod kernel;
 pub use hook::{Errno, Object, Result};
 pub use klp_macros::{klp_callbacks, klp_func, klp_shadow};
 
-/// The platform layer: `klp_shadow_*` and logging, from the kernel or the simulator.
+/// The platform layer: `klp_shadow_*`, logging and the kernel interfaces of [`bindings`],
+/// from the kernel or the simulator, behind one face. Everything above calls only this.
 mod sys {
     #[cfg(target_os = "none")]
     pub(crate) use crate::kernel::sys::*;
+    #[cfg(target_os = "none")]
+    pub use crate::kernel::SeqFile;
     #[cfg(not(target_os = "none"))]
     pub(crate) use crate::sim::sys::*;
+    #[cfg(not(target_os = "none"))]
+    pub use crate::sim::SeqFile;
 }
 
 /// Logs a message from patch code: `pr_info` in the kernel (prefixed with the module name),

@@ -282,8 +282,19 @@ pub fn read_tables<'a, R: Resolver<'a>>(
     Ok(patch)
 }
 
-/// Resolves pointers as live addresses in this address space.
-pub struct Memory;
+/// Resolves pointers as live addresses in this address space. Making one is `unsafe`: it
+/// takes any `u64` it is given for a live string.
+pub struct Memory(());
+
+impl Memory {
+    /// # Safety
+    /// Every string field this resolver is given must point to NUL-terminated data that
+    /// lives for `'a` (the tables of a loaded module, or of a crate linked into this
+    /// program).
+    pub unsafe fn new() -> Memory {
+        Memory(())
+    }
+}
 
 impl<'a> Resolver<'a> for Memory {
     type Func = usize;
@@ -296,7 +307,7 @@ impl<'a> Resolver<'a> for Memory {
                 why: "null pointer",
             });
         }
-        // SAFETY: `read_memory`'s caller vouches that the tables are live, linked tables whose
+        // SAFETY: `Memory::new`'s caller vouches that the tables are live, linked tables whose
         // string fields point to NUL-terminated static data.
         let s = unsafe { core::ffi::CStr::from_ptr(raw as usize as *const core::ffi::c_char) };
         s.to_str().map_err(|_| ReadError::BadString {
@@ -333,9 +344,11 @@ pub unsafe fn read_memory<'a>(header: &'a abi::PatchHeader) -> Result<Patch<'a, 
         // SAFETY: per this function's contract, [start, end) is a live table.
         unsafe { core::slice::from_raw_parts(t.start, len) }
     };
-    let name = Memory.string(TableKind::Header, layout::HEADER_NAME, header.name as u64)?;
+    // SAFETY: per this function's contract, the tables' strings are live.
+    let memory = unsafe { Memory::new() };
+    let name = memory.string(TableKind::Header, layout::HEADER_NAME, header.name as u64)?;
     read_tables(
-        &Memory,
+        &memory,
         name,
         version,
         table(header.funcs),

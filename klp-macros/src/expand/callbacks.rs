@@ -6,7 +6,7 @@ use syn::{Item, ItemMod, Visibility};
 use crate::internals::attr::{nonzero_id, Args, Kind};
 use crate::internals::check;
 use crate::internals::ctxt::Ctxt;
-use crate::internals::symbol::{HOOKS, ID, OBJECT, VMLINUX};
+use crate::internals::symbol::{HOOKS, ID, OBJECT, PRE_PATCH, VMLINUX};
 
 pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let mut m: ItemMod = syn::parse2(item).map_err(|e| {
@@ -41,7 +41,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             }
         }
     }
-    if hooks.iter().all(Option::is_none) && !cx_has_hook_errors(items) {
+    if hooks.iter().all(Option::is_none) && !has_pub_fn(items) {
         cx.error_spanned_by(
             &m.ident,
             "a callback set needs at least one hook: a `pub fn` named `pre_patch`, `post_patch`, `pre_unpatch` or `post_unpatch`",
@@ -65,7 +65,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             // there, as a plain type mismatch.
             quote_spanned!(f.sig.inputs.span()=> |o| #name(o))
         };
-        if i == 0 {
+        // pre_patch alone returns a result (the kernel's `klp_pre_patch_callback`).
+        if HOOKS[i] == PRE_PATCH {
             wrappers.push(quote! {
                 #[allow(clippy::redundant_closure)]
                 unsafe extern "C" fn #wrapper(obj: *const ::core::ffi::c_char) -> ::core::ffi::c_int {
@@ -105,8 +106,9 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     Ok(quote!(#m))
 }
 
-/// Whether some `pub fn` was reported as a wrong hook (then "no hooks" would only repeat it).
-fn cx_has_hook_errors(items: &[Item]) -> bool {
+/// Whether the module has a `pub fn`: every one that is not a hook was reported as a wrong
+/// hook already, so "no hooks" would only repeat it.
+fn has_pub_fn(items: &[Item]) -> bool {
     items
         .iter()
         .any(|i| matches!(i, Item::Fn(f) if !matches!(f.vis, Visibility::Inherited)))

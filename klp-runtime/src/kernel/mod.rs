@@ -14,7 +14,6 @@ use core::ffi::{c_char, c_int, c_void};
 use core::fmt;
 
 use crate::abi::{Gfp, ShadowCtorFn, ShadowDtorFn};
-use crate::bindings::SeqFile;
 
 // Helpers in the generic C init (klp_rs_init.c): anything that depends on the kernel config.
 unsafe extern "C" {
@@ -95,42 +94,17 @@ pub(crate) fn log(args: fmt::Arguments<'_>) {
     unsafe { klp_rs_log(line.buf.as_ptr(), line.len) }
 }
 
-struct Seq(*mut SeqFile);
-
-impl fmt::Write for Seq {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        // SAFETY: `self.0` is the live seq_file of the show call (see `seq_print`).
-        unsafe { seq_write(self.0, s.as_ptr().cast(), s.len()) };
-        Ok(())
-    }
-}
-
-/// # Safety
-/// `m` is the seq_file of the running show function.
-pub(crate) unsafe fn seq_print(m: *mut SeqFile, args: fmt::Arguments<'_>) {
-    let _ = fmt::write(&mut Seq(m), args);
-}
-
-pub(crate) fn current_task() -> *const c_void {
-    // SAFETY: reads `current`, always valid in process context.
-    unsafe { klp_rs_current() }
-}
-
-/// # Safety
-/// As [`crate::bindings::simple_read_from_buffer`].
-pub(crate) unsafe fn simple_read_from_buffer(
-    to: *mut u8,
-    count: usize,
-    ppos: *mut i64,
-    data: &[u8],
-) -> isize {
-    // SAFETY: forwarded contract; `data` is a live slice.
-    unsafe { kernel_simple_read_from_buffer(to, count, ppos, data.as_ptr(), data.len()) }
+/// The kernel's `struct seq_file`, opaque.
+#[repr(C)]
+pub struct SeqFile {
+    _opaque: [u8; 0],
 }
 
 /// The kernel side of [`crate::sys`].
 pub(crate) mod sys {
     use super::*;
+
+    use super::SeqFile;
 
     pub fn shadow_get(obj: *const c_void, id: u64) -> *mut c_void {
         // SAFETY: klp_shadow_get only compares the key.
@@ -165,6 +139,39 @@ pub(crate) mod sys {
 
     pub fn log(args: fmt::Arguments<'_>) {
         super::log(args)
+    }
+
+    struct Seq(*mut SeqFile);
+
+    impl fmt::Write for Seq {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            // SAFETY: `self.0` is the live seq_file of the show call (see `seq_print`).
+            unsafe { seq_write(self.0, s.as_ptr().cast(), s.len()) };
+            Ok(())
+        }
+    }
+
+    /// # Safety
+    /// `m` is the seq_file of the running show function.
+    pub unsafe fn seq_print(m: *mut SeqFile, args: fmt::Arguments<'_>) {
+        let _ = fmt::write(&mut Seq(m), args);
+    }
+
+    pub fn current_task() -> *const c_void {
+        // SAFETY: reads `current`, always valid in process context.
+        unsafe { klp_rs_current() }
+    }
+
+    /// # Safety
+    /// As [`crate::bindings::simple_read_from_buffer`].
+    pub unsafe fn simple_read_from_buffer(
+        to: *mut u8,
+        count: usize,
+        ppos: *mut i64,
+        data: &[u8],
+    ) -> isize {
+        // SAFETY: forwarded contract; `data` is a live slice.
+        unsafe { kernel_simple_read_from_buffer(to, count, ppos, data.as_ptr(), data.len()) }
     }
 }
 

@@ -1,0 +1,226 @@
+//! The kernel object: rustc with the kernel's flags, `core` and `alloc` rebuilt and cached.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cargo_metadata::{Message, Package};
+
+use crate::status::Shell;
+use crate::tools;
+
+use super::*;
+
+/// A short stable hash of the codegen flags: objects built with different flags (a 6.1 and
+/// a 6.12 kernel) keep separate cargo caches instead of rebuilding `core` in turn.
+pub(super) fn flags_hash(flags: &[String]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in flags.join(" ").bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{:08x}", h as u32)
+}
+
+/// Where the kernel object of a crate is cached for a set of codegen flags, and the file
+/// rustc writes it to.
+pub fn object_cache(
+    target_dir: &Path,
+    flags: &[String],
+    release: bool,
+    package: &str,
+) -> (PathBuf, PathBuf) {
+    let cache = target_dir
+        .join("klp")
+        .join(format!("rustc-{}", flags_hash(flags)));
+    let profile = if release { "klp-release" } else { "klp" };
+    let emitted = cache.join(format!("{profile}-{}.o", package.replace('-', "_")));
+    (cache, emitted)
+}
+
+/// The cargo command that compiles a patch crate into one kernel object: `core` and `alloc`
+/// rebuilt with the kernel's flags, fat LTO, one codegen unit.
+pub fn kernel_rustc_command(
+    manifest: &Path,
+    package: &str,
+    release: bool,
+    flags: &[String],
+    target_dir: &Path,
+) -> Command {
+    let (profile, inherits, opt) = if release {
+        ("klp-release", "release", "3")
+    } else {
+        ("klp", "dev", "2")
+    };
+    let (cache, emitted) = object_cache(target_dir, flags, release, package);
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.arg("rustc")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .args([
+            "-p",
+            package,
+            "--lib",
+            "--target",
+            "x86_64-unknown-none",
+            "-Zbuild-std=core,alloc",
+        ])
+        .args(["--crate-type", "staticlib", "--profile", profile])
+        // One object with our code and the parts of core and alloc it uses.
+        .args([
+            "--config",
+            &format!("profile.{profile}.inherits=\"{inherits}\""),
+        ])
+        .args(["--config", &format!("profile.{profile}.lto=\"fat\"")])
+        .args(["--config", &format!("profile.{profile}.codegen-units=1")])
+        .args(["--config", &format!("profile.{profile}.panic=\"abort\"")])
+        // A panic in the kernel is a kernel panic: no overflow checks or debug assertions
+        // (the code says where it wraps or saturates), as for a release build.
+        .args([
+            "--config",
+            &format!("profile.{profile}.overflow-checks=false"),
+        ])
+        .args([
+            "--config",
+            &format!("profile.{profile}.debug-assertions=false"),
+        ])
+        .args(["--config", &format!("profile.{profile}.opt-level={opt}")])
+        .args(["--config", &format!("profile.{profile}.debug=false")])
+        .args(["--config", &format!("profile.{profile}.incremental=false")])
+        .arg("--target-dir")
+        .arg(&cache)
+        .arg("--message-format=json-render-diagnostics")
+        .arg("--")
+        // rustc writes the object only when cargo rebuilds the crate, so it lives beside
+        // cargo's cache (where a fresh build finds it) and is copied into the staging dir.
+        .arg(format!("--emit=obj={}", emitted.display()))
+        // The kernel builds its own Rust this way; build-std and the -Z flags need it.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
+        .env_remove("RUSTFLAGS");
+    cmd
+}
+
+/// Compiles the crate into one object for the kernel.
+pub(super) fn compile(
+    shell: &Shell,
+    opts: &BuildOptions,
+    pkg: &Package,
+    target_dir: &Path,
+    tree: &KernelTree,
+    staging: &Path,
+) -> Result<PathBuf> {
+    let mut flags = tree.config.rustflags();
+    flags.extend(opts.extra_rustflags.iter().cloned());
+    let (cache, emitted) = object_cache(target_dir, &flags, opts.release, pkg.name.as_str());
+    let mut cmd = kernel_rustc_command(
+        pkg.manifest_path.as_std_path(),
+        pkg.name.as_str(),
+        opts.release,
+        &flags,
+        target_dir,
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    shell.command(&cmd);
+    let mut child = cmd.spawn().context("cannot run cargo")?;
+    // Cargo's own progress goes through; its per-crate warning counts do not, since they
+    // would count the expected warnings hidden below.
+    let stderr = child.stderr.take().expect("piped");
+    let progress = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut skipping = false;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            // rustc has no stable name for the SLS hardening features the kernel's config
+            // asks for, and says so for every crate; they take effect all the same.
+            if line.starts_with("warning: unknown and unstable feature")
+                && line.contains("harden-sls")
+            {
+                skipping = true;
+            }
+            if skipping {
+                skipping = !line.is_empty();
+                continue;
+            }
+            if !(line.starts_with("warning: `") && line.contains(" generated ")) {
+                eprintln!("{line}");
+            }
+        }
+    });
+    let reader = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    for msg in Message::parse_stream(reader) {
+        if let Ok(Message::CompilerMessage(m)) = msg {
+            // The same warning, when it comes as a diagnostic.
+            if m.message.message.contains("unknown and unstable feature")
+                && m.message.message.contains("harden-sls")
+            {
+                continue;
+            }
+            if let Some(r) = m.message.rendered {
+                eprint!("{r}");
+            }
+        }
+    }
+    let status = child.wait()?;
+    let _ = progress.join();
+    if !status.success() {
+        let hint = if !rust_src_installed() {
+            "\nhint: the kernel build rebuilds core; install its sources with `rustup component add rust-src` \
+             and the target with `rustup target add x86_64-unknown-none`"
+        } else {
+            ""
+        };
+        bail!("compiling {} for the kernel failed{hint}", pkg.name);
+    }
+    if !emitted.exists() {
+        bail!(
+            "cargo considered {} up to date but {} is gone; remove {} and build again",
+            pkg.name,
+            emitted.display(),
+            cache.display()
+        );
+    }
+    let object = staging.join(format!("{}.rust.o", pkg.name.replace('-', "_")));
+    std::fs::copy(&emitted, &object)?;
+    Ok(object)
+}
+
+/// The rustc cargo will run for the patch crate (its directory may pin a toolchain) must be
+/// the release the kernel build is proven on, unless the user says otherwise.
+pub(super) fn check_rustc(shell: &Shell, pkg: &Package) -> Result<()> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let dir = pkg
+        .manifest_path
+        .parent()
+        .map(|d| d.as_std_path().to_path_buf());
+    let mut cmd = Command::new(&rustc);
+    cmd.arg("-vV");
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().context("cannot run rustc")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let release = tools::rustc_release(&text)
+        .ok_or_else(|| anyhow!("cannot read rustc's release from `rustc -vV`:\n{text}"))?;
+    match tools::check_rustc(release) {
+        Ok(()) => Ok(()),
+        Err(e) if std::env::var_os(tools::UNVERIFIED_RUSTC_ENV).is_some_and(|v| v == "1") => {
+            shell.warn(e);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) fn rust_src_installed() -> bool {
+    Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+                .join("lib/rustlib/src/rust/library")
+        })
+        .is_some_and(|p| p.exists())
+}

@@ -1,0 +1,83 @@
+//! The kernel tree a module is built against: its headers, `.config` and `Module.symvers`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::kconfig::KernelConfig;
+
+/// The kernel build tree: `KDIR` with its `.config`, `Module.symvers` and objtool.
+pub struct KernelTree {
+    pub dir: PathBuf,
+    pub config: KernelConfig,
+    pub release: String,
+}
+
+impl KernelTree {
+    pub fn open(kdir: Option<&Path>) -> Result<KernelTree> {
+        let dir = match kdir {
+            Some(d) => d.to_path_buf(),
+            None => match std::env::var_os("KDIR") {
+                Some(d) => PathBuf::from(d),
+                None => {
+                    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                        .context("cannot read the running kernel's release; pass --kdir")?;
+                    PathBuf::from(format!("/lib/modules/{}/build", release.trim()))
+                }
+            },
+        };
+        let need = |f: &str| {
+            let p = dir.join(f);
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(anyhow!(
+                    "{} is missing: {} is not a prepared kernel build tree; install the kernel's headers \
+                     (Debian: linux-headers-<release>) or pass --kdir",
+                    p.display(),
+                    dir.display()
+                ))
+            }
+        };
+        let config = KernelConfig::parse(&std::fs::read_to_string(need(".config")?)?);
+        need("Module.symvers")?;
+        need("tools/objtool/objtool")?;
+        if !config.enabled("LIVEPATCH") {
+            bail!(
+                "{}: the kernel is built without CONFIG_LIVEPATCH; it cannot load live patches",
+                dir.display()
+            );
+        }
+        // UTS_RELEASE is the name the module's vermagic carries (Debian's kernel.release file
+        // holds the upstream version instead).
+        let release = std::fs::read_to_string(dir.join("include/generated/utsrelease.h"))
+            .ok()
+            .and_then(|h| h.split('"').nth(1).map(str::to_string))
+            .unwrap_or_else(|| {
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+        Ok(KernelTree {
+            dir,
+            config,
+            release,
+        })
+    }
+
+    /// Exported symbols: name -> (module, export type).
+    pub(super) fn exports(&self) -> Result<HashMap<String, (String, String)>> {
+        let text = std::fs::read_to_string(self.dir.join("Module.symvers"))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                Some((
+                    f.get(1)?.to_string(),
+                    (f.get(2)?.to_string(), f.get(3)?.to_string()),
+                ))
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,204 @@
+//! `cargo klp build`: the patch crate -> kernel object (rustc with the kernel's flags, `core`
+//! rebuilt) -> objtool -> validation -> Kbuild link with the generic C init -> `.ko`.
+//!
+//! Work happens in a staging directory under the target dir; the `.ko` appears at its output
+//! path only when every step has passed, by rename, so a failed build leaves nothing behind.
+
+mod compile;
+mod kernel_tree;
+mod manifest;
+mod validate;
+
+pub use compile::{kernel_rustc_command, object_cache};
+pub use kernel_tree::KernelTree;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::kbuild;
+use crate::status::Shell;
+use crate::tools;
+
+use compile::*;
+use manifest::*;
+use validate::*;
+
+/// What `cargo klp build` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub manifest_path: Option<PathBuf>,
+    pub package: Option<String>,
+    pub release: bool,
+    pub kdir: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub sign: Option<(PathBuf, PathBuf)>,
+    /// Extra rustc flags for the kernel object (after the ones the kernel config implies).
+    pub extra_rustflags: Vec<String>,
+    /// A test build whose runtime allocations can be made to fail (`--alloc-faults`).
+    pub alloc_faults: bool,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub ko: PathBuf,
+    pub module: String,
+    /// The Rust object as it went into Kbuild.
+    pub rust_object: PathBuf,
+    /// The Kbuild directory the module was linked in.
+    pub kbuild_dir: PathBuf,
+}
+
+fn run(shell: &Shell, cmd: &mut Command, what: &str) -> Result<String> {
+    shell.command(cmd);
+    let out = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if shell.verbose && !text.trim().is_empty() {
+        eprintln!("{}", text.trim_end());
+    }
+    if !out.status.success() {
+        bail!("{what} failed ({}):\n{}", out.status, text.trim_end());
+    }
+    Ok(text)
+}
+
+/// Writes `text` unless the file already holds it, so make sees no change.
+fn write_if_changed(path: &Path, text: &str) -> Result<()> {
+    if std::fs::read(path).ok().as_deref() != Some(text.as_bytes()) {
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
+
+/// Builds the patch crate into a `.ko`.
+pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
+    let started = Instant::now();
+    let (pkg, target_dir) = find_package(opts)?;
+    let mut settings = settings(&pkg)?;
+    settings.alloc_faults = opts.alloc_faults;
+    if opts.alloc_faults {
+        shell.warn(format!(
+            "{} is a test build: its runtime's allocations fail on demand (module parameter \
+             fail_alloc); never load it anywhere but a test machine",
+            settings.name
+        ));
+    }
+    if !settings.replace {
+        shell.warn(format!(
+            "{} stacks (replace = false): while it is enabled the kernel refuses every replacing \
+             klp-rs patch, which could not tear it down; it may not share callback set or shadow \
+             ids with the patch below it (docs/kernel-runtime.md)",
+            settings.name
+        ));
+    }
+    let tree = KernelTree::open(opts.kdir.as_deref())?;
+    // Before anything is compiled: a tool missing halfway would leave a half-done build and
+    // an error from deep inside Kbuild.
+    tools::check(&tree.dir, &tree.config, opts.sign.is_some())?;
+    check_rustc(shell, &pkg)?;
+    let crate_name = pkg
+        .targets
+        .iter()
+        .find(|t| t.kind.iter().any(|k| k.to_string() == "lib"))
+        .map(|t| t.name.replace('-', "_"))
+        .ok_or_else(|| {
+            anyhow!(
+                "{} has no library target; a patch crate is a library",
+                pkg.name
+            )
+        })?;
+    // Kept between builds so that Kbuild, like make for a C module, redoes only what changed.
+    let staging = target_dir
+        .join("klp")
+        .join("build")
+        .join(format!("{}-{}", settings.name, tree.release));
+    std::fs::create_dir_all(&staging)?;
+
+    shell.status(
+        "Compiling",
+        format!("{} v{} for kernel {}", pkg.name, pkg.version, tree.release),
+    );
+    let object = compile(shell, opts, &pkg, &target_dir, &tree, &staging)?;
+
+    shell.status(
+        "Checking",
+        format!(
+            "{} (objtool, relocations, symbols, tables)",
+            object.display()
+        ),
+    );
+    objtool(shell, &tree, &object, &staging)?;
+    validate(shell, &object, &tree, &settings.license, &crate_name)?;
+
+    shell.status(
+        "Linking",
+        format!("{}.ko (Kbuild, {})", settings.name, tree.dir.display()),
+    );
+    let kb = staging.join("kbuild");
+    std::fs::create_dir_all(&kb)?;
+    write_if_changed(&kb.join("Kbuild"), &kbuild::kbuild_file(&settings.name))?;
+    write_if_changed(&kb.join("klp_rs_init.c"), klp_runtime::abi::c::INIT_C)?;
+    write_if_changed(&kb.join("klp_rs_abi.h"), klp_runtime::abi::c::ABI_H)?;
+    write_if_changed(
+        &kb.join("klp_rs_modinfo.h"),
+        &kbuild::modinfo_header(&settings),
+    )?;
+    write_if_changed(&kb.join("klp_rs.lds"), &kbuild::link_script(&crate_name))?;
+    let mut make = Command::new("make");
+    make.arg("-C")
+        .arg(&tree.dir)
+        .arg(format!("M={}", kb.display()))
+        .arg(format!("RUST_OBJ={}", object.display()));
+    make.arg(if shell.verbose { "V=1" } else { "-s" })
+        .arg("modules");
+    let out = run(shell, &mut make, "Kbuild (make modules)")?;
+    if let Some(w) = out
+        .lines()
+        .find(|l| l.contains("objtool") && l.contains("warning"))
+    {
+        bail!("objtool warned while Kbuild linked the module:\n{w}");
+    }
+    let built = kb.join(format!("{}.ko", settings.name));
+
+    if let Some((key, cert)) = &opts.sign {
+        shell.status(
+            "Signing",
+            format!("{}.ko with {}", settings.name, cert.display()),
+        );
+        let mut sign = Command::new(tree.dir.join("scripts/sign-file"));
+        sign.arg("sha256").arg(key).arg(cert).arg(&built);
+        run(shell, &mut sign, "scripts/sign-file")?;
+    }
+
+    let out_dir = opts.out.clone().unwrap_or_else(|| target_dir.join("klp"));
+    std::fs::create_dir_all(&out_dir)?;
+    let ko = out_dir.join(format!("{}.ko", settings.name));
+    let tmp = out_dir.join(format!(".{}.ko.tmp", settings.name));
+    std::fs::copy(&built, &tmp)?;
+    std::fs::rename(&tmp, &ko)?;
+    shell.status(
+        "Finished",
+        format!(
+            "{} in {:.1}s",
+            ko.display(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(Built {
+        ko,
+        module: settings.name,
+        rust_object: object,
+        kbuild_dir: kb,
+    })
+}

@@ -1,0 +1,181 @@
+//! What the kernel object must satisfy before it is linked (undefined symbols, IBT landing
+//! pads, sections), and objtool over it.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::elf;
+use crate::status::Shell;
+
+use super::*;
+
+/// Everything the module loader, modpost and the livepatch core would trip over, found
+/// before linking, each with the fix.
+pub(super) fn validate(
+    shell: &Shell,
+    path: &Path,
+    tree: &KernelTree,
+    license: &str,
+    crate_name: &str,
+) -> Result<()> {
+    let data = std::fs::read(path)?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("{}: not an object file", path.display()))?;
+    let mut problems = Vec::new();
+
+    // Each crate's items land in sections named after it; the module carries the patch
+    // crate's only (the link script), so another crate's would be silently dropped.
+    for (sec, other) in elf::foreign_tables(&file, crate_name) {
+        problems.push(format!(
+            "{}: section {sec}: crate `{other}` declares #[klp_func], #[klp_callbacks] or \
+             #[klp_shadow] items, which the module would not carry: only the patch crate's \
+             (`{crate_name}`) become its tables; move them into the patch crate (a dependency \
+             may hold the code they call)",
+            path.display()
+        ));
+    }
+
+    for (sec, offset, ty) in elf::bad_relocations(&file) {
+        problems.push(format!(
+            "{}: section {sec} offset {offset:#x}: relocation {} is not applied by the kernel's module loader \
+             (it takes 64, PC32, PLT32, 32, 32S, PC64); a GOT relocation means code was built without \
+             -Crelocation-model=static",
+            path.display(),
+            elf::relocation_name(ty)
+        ));
+    }
+    for sec in elf::writable_executable(&file) {
+        problems.push(format!(
+            "{}: section {sec} is writable and executable; the kernel refuses W+X",
+            path.display()
+        ));
+    }
+
+    let exports = tree.exports()?;
+    let gpl = license.contains("GPL");
+    let mut missing = Vec::new();
+    for sym in elf::undefined_symbols(&file) {
+        let provided = klp_runtime::abi::INIT_PROVIDES.contains(&sym)
+            || sym.starts_with("__start_klp_rs_")
+            || sym.starts_with("__stop_klp_rs_");
+        match exports.get(sym) {
+            _ if provided => {}
+            Some((_, kind)) if kind.ends_with("_GPL") && !gpl => problems.push(format!(
+                "`{sym}` is exported GPL-only ({kind}) but the module's license is `{license}`; \
+                 set license = \"GPL\" in [package.metadata.klp]"
+            )),
+            Some(_) => {}
+            None => missing.push(sym),
+        }
+    }
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} undefined symbol(s) not exported by {}: {}\n  (a `core`/`alloc` symbol means it was not \
+             linked in; anything else must be a kernel export, or be reached through a function the kernel exports)",
+            missing.len(),
+            tree.dir.join("Module.symvers").display(),
+            missing.join(", ")
+        ));
+    }
+
+    match elf::read_patch(&file) {
+        Ok(Some(patch)) => {
+            for e in klp_runtime::check::check(&patch) {
+                problems.push(e.to_string());
+            }
+            if patch.funcs.is_empty() && patch.sets.is_empty() {
+                problems.push("the patch declares no #[klp_func] and no #[klp_callbacks]: nothing to do".into());
+            }
+            if tree.config.ibt() {
+                problems.extend(missing_endbr(&file, &patch));
+            }
+        }
+        Ok(None) => problems.push(format!(
+            "{}: no patch header; add `klp_runtime::patch!();` at the root of the crate",
+            path.display()
+        )),
+        // The crate uses a klp-runtime newer than this cargo-klp. The module is consistent
+        // (its init checks its tables against its own runtime), but the checks here cannot
+        // read them.
+        Err(elf::TablesError::Read { source: klp_runtime::reader::ReadError::TooNew { found, supported }, .. }) => {
+            shell.warn(format!(
+                "the crate's tables are format {found}; this cargo-klp reads up to {supported}, so the \
+                 cross-item checks were skipped: update cargo-klp"
+            ))
+        }
+        Err(e) => problems.push(format!("{}: {e}", path.display())),
+    }
+
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "the kernel object is not loadable as it is:\n  - {}",
+            problems.join("\n  - ")
+        )
+    }
+}
+
+/// Functions the kernel or the runtime call through a pointer must start with `endbr64`
+/// under IBT. qemu does not enforce IBT, so this is checked here, statically.
+pub(super) fn missing_endbr(
+    file: &object::File<'_>,
+    patch: &klp_runtime::reader::Patch<'_, &str>,
+) -> Vec<String> {
+    let mut referenced: Vec<&str> = patch.funcs.iter().filter_map(|f| f.new_func).collect();
+    referenced.extend(
+        patch
+            .sets
+            .iter()
+            .flat_map(|s| s.hooks.iter().flatten().copied()),
+    );
+    referenced.extend(
+        patch
+            .shadows
+            .iter()
+            .flat_map(|t| [t.ctor, t.dtor])
+            .flatten(),
+    );
+    referenced.sort_unstable();
+    referenced.dedup();
+    referenced
+        .into_iter()
+        .filter(|name| elf::function_prefix(file, name, 4) != Some(&elf::ENDBR64[..]))
+        .map(|name| {
+            format!("`{name}` is called through a pointer but does not start with endbr64 (IBT)")
+        })
+        .collect()
+}
+
+/// Runs objtool as Kbuild would; it must have nothing to say.
+pub(super) fn objtool(
+    shell: &Shell,
+    tree: &KernelTree,
+    object: &Path,
+    staging: &Path,
+) -> Result<()> {
+    // When Kbuild runs objtool on the linked module (IBT kernels), it adds the ORC data
+    // there; here we only check, on a copy.
+    let target = if tree.config.objtool_on_link() {
+        let copy = staging.join("objtool-check.o");
+        std::fs::copy(object, &copy)?;
+        copy
+    } else {
+        object.to_path_buf()
+    };
+    let mut cmd = Command::new(tree.dir.join("tools/objtool/objtool"));
+    // Debian's 6.12 objtool is a wrapper that picks the binary by SRCARCH, as Kbuild sets it.
+    cmd.env("SRCARCH", "x86")
+        .args(tree.config.objtool_args())
+        .arg(&target);
+    let out = run(shell, &mut cmd, "objtool")?;
+    if !out.trim().is_empty() {
+        bail!(
+            "objtool reported problems in the Rust object:\n{}",
+            out.trim_end()
+        );
+    }
+    Ok(())
+}
