@@ -96,6 +96,11 @@ struct klp_rs_pin {
 static struct klp_rs_pin *pinned;
 static size_t npinned, pinned_room;
 
+#ifdef KLP_RS_ALLOC_FAULTS
+/* Test builds: what the allocator has handed out and not had back, reported when an init fails. */
+static atomic_t live_allocs = ATOMIC_INIT(0);
+#endif
+
 static bool is_vmlinux(const char *name)
 {
 	return !strcmp(name, "vmlinux");
@@ -261,8 +266,19 @@ static int __init klp_rs_init(void)
 	patch.replace = KLP_RS_REPLACE;
 
 	ret = klp_enable_patch(&patch);
-	if (ret)
+	if (ret) {
+		/*
+		 * klp_enable_patch has freed the patch (klp_free_patch_finish waits for it), so
+		 * no callback can come any more; module exit will not run after a failed init,
+		 * so what the dispatcher read and planned goes now.
+		 */
+		klp_rs_release();
 		free_objects();
+#ifdef KLP_RS_ALLOC_FAULTS
+		pr_info("%s: klp-rs: test build: %d allocations live after the failed init\n",
+			KBUILD_MODNAME, atomic_read(&live_allocs));
+#endif
+	}
 	return ret;
 nomem:
 	free_objects();
@@ -341,11 +357,25 @@ void *klp_rs_alloc(size_t size)
 		return NULL;
 	}
 #endif
+#ifdef KLP_RS_ALLOC_FAULTS
+	{
+		void *p = kmalloc(size, may_sleep ? GFP_KERNEL : GFP_ATOMIC);
+
+		if (p)
+			atomic_inc(&live_allocs);
+		return p;
+	}
+#else
 	return kmalloc(size, may_sleep ? GFP_KERNEL : GFP_ATOMIC);
+#endif
 }
 
 void klp_rs_free(void *ptr)
 {
+#ifdef KLP_RS_ALLOC_FAULTS
+	if (ptr)
+		atomic_dec(&live_allocs);
+#endif
 	kfree(ptr);
 }
 

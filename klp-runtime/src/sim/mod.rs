@@ -67,6 +67,8 @@ pub enum SimError {
     Busy(String),
     #[error("module {0} is in use (EBUSY): a patch pins it for its transition")]
     ModuleInUse(String),
+    #[error("{0}.ko: invalid module name (EINVAL)")]
+    InvalidModuleName(String),
     #[error("a transition is in progress (EBUSY)")]
     InTransition,
     #[error("no transition is in progress")]
@@ -223,7 +225,7 @@ impl Kernel {
                     patching: false,
                 });
                 self.complete();
-                self.modules.remove(m);
+                self.unload_module(m);
                 return Err(self.refusal(name, errno, log_start));
             }
             self.modules[m].objects[o].patched = true;
@@ -301,8 +303,22 @@ impl Kernel {
         if self.klp_patches.contains(&self.modules[m].name) {
             return Err(SimError::Busy(name.into()));
         }
-        self.modules.remove(m).dispatcher.unload();
+        self.unload_module(m);
         Ok(())
+    }
+
+    /// A patch module leaves (rmmod, or its init failed): the C init releases what its
+    /// dispatcher holds. Every transition unpins at its end, so a pin left here is a runtime
+    /// bug (the C init WARNs).
+    fn unload_module(&mut self, m: usize) {
+        let mut module = self.modules.remove(m);
+        assert!(
+            module.pins.is_empty(),
+            "klp-rs runtime bug: {} leaves with {:?} still pinned",
+            module.name,
+            module.pins
+        );
+        module.dispatcher.unload();
     }
 
     /// A target module loads (`klp_module_coming`, then its init succeeds). When a patch's
@@ -325,6 +341,10 @@ impl Kernel {
     fn module_coming(&mut self, object: &str) -> Result<bool, SimError> {
         if self.loaded.contains_key(object) {
             return Err(SimError::AlreadyLoaded(object.into()));
+        }
+        if object == VMLINUX {
+            // klp_module_coming refuses it: "vmlinux.ko: invalid module name".
+            return Err(SimError::InvalidModuleName(object.into()));
         }
         self.loaded.insert(object.into(), 0);
         let transition = self.transition.as_ref().map(|t| t.patch);
