@@ -13,12 +13,32 @@ use core::mem::{offset_of, size_of};
 /// `b"KLPRSPT\0"`: marks a patch header.
 pub const MAGIC: [u8; 8] = *b"KLPRSPT\0";
 /// The format this crate writes and the highest one it reads.
+///
+/// Format 2 puts shadow ids in the klp-rs namespace ([`shadow_key`]); format 1 handed them
+/// to the kernel as they were declared. Both are read.
 #[cfg(not(klp_rs_next_format))]
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Tests build a module with `--cfg klp_rs_next_format` to check that older modules refuse
 /// to replace a module whose tables they cannot read.
 #[cfg(klp_rs_next_format)]
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The kernel keys shadow variables by (object, id) across every livepatch module, C ones
+/// included, which commonly use small ids. A klp-rs shadow id (declared as at most
+/// [`SHADOW_ID_MAX`]) reaches the kernel as this prefix ("klprs", as in [`KLP_STATE_ID`])
+/// or'ed with it, so the two never meet.
+pub const SHADOW_NAMESPACE: u64 = 0x6b6c_7072_7300_0000;
+/// The largest shadow id a patch may declare: 24 bits under [`SHADOW_NAMESPACE`].
+pub const SHADOW_ID_MAX: u64 = 0xff_ffff;
+
+/// The id `klp_shadow_*` gets for shadow id `id` of tables of format `format_version`.
+pub const fn shadow_key(format_version: u32, id: u64) -> u64 {
+    if format_version >= 2 {
+        SHADOW_NAMESPACE | (id & SHADOW_ID_MAX)
+    } else {
+        id
+    }
+}
 
 /// The `klp_state` id every module of ours registers; its `data` points to the module's
 /// [`PatchHeader`]. See docs/kernel-runtime.md for what it means to other livepatch tools.

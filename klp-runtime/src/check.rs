@@ -38,6 +38,13 @@ pub enum CheckError {
     },
     #[error("callback set id 0 at {origin}: ids start at 1")]
     ZeroSetId { origin: String },
+    #[error("shadow type {type_name} (at {origin}) has id {shadow:#x}, wider than 24 bits: klp-rs shadow ids go up to {max:#x}, under the klp-rs namespace that keeps them apart from C patches' ids")]
+    ShadowIdTooWide {
+        shadow: u64,
+        type_name: String,
+        origin: String,
+        max: u64,
+    },
 }
 
 /// The two origins of a clash, earlier declaration first (the linker's order is not the
@@ -76,6 +83,14 @@ pub fn check<F>(patch: &Patch<'_, F>) -> Vec<CheckError> {
         }
     }
     for (i, t) in patch.shadows.iter().enumerate() {
+        if t.id > crate::abi::SHADOW_ID_MAX {
+            errors.push(CheckError::ShadowIdTooWide {
+                shadow: t.id,
+                type_name: t.type_name.into(),
+                origin: t.origin.into(),
+                max: crate::abi::SHADOW_ID_MAX,
+            });
+        }
         if patch.set(t.owner).is_none() {
             errors.push(CheckError::UnknownOwner {
                 shadow: t.id,
@@ -141,6 +156,10 @@ pub enum Conflict<'a> {
         old: ShadowLayout<'a>,
         new: ShadowLayout<'a>,
     },
+    /// A replace: a shadow id both patches declare, which the outgoing patch's table format
+    /// handed to the kernel as it was and the incoming one puts in the klp-rs namespace
+    /// ([`crate::abi::shadow_key`]): its variables would not carry over.
+    ShadowNamespace { id: u64, old_format: u32 },
     /// A stacking patch (`replace = false`) has a callback set id the patch below it has:
     /// disabling it would tear down the set the patch below keeps.
     StackedSet { id: u32 },
@@ -157,6 +176,13 @@ impl core::fmt::Display for Conflict<'_> {
                 "shadow {id:#x} is {old} in the outgoing patch and {new} in the incoming one, \
                  and its variables would pass from one layout to the other; give the new \
                  layout a new shadow id"
+            ),
+            Conflict::ShadowNamespace { id, old_format } => write!(
+                f,
+                "shadow {id:#x} is shared, but the outgoing patch's tables (format \
+                 {old_format}) keyed its variables by the bare id, which this format keeps \
+                 apart from C patches' ids, so they would not carry over; give the type a new \
+                 shadow id (the outgoing one's variables are then freed with its set)"
             ),
             Conflict::StackedSet { id } => write!(
                 f,
@@ -189,6 +215,13 @@ pub fn replace_conflicts<'p, 'a, F, G>(
 ) -> impl Iterator<Item = Conflict<'a>> + 'p {
     new.shadows.iter().filter_map(move |n| {
         let o = old.shadows.iter().find(|o| o.id == n.id)?;
+        let key = |format| crate::abi::shadow_key(format, n.id);
+        if key(old.format_version) != key(new.format_version) {
+            return Some(Conflict::ShadowNamespace {
+                id: n.id,
+                old_format: old.format_version,
+            });
+        }
         let (old_layout, new_layout) = (layout(o), layout(n));
         (old_layout != new_layout).then_some(Conflict::ShadowLayout {
             id: n.id,

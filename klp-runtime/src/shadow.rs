@@ -7,6 +7,7 @@ use core::ffi::{c_int, c_void};
 use core::mem::size_of;
 use core::ptr::NonNull;
 
+use crate::abi;
 pub use crate::abi::Gfp;
 use crate::hook::{Errno, Result};
 use crate::sys;
@@ -95,16 +96,22 @@ unsafe impl<T: 'static> Portable for KernelPtr<T> {}
 pub trait ShadowType: 'static {
     /// What is attached to each object.
     type Data: 'static;
-    /// The `klp_shadow` id.
+    /// The shadow id, as declared (`#[klp_shadow(id = ...)]`, at most
+    /// [`abi::SHADOW_ID_MAX`]).
     const ID: u64;
     /// The id of the callback set that owns this type: when that set leaves, every variable
     /// of this type is freed.
     const OWNER: u32;
 }
 
+/// The id `klp_shadow_*` knows the type by: its id in the klp-rs namespace.
+fn key<S: ShadowType>() -> u64 {
+    abi::shadow_key(abi::FORMAT_VERSION, S::ID)
+}
+
 /// The variable attached to `obj`, if any.
 pub fn get<S: ShadowType>(obj: *const c_void) -> Option<NonNull<S::Data>> {
-    NonNull::new(sys::shadow_get(obj, S::ID).cast())
+    NonNull::new(sys::shadow_get(obj, key::<S>()).cast())
 }
 
 /// The variable attached to `obj`, attaching `init()` first if there is none, allocating as
@@ -145,7 +152,7 @@ fn attach<S: ShadowType>(
     let mut value = Some(value);
     let p = sys::shadow_alloc(
         obj,
-        S::ID,
+        key::<S>(),
         size_of::<S::Data>(),
         ctor::<S::Data>,
         (&raw mut value).cast(),
@@ -157,12 +164,12 @@ fn attach<S: ShadowType>(
 
 /// Detaches and drops the variable attached to `obj`, if any.
 pub fn free<S: ShadowType>(obj: *const c_void) {
-    sys::shadow_free(obj, S::ID, dtor::<S::Data>)
+    sys::shadow_free(obj, key::<S>(), dtor::<S::Data>)
 }
 
 /// Detaches and drops every variable of this type.
 pub fn free_all<S: ShadowType>() {
-    sys::shadow_free_all(S::ID, dtor::<S::Data>)
+    sys::shadow_free_all(key::<S>(), dtor::<S::Data>)
 }
 
 /// The constructor: moves the value out of `ctor_data` (an `Option<T>`) into the new variable.

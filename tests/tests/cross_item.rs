@@ -92,3 +92,54 @@ fn a_stacking_patch_may_not_share_sets_or_shadow_ids_with_the_patch_below() {
     );
     assert_eq!(stack_conflicts(&p1, &stack).count(), 0);
 }
+
+/// Format 1 handed shadow ids to the kernel bare; format 2 puts them in the klp-rs namespace.
+/// A shadow id shared across that change would not carry its variables over: refused, naming
+/// the id and the fix.
+#[test]
+fn a_replace_across_the_shadow_namespace_change_is_refused_for_shared_ids() {
+    use klp_runtime::check::{replace_conflicts, Conflict};
+    use klp_runtime::reader::read_memory;
+    // SAFETY: headers of crates linked into this test.
+    let (mut old, new) = unsafe {
+        (
+            read_memory(&p1::KLP_PATCH).unwrap(),
+            read_memory(&p2::KLP_PATCH).unwrap(),
+        )
+    };
+    assert_eq!(replace_conflicts(&old, &new).count(), 0);
+    old.format_version = 1;
+    let conflicts: Vec<_> = replace_conflicts(&old, &new).collect();
+    assert_eq!(
+        conflicts,
+        [Conflict::ShadowNamespace {
+            id: 0x10,
+            old_format: 1
+        }]
+    );
+    assert!(conflicts[0]
+        .to_string()
+        .contains("give the type a new shadow id"));
+}
+
+/// A shadow id wider than 24 bits cannot go under the namespace: the macro refuses it (the
+/// UI test shadow_id_too_wide, whose message names the same limit as the runtime), and so
+/// does the cross-item check of tables written by other means.
+#[test]
+fn shadow_ids_wider_than_24_bits_are_refused() {
+    use klp_runtime::abi::SHADOW_ID_MAX;
+    use klp_runtime::check::{check, CheckError};
+    use klp_runtime::reader::read_memory;
+    let ui = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/ui/shadow_id_too_wide.stderr"
+    ))
+    .unwrap();
+    assert!(ui.contains(&format!("up to {SHADOW_ID_MAX:#x}")), "{ui}");
+    // SAFETY: the header of a crate linked into this test.
+    let mut p = unsafe { read_memory(&p1::KLP_PATCH).unwrap() };
+    p.shadows[0].id = SHADOW_ID_MAX + 1;
+    assert!(check(&p).iter().any(
+        |e| matches!(e, CheckError::ShadowIdTooWide { shadow, .. } if *shadow == SHADOW_ID_MAX + 1)
+    ));
+}

@@ -48,7 +48,7 @@ fn a_klp_rs_module_reads_as_its_source_declares() {
     let r = inspect::inspect(&ours("p4")).unwrap();
     assert_eq!(
         (r.kind, r.format_version, r.livepatch, r.signed),
-        (Kind::KlpRs, Some(1), true, false)
+        (Kind::KlpRs, Some(klp_runtime::abi::FORMAT_VERSION), true, false)
     );
     assert_eq!(r.replace, Some(true), "replace defaults to true");
     assert_eq!(r.name.as_deref(), Some("klp_v4"));
@@ -259,15 +259,15 @@ fn against_a_module_with_tables_of_a_newer_format_is_refused() {
     let plan = inspect::against(&ours("p3"), &next).unwrap();
     let why = plan.refused.expect("refused");
     assert!(
-        why.contains("klp_v1's tables are format 2, it reads up to 1"),
+        why.contains("klp_v1's tables are format 3, it reads up to 2"),
         "{why}"
     );
     assert!(plan.steps.is_empty(), "nothing runs");
     let r = inspect::inspect(&next).unwrap();
-    assert_eq!((r.kind, r.format_version), (Kind::KlpRs, Some(2)));
+    assert_eq!((r.kind, r.format_version), (Kind::KlpRs, Some(3)));
     assert_eq!(
         r.warnings,
-        ["klp-rs tables of format 2; this cargo-klp reads up to 1: update it to see them"]
+        ["klp-rs tables of format 3; this cargo-klp reads up to 2: update it to see them"]
     );
 }
 

@@ -809,7 +809,7 @@ fn tables_of_a_newer_format_are_refused_before_anything_runs(series: Series) {
     assert!(!ours.is_empty(), "{lines:?}");
     assert!(
         ours.iter().all(|l| l.starts_with(
-            "klp_v3: klp-rs: p3 cannot replace p1: table format version 2 is newer than this reader understands (up to 1)"
+            "klp_v3: klp-rs: p3 cannot replace p1: table format version 3 is newer than this reader understands (up to 2)"
         )),
         "no step may run, and the refusal names both patches and formats: {ours:?}"
     );

@@ -57,7 +57,8 @@ unsafe extern "C" fn pre_patch(_obj: *const c_char) -> c_int {
         let p = unsafe {
             store::alloc(
                 key(set),
-                id,
+                // The id as the kernel knows it, as klp_runtime::shadow hands it over.
+                klp_runtime::abi::shadow_key(klp_runtime::abi::FORMAT_VERSION, id),
                 8,
                 klp_runtime::shadow::ctor::<u64>,
                 (&raw mut value).cast(),

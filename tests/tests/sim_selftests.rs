@@ -352,3 +352,43 @@ fn a_target_module_whose_init_fails_is_set_up_and_torn_down_once() {
     assert_eq!(store::count(0x200), 0);
     k.disable("modobj").unwrap();
 }
+
+/// A C patch keys its shadow variables by the bare id it chose; klp-rs ids live under
+/// `abi::SHADOW_NAMESPACE`. modobj's type 0x200 and a C patch's variable of id 0x200 on the
+/// same object stay apart: the replace that frees modobj's leaves the C patch's alone.
+#[test]
+fn a_c_patchs_shadow_variable_with_the_same_id_is_left_alone() {
+    use core::ffi::{c_int, c_void};
+    use klp_runtime::abi::Gfp;
+    unsafe extern "C" fn c_ctor(_: *mut c_void, _: *mut c_void, _: *mut c_void) -> c_int {
+        0
+    }
+    // modobj attaches its type to no particular object (a null pointer): so does the C patch.
+    let obj = std::ptr::null::<c_void>();
+    // SAFETY: a constructor that writes nothing, and no constructor data.
+    let c = unsafe {
+        store::alloc(
+            obj,
+            0x200,
+            8,
+            c_ctor,
+            std::ptr::null_mut(),
+            false,
+            Gfp::Kernel,
+        )
+    };
+    assert!(!c.is_null());
+    let mut k = Kernel::new();
+    k.insmod(&modobj::KLP_PATCH).unwrap();
+    k.load_object("binfmt_misc").unwrap();
+    assert_eq!((store::count(0x200), store::count_key(0x200)), (1, 1));
+    k.insmod(&p2::KLP_PATCH).unwrap();
+    assert_eq!(
+        store::count(0x200),
+        0,
+        "modobj's variable went with its set"
+    );
+    assert_eq!(store::count_key(0x200), 1, "the C patch's stays");
+    store::free_all_key(0x200, None);
+    k.disable("p2").unwrap();
+}

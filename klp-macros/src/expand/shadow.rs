@@ -27,6 +27,22 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         ID,
         "each shadow type needs a klp_shadow id, for example `id = 0x10`",
     );
+    // The runtime puts the id under a 40-bit prefix (klp_runtime::abi::SHADOW_NAMESPACE) so
+    // that it never meets a C patch's shadow id.
+    const SHADOW_ID_MAX: u64 = 0xff_ffff;
+    let id = match (id, args.int::<u64>(&mut cx, ID)) {
+        (Some(v), Some((_, span))) if v > SHADOW_ID_MAX => {
+            cx.push(syn::Error::new(
+                span,
+                format!(
+                    "shadow ids have 24 bits (up to {SHADOW_ID_MAX:#x}): the runtime puts them \
+                     in the klp-rs namespace, apart from C patches' shadow ids"
+                ),
+            ));
+            None
+        }
+        (id, _) => id,
+    };
     let owner = nonzero_id::<u32>(
         &mut cx,
         &args,

@@ -28,7 +28,8 @@ pub(crate) trait Platform {
     fn below(&mut self) -> Result<Option<&'static PatchHeader>, Errno>;
     /// Whether our patch replaces (`replace = true`) rather than stacks.
     fn replaces(&self) -> bool;
-    /// `klp_shadow_free_all(shadow, dtor)`: how many variables it freed.
+    /// `klp_shadow_free_all(key, dtor)` (the id as the kernel knows it: [`abi::shadow_key`]):
+    /// how many variables it freed.
     fn free_all(&mut self, shadow: u64, dtor: Option<abi::ShadowDtorFn>) -> usize;
     /// Calls a hook of the tables: `call` does it; the platform may wrap it (the simulator
     /// injects failures and collects what the hook logged).
@@ -169,6 +170,8 @@ impl<P: Platform> Executor<'_, P> {
     fn free_shadow(&mut self, step: &Step<'static>, shadow: u64) {
         let p = self.patch(step.side());
         let patch = p.name;
+        // The id as the kernel knows it, by the convention of the tables that own it.
+        let key = abi::shadow_key(p.format_version, shadow);
         let dtor = p
             .shadows
             .iter()
@@ -178,7 +181,7 @@ impl<P: Platform> Executor<'_, P> {
             // under this id.
             .map(|a| unsafe { core::mem::transmute::<usize, abi::ShadowDtorFn>(a) });
         self.sys.report(Report::Ran { patch, step: *step });
-        let count = self.sys.free_all(shadow, dtor);
+        let count = self.sys.free_all(key, dtor);
         self.sys.report(Report::Freed {
             patch,
             shadow,

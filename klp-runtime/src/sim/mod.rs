@@ -667,7 +667,7 @@ pub(crate) mod sys {
     }
 
     pub fn shadow_free_all(id: u64, dtor: ShadowDtorFn) {
-        super::store::free_all(id, Some(dtor));
+        super::store::free_all_key(id, Some(dtor));
     }
 
     pub fn log(args: core::fmt::Arguments<'_>) {

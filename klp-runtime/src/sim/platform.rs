@@ -112,7 +112,7 @@ impl Platform for Sim<'_> {
     }
 
     fn free_all(&mut self, shadow: u64, dtor: Option<abi::ShadowDtorFn>) -> usize {
-        let n = store::free_all(shadow, dtor);
+        let n = store::free_all_key(shadow, dtor);
         self.drain_messages();
         n
     }

@@ -1,7 +1,11 @@
 //! The simulator's shadow-variable store, with `klp_shadow_*` semantics: variables keyed by
-//! (object address, id); `alloc` on an existing pair fails; constructors may fail; `free_all`
-//! runs the destructor on each. One store per thread, so parallel tests stay apart, as one
-//! kernel is shared by every module in it.
+//! (object address, id); `alloc` on an existing pair fails; constructors may fail;
+//! `free_all_key` runs the destructor on each. One store per thread, so parallel tests stay
+//! apart, as one kernel is shared by every module in it.
+//!
+//! Ids here are the kernel's: a klp-rs shadow id is in its namespace
+//! ([`crate::abi::shadow_key`]). [`count`] and [`free_all`] take ids as a patch declares them;
+//! the `_key` variants take the kernel's id, as a C patch would use it.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -97,8 +101,20 @@ pub fn free(obj: *const c_void, id: u64, dtor: ShadowDtorFn) {
     }
 }
 
-/// Frees every variable with `id`; returns how many there were.
+/// Frees every variable of a klp-rs shadow id as a patch declares it; returns how many there
+/// were.
 pub fn free_all(id: u64, dtor: Option<ShadowDtorFn>) -> usize {
+    free_all_key(declared(id), dtor)
+}
+
+/// The key a declared klp-rs shadow id has in the store, as in the kernel.
+fn declared(id: u64) -> u64 {
+    crate::abi::shadow_key(crate::abi::FORMAT_VERSION, id)
+}
+
+/// `klp_shadow_free_all(key, dtor)`: frees every variable with the kernel's id `key`;
+/// returns how many there were.
+pub fn free_all_key(id: u64, dtor: Option<ShadowDtorFn>) -> usize {
     let taken: Vec<_> = STORE.with(|s| {
         let mut s = s.borrow_mut();
         let keys: Vec<_> = s.keys().filter(|k| k.1 == id).copied().collect();
@@ -116,8 +132,13 @@ pub fn free_all(id: u64, dtor: Option<ShadowDtorFn>) -> usize {
     n
 }
 
-/// How many variables with `id` exist.
+/// How many variables of a klp-rs shadow id, as a patch declares it, exist.
 pub fn count(id: u64) -> usize {
+    count_key(declared(id))
+}
+
+/// How many variables with the kernel's id `key` exist (a C patch's, for instance).
+pub fn count_key(id: u64) -> usize {
     STORE.with(|s| s.borrow().keys().filter(|k| k.1 == id).count())
 }
 
