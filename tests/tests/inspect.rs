@@ -7,20 +7,20 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use cargo_klp::inspect::{self, CallbackSet, Function, Kind, ShadowType, State};
+use klp_harness::{Kernel, Series};
 use proptest::prelude::*;
-use xtask::{Kernel, Series};
 
 fn kernel() -> Kernel {
-    xtask::kernel(Series::V6_1).unwrap_or_else(|e| panic!("{e:#}"))
+    klp_harness::kernel(Series::V6_1).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn ours(package: &str) -> PathBuf {
-    xtask::build_patch(package, &kernel()).unwrap_or_else(|e| panic!("{e:#}"))
+    klp_harness::build_patch(package, &kernel()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A C fixture module built under Kbuild.
 fn c_module(fixture: &str, module: &str) -> PathBuf {
-    xtask::build_c_fixture(fixture, module, &kernel()).unwrap_or_else(|e| panic!("{e:#}"))
+    klp_harness::build_c_fixture(fixture, module, &kernel()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn set(id: u32, hooks: [Option<&str>; 4]) -> CallbackSet {
@@ -48,7 +48,12 @@ fn a_klp_rs_module_reads_as_its_source_declares() {
     let r = inspect::inspect(&ours("p4")).unwrap();
     assert_eq!(
         (r.kind, r.format_version, r.livepatch, r.signed),
-        (Kind::KlpRs, Some(klp_runtime::abi::FORMAT_VERSION), true, false)
+        (
+            Kind::KlpRs,
+            Some(klp_runtime::abi::FORMAT_VERSION),
+            true,
+            false
+        )
     );
     assert_eq!(r.replace, Some(true), "replace defaults to true");
     assert_eq!(r.name.as_deref(), Some("klp_v4"));
@@ -216,7 +221,7 @@ fn an_ordinary_module_is_not_a_livepatch_and_its_signature_is_seen() {
 fn compressed_modules_read_like_the_plain_module() {
     let ko = ours("p3");
     let plain = inspect::inspect(&ko).unwrap();
-    let dir = xtask::target_dir().join("klp-c").join("compressed");
+    let dir = klp_harness::target_dir().join("klp-c").join("compressed");
     std::fs::create_dir_all(&dir).unwrap();
     for (tool, ext, name) in [("xz", "xz", "xz"), ("zstd", "zst", "zstd")] {
         let out = dir.join(format!("klp_v3.ko.{ext}"));
@@ -255,7 +260,8 @@ fn against_ours_replacing_a_c_patch_with_a_state_we_lack_is_refused() {
 
 #[test]
 fn against_a_module_with_tables_of_a_newer_format_is_refused() {
-    let next = xtask::build_patch_with("p1", &kernel(), &["--cfg", "klp_rs_next_format"]).unwrap();
+    let next =
+        klp_harness::build_patch_with("p1", &kernel(), &["--cfg", "klp_rs_next_format"]).unwrap();
     let plan = inspect::against(&ours("p3"), &next).unwrap();
     let why = plan.refused.expect("refused");
     assert!(
@@ -354,7 +360,8 @@ fn documented_fields(table: &str) -> Vec<String> {
 
 #[test]
 fn json_carries_every_documented_field() {
-    let doc = std::fs::read_to_string(xtask::workspace().join("docs/inspect-json.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(klp_harness::workspace().join("docs/inspect-json.md")).unwrap();
     let (modules, plans) = doc
         .split_once("--against OLD`")
         .expect("the document has a plan section");
@@ -378,7 +385,7 @@ fn json_carries_every_documented_field() {
 
 #[test]
 fn every_module_of_the_debian_image_inspects() {
-    let files = xtask::image_modules(&kernel()).unwrap();
+    let files = klp_harness::image_modules(&kernel()).unwrap();
     assert!(files.len() > 3500, "{} modules", files.len());
     let results = inspect::inspect_all(&files);
     let errors: Vec<String> = results
@@ -981,7 +988,7 @@ fn inspect_in_child(files: &[PathBuf]) -> (std::process::ExitStatus, String) {
 /// the rest are reported.
 #[test]
 fn crafted_modules_under_a_memory_limit() {
-    let dir = xtask::target_dir().join("klp-c").join("crafted");
+    let dir = klp_harness::target_dir().join("klp-c").join("crafted");
     std::fs::create_dir_all(&dir).unwrap();
     let mut files = bombs(&dir);
     for (name, bytes) in crafted() {

@@ -8,15 +8,15 @@
 
 use std::path::{Path, PathBuf};
 
+use klp_harness::{GuestLog, Kernel, Series};
 use klp_runtime::abi::PatchHeader;
 use klp_runtime::sim::Kernel as Sim;
-use xtask::{GuestLog, Kernel, Series};
 
 /// One test per kernel series for each scenario.
 macro_rules! on_both_kernels {
     ($($name:ident),* $(,)?) => {
-        mod v6_1 { $( #[test] fn $name() { super::$name(xtask::Series::V6_1) } )* }
-        mod v6_12 { $( #[test] fn $name() { super::$name(xtask::Series::V6_12) } )* }
+        mod v6_1 { $( #[test] fn $name() { super::$name(klp_harness::Series::V6_1) } )* }
+        mod v6_12 { $( #[test] fn $name() { super::$name(klp_harness::Series::V6_12) } )* }
     };
 }
 
@@ -45,15 +45,15 @@ on_both_kernels!(
 );
 
 fn kernel(series: Series) -> Kernel {
-    xtask::kernel(series).unwrap_or_else(|e| panic!("{e:#}"))
+    klp_harness::kernel(series).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn build(package: &str, k: &Kernel) -> PathBuf {
-    xtask::build_patch(package, k).unwrap_or_else(|e| panic!("{e:#}"))
+    klp_harness::build_patch(package, k).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn boot(k: &Kernel, modules: &[&Path], script: &str) -> GuestLog {
-    xtask::boot(k, modules, script).unwrap_or_else(|e| panic!("{e:#}"))
+    klp_harness::boot(k, modules, script).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Kernel log lines of a section printed with `dmesg -c`, without timestamps.
@@ -156,7 +156,7 @@ const BINFMT_STATUS: &str =
 fn target_module_loaded_after_the_patch(series: Series) {
     let k = kernel(series);
     let ko = build("modobj", &k);
-    let binfmt = xtask::image_module(&k, "fs/binfmt_misc").unwrap();
+    let binfmt = klp_harness::image_module(&k, "fs/binfmt_misc").unwrap();
     let log = boot(
         &k,
         &[&ko, &binfmt],
@@ -212,7 +212,7 @@ fn target_module_loaded_after_the_patch(series: Series) {
 fn target_module_loaded_before_the_patch(series: Series) {
     let k = kernel(series);
     let ko = build("modobj", &k);
-    let binfmt = xtask::image_module(&k, "fs/binfmt_misc").unwrap();
+    let binfmt = klp_harness::image_module(&k, "fs/binfmt_misc").unwrap();
     let log = boot(
         &k,
         &[&ko, &binfmt],
@@ -510,7 +510,7 @@ fn replace_drops_a_module_object(series: Series, binfmt_after_modobj: bool) {
     let k = kernel(series);
     let modobj = build("modobj", &k);
     let p2 = build("p2", &k);
-    let binfmt = xtask::image_module(&k, "fs/binfmt_misc").unwrap();
+    let binfmt = klp_harness::image_module(&k, "fs/binfmt_misc").unwrap();
     let (first, second) = ("load klp_modobj", "insmod /mod/binfmt_misc.ko");
     let (first, second) = if binfmt_after_modobj {
         (first, second)
@@ -629,12 +629,12 @@ fn module_carries_modinfo_and_endbr64_where_ibt_needs_it(series: Series) {
 
 fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series) {
     let k = kernel(series);
-    let out = xtask::target_dir()
+    let out = klp_harness::target_dir()
         .join("klp")
         .join(format!("broken-{}", k.release));
     let _ = std::fs::remove_dir_all(&out);
     let opts = cargo_klp::build::BuildOptions {
-        manifest_path: Some(xtask::workspace().join("Cargo.toml")),
+        manifest_path: Some(klp_harness::workspace().join("Cargo.toml")),
         package: Some("broken".into()),
         kdir: Some(k.kdir.clone()),
         out: Some(out.clone()),
@@ -663,7 +663,7 @@ fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series
 
 fn signed_module_carries_the_kernel_signature(series: Series) {
     let k = kernel(series);
-    let dir = xtask::target_dir()
+    let dir = klp_harness::target_dir()
         .join("klp")
         .join(format!("signing-{}", k.release));
     std::fs::create_dir_all(&dir).unwrap();
@@ -684,7 +684,7 @@ fn signed_module_carries_the_kernel_signature(series: Series) {
         String::from_utf8_lossy(&status.stderr)
     );
     let opts = cargo_klp::build::BuildOptions {
-        manifest_path: Some(xtask::workspace().join("Cargo.toml")),
+        manifest_path: Some(klp_harness::workspace().join("Cargo.toml")),
         package: Some("cmdline".into()),
         kdir: Some(k.kdir.clone()),
         out: Some(dir.clone()),
@@ -708,7 +708,8 @@ fn a_reversed_replace_restores_the_old_patch(series: Series) {
     // klp_busy's worker sleeps inside busymod_work_func, which klp_busyp patches: the
     // transition of klp_busyp replacing klp_v3 cannot finish, and is reversed.
     let k = kernel(series);
-    let busy = xtask::build_c_fixture("busy", "klp_busy", &k).unwrap_or_else(|e| panic!("{e:#}"));
+    let busy =
+        klp_harness::build_c_fixture("busy", "klp_busy", &k).unwrap_or_else(|e| panic!("{e:#}"));
     let p3 = build("p3", &k);
     let busyp = build("busy", &k);
     let log = boot(
@@ -781,7 +782,7 @@ fn tables_of_a_newer_format_are_refused_before_anything_runs(series: Series) {
     // format 1 tries to replace it: P3 cannot read P1's tables, so it must refuse, run
     // nothing, and leave P1 in effect.
     let k = kernel(series);
-    let next = xtask::build_patch_with("p1", &k, &["--cfg", "klp_rs_next_format"])
+    let next = klp_harness::build_patch_with("p1", &k, &["--cfg", "klp_rs_next_format"])
         .unwrap_or_else(|e| panic!("{e:#}"));
     let p3 = build("p3", &k);
     let log = boot(
@@ -862,10 +863,11 @@ fn a_target_module_loading_during_a_replace_transition(series: Series) {
     // loads meanwhile: modobj (still enabled) sets up its set 2 on it, and busy must run its
     // part of the replace for it: its own set 8 up, modobj's set 2 down.
     let k = kernel(series);
-    let busy = xtask::build_c_fixture("busy", "klp_busy", &k).unwrap_or_else(|e| panic!("{e:#}"));
+    let busy =
+        klp_harness::build_c_fixture("busy", "klp_busy", &k).unwrap_or_else(|e| panic!("{e:#}"));
     let modobj = build("modobj", &k);
     let busyp = build("busy", &k);
-    let binfmt = xtask::image_module(&k, "fs/binfmt_misc").unwrap();
+    let binfmt = klp_harness::image_module(&k, "fs/binfmt_misc").unwrap();
     let log = boot(
         &k,
         &[&busy, &modobj, &busyp, &binfmt],
@@ -1026,7 +1028,7 @@ fn a_foreign_patch_with_our_state_id_is_refused_without_an_oops(series: Series) 
     // reads that state: it must refuse (the boot fails on any oops), and klp_bogus stays.
     let k = kernel(series);
     let bogus =
-        xtask::build_c_fixture("bogus", "klp_bogus", &k).unwrap_or_else(|e| panic!("{e:#}"));
+        klp_harness::build_c_fixture("bogus", "klp_bogus", &k).unwrap_or_else(|e| panic!("{e:#}"));
     let p1 = build("p1", &k);
     let lines = refused_over(&k, &[&bogus, &p1], "load klp_bogus", "klp_bogus", "klp_v1");
     assert!(
@@ -1046,7 +1048,7 @@ fn two_cpus_freeing_two_shadow_types_never_mix_them(series: Series) {
     let k = kernel(series);
     let ko = build("shadowrace", &k);
     let rounds = 1500;
-    let log = xtask::boot_on(
+    let log = klp_harness::boot_on(
         &k,
         &[&ko],
         &format!(
@@ -1090,7 +1092,7 @@ fn every_failed_allocation_is_a_clean_error(series: Series) {
     // reached Rust's allocation-error path would panic the kernel and fail the boot.
     let k = kernel(series);
     let p4 = build("p4", &k);
-    let p3 = xtask::build_patch_alloc_faults("p3", &k).unwrap_or_else(|e| panic!("{e:#}"));
+    let p3 = klp_harness::build_patch_alloc_faults("p3", &k).unwrap_or_else(|e| panic!("{e:#}"));
     let log = boot(
         &k,
         &[&p4, &p3],

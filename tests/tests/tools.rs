@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xtask::Series;
+use klp_harness::Series;
 
 /// A directory of links to every program on PATH except `hidden`.
 fn path_without(hidden: &str, dir: &Path) -> PathBuf {
@@ -39,17 +39,17 @@ fn cargo_klp() -> PathBuf {
     let built = BUILT.get_or_init(|| {
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .args(["build", "-q", "-p", "cargo-klp", "--bin", "cargo-klp"])
-            .current_dir(xtask::workspace())
+            .current_dir(klp_harness::workspace())
             .status()
             .is_ok_and(|s| s.success())
     });
     assert!(built, "cannot build the cargo-klp binary");
-    xtask::target_dir().join("debug/cargo-klp")
+    klp_harness::target_dir().join("debug/cargo-klp")
 }
 
 fn hidden_tool_is_named(series: Series, hidden: &str, expected: &[&str]) {
-    let k = xtask::kernel(series).unwrap_or_else(|e| panic!("{e:#}"));
-    let scratch = xtask::target_dir()
+    let k = klp_harness::kernel(series).unwrap_or_else(|e| panic!("{e:#}"));
+    let scratch = klp_harness::target_dir()
         .join("klp-tools-test")
         .join(format!("{}-{hidden}", k.release));
     let shim = path_without(hidden, &scratch.join("bin"));
@@ -57,7 +57,7 @@ fn hidden_tool_is_named(series: Series, hidden: &str, expected: &[&str]) {
     let _ = std::fs::remove_dir_all(&out_dir);
     let out = Command::new(cargo_klp())
         .args(["klp", "build", "--manifest-path"])
-        .arg(xtask::workspace().join("examples/cmdline/Cargo.toml"))
+        .arg(klp_harness::workspace().join("examples/cmdline/Cargo.toml"))
         .arg("--kdir")
         .arg(&k.kdir)
         .arg("--out")

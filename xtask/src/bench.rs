@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{fetch_kernel, target_dir, workspace, Series};
+use klp_harness::{fetch_kernel, target_dir, workspace, Output, Series};
 
 const C_MODULE: &str = r#"// The classic livepatch sample, by hand: what klp-rs's cmdline example does.
 #include <linux/kernel.h>
@@ -49,16 +49,8 @@ fn timed(what: &str, f: impl FnOnce() -> Result<()>) -> Result<Duration> {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed:\n{}{}",
-            cmd,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    let what = format!("{cmd:?}");
+    klp_harness::run(cmd, &what, Output::Captured).map(drop)
 }
 
 /// The cmdline example as a crate of its own, outside the workspace, as a user has it.
@@ -100,7 +92,7 @@ pub fn bench() -> Result<()> {
 /// today for the same facts: `readelf -SW` and `modinfo` on each file.
 fn inspect_bench() -> Result<()> {
     let kernel = fetch_kernel(Series::V6_1)?;
-    let files = crate::image_modules(&kernel)?;
+    let files = klp_harness::image_modules(&kernel)?;
     // Warm the page cache.
     for f in &files {
         std::fs::read(f)?;

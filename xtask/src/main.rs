@@ -4,7 +4,9 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use xtask::Series;
+use klp_harness::{Output, Series};
+
+mod bench;
 
 #[derive(Parser)]
 #[command(about = "klp-rs project tasks")]
@@ -38,15 +40,15 @@ fn series(s: &str) -> Result<Series> {
 }
 
 fn demo(series: Series) -> Result<()> {
-    xtask::setup_host()?;
-    let kernel = xtask::fetch_kernel(series)?;
-    let ko = xtask::build_patch("cmdline", &kernel)?;
+    klp_harness::setup_host()?;
+    let kernel = klp_harness::fetch_kernel(series)?;
+    let ko = klp_harness::build_patch("cmdline", &kernel)?;
     eprintln!(
         "     Booting Debian {} under qemu (TCG) with {}",
         kernel.release,
         ko.display()
     );
-    let log = xtask::boot(
+    let log = klp_harness::boot(
         &kernel,
         &[&ko],
         "section before; cat /proc/cmdline\n\
@@ -82,30 +84,33 @@ fn demo(series: Series) -> Result<()> {
 }
 
 fn test() -> Result<()> {
-    xtask::setup_host()?;
+    klp_harness::setup_host()?;
     for s in Series::ALL {
-        xtask::fetch_kernel(s)?;
+        klp_harness::fetch_kernel(s)?;
     }
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["test", "--workspace", "--all-targets"])
-        .status()?;
-    if !status.success() {
-        bail!("tests failed");
-    }
-    Ok(())
+    klp_harness::run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+            "test",
+            "--workspace",
+            "--all-targets",
+        ]),
+        "the test suite",
+        Output::Shown,
+    )
+    .map(drop)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.task {
-        Task::Setup => xtask::setup_host().and_then(|()| {
+        Task::Setup => klp_harness::setup_host().and_then(|()| {
             Series::ALL
                 .iter()
-                .try_for_each(|s| xtask::fetch_kernel(*s).map(drop))
+                .try_for_each(|s| klp_harness::fetch_kernel(*s).map(drop))
         }),
         Task::Demo { kernel } => series(&kernel).and_then(demo),
         Task::Test => test(),
-        Task::Bench => xtask::bench::bench(),
+        Task::Bench => bench::bench(),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -58,7 +58,7 @@ const TROUBLE: [&str; 6] = [
 /// Boots `kernel`, runs `script` (after the helpers in [`initramfs::GUEST_LIB`]) with
 /// `modules` in `/mod`, and returns the console output. Fails on a timeout, an oops or
 /// panic, or a script that did not finish, with the whole log in the error.
-pub fn run(
+pub fn boot(
     kernel: &Kernel,
     modules: &[&Path],
     script: &str,

@@ -66,18 +66,11 @@ fn version_key(s: &str) -> Vec<u64> {
 }
 
 fn apt(args: &[&str]) -> Result<String> {
-    let out = Command::new("apt-cache")
-        .args(args)
-        .output()
-        .context("apt-cache is needed (Debian)")?;
-    if !out.status.success() {
-        bail!(
-            "apt-cache {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::run(
+        Command::new("apt-cache").args(args),
+        &format!("apt-cache {} (Debian's apt is needed)", args.join(" ")),
+        crate::Output::Captured,
+    )
 }
 
 /// The newest release of a series that apt offers.
@@ -158,15 +151,7 @@ fn packages(release: &str) -> Result<Vec<String>> {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    crate::run(cmd, what, crate::Output::Captured).map(drop)
 }
 
 /// Decompresses the first xz stream of `data` (what follows it is ignored) with xz-utils:

@@ -1,7 +1,7 @@
-//! The project's tasks and its real-kernel harness: set up a fresh machine, fetch Debian
-//! kernels, build patch crates with `cargo klp build`, and boot them under qemu.
+//! The real-kernel harness: set up a fresh machine, fetch Debian kernels, build patch crates
+//! with `cargo klp build`, and boot them under qemu. The real-kernel tests and `cargo xtask`
+//! use it.
 
-pub mod bench;
 pub mod initramfs;
 pub mod kernels;
 pub mod vm;
@@ -35,7 +35,7 @@ pub const HOST_PACKAGES: &[&str] = &[
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("xtask is in the workspace")
+        .expect("the harness is in the workspace")
         .to_path_buf()
 }
 
@@ -61,12 +61,35 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let s = cmd.status().with_context(|| format!("cannot run {what}"))?;
-    if !s.success() {
-        bail!("{what} failed ({s})");
+/// What [`run`] does with a command's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Passed through (installs, the test suite): the user watches it.
+    Shown,
+    /// Kept: returned, and shown in the error if the command fails.
+    Captured,
+}
+
+/// Runs a command to completion: the one way the harness and the tasks run a tool. `what`
+/// names it in errors. Returns its standard output when captured.
+pub fn run(cmd: &mut Command, what: &str, output: Output) -> Result<String> {
+    if output == Output::Shown {
+        let s = cmd.status().with_context(|| format!("cannot run {what}"))?;
+        if !s.success() {
+            bail!("{what} failed ({s})");
+        }
+        return Ok(String::new());
     }
-    Ok(())
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Installs Debian packages that are not installed yet.
@@ -82,7 +105,9 @@ fn apt_install(packages: &[&str]) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install (run as root)",
+        Output::Shown,
     )
+    .map(drop)
 }
 
 /// Installs what a fresh machine lacks: refreshed apt lists (to find the newest kernels), the
@@ -92,7 +117,9 @@ pub fn setup_host() -> Result<()> {
     run(
         Command::new("apt-get").args(["update", "-qq"]),
         "apt-get update (run as root)",
-    )?;
+        Output::Shown,
+    )
+    .map(drop)?;
     apt_install(HOST_PACKAGES)?;
     status(
         "Installing",
@@ -101,11 +128,15 @@ pub fn setup_host() -> Result<()> {
     run(
         Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]),
         "rustup target add",
-    )?;
+        Output::Shown,
+    )
+    .map(drop)?;
     run(
         Command::new("rustup").args(["component", "add", "rust-src"]),
         "rustup component add",
-    )?;
+        Output::Shown,
+    )
+    .map(drop)?;
     Ok(())
 }
 
@@ -225,7 +256,7 @@ pub fn boot(kernel: &Kernel, modules: &[&Path], script: &str) -> Result<GuestLog
 
 /// As [`boot`], with `cpus` virtual CPUs (qemu's TCG runs them on threads of their own).
 pub fn boot_on(kernel: &Kernel, modules: &[&Path], script: &str, cpus: u32) -> Result<GuestLog> {
-    vm::run(kernel, modules, script, &target_dir().join("klp-vm"), cpus)
+    vm::boot(kernel, modules, script, &target_dir().join("klp-vm"), cpus)
 }
 
 /// A module of the kernel image (e.g. `fs/binfmt_misc`), decompressed if the image ships it
@@ -276,19 +307,15 @@ pub fn build_c_fixture(fixture: &str, module: &str, kernel: &Kernel) -> Result<P
             std::fs::copy(&f, &to)?;
         }
     }
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(&kernel.kdir)
-        .arg(format!("M={}", dir.display()))
-        .arg("modules")
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "building {}: {}",
-            src.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run(
+        Command::new("make")
+            .arg("-C")
+            .arg(&kernel.kdir)
+            .arg(format!("M={}", dir.display()))
+            .arg("modules"),
+        &format!("building {}", src.display()),
+        Output::Captured,
+    )?;
     Ok(ko)
 }
 
