@@ -31,14 +31,17 @@
 //! runtime prints to dmesg, so the two can be compared line for line.
 
 mod event;
+mod modules;
 mod platform;
 pub mod store;
+pub(crate) mod sys;
 
 use std::collections::BTreeMap;
 
 pub use event::Event;
 pub use platform::current_hook;
 pub(crate) use platform::log_message;
+pub use sys::{set_current_task, SeqFile};
 
 use crate::abi::PatchHeader;
 use crate::check::{check, CheckError};
@@ -321,115 +324,6 @@ impl Kernel {
         module.dispatcher.unload();
     }
 
-    /// A target module loads (`klp_module_coming`, then its init succeeds). When a patch's
-    /// `pre_patch` refuses it, the load fails: the log says why, and the module is not
-    /// loaded.
-    pub fn load_object(&mut self, object: &str) -> Result<(), SimError> {
-        self.module_coming(object).map(|_| ())
-    }
-
-    /// A target module loads and its init then fails: `klp_module_coming`, then
-    /// `klp_module_going` for the module still coming.
-    pub fn load_object_failing_init(&mut self, object: &str) -> Result<(), SimError> {
-        if self.module_coming(object)? {
-            self.module_going(object);
-        }
-        Ok(())
-    }
-
-    /// Whether the module came (no `pre_patch` refused it).
-    fn module_coming(&mut self, object: &str) -> Result<bool, SimError> {
-        if self.loaded.contains_key(object) {
-            return Err(SimError::AlreadyLoaded(object.into()));
-        }
-        if object == VMLINUX {
-            // klp_module_coming refuses it: "vmlinux.ko: invalid module name".
-            return Err(SimError::InvalidModuleName(object.into()));
-        }
-        self.loaded.insert(object.into(), 0);
-        let transition = self.transition.as_ref().map(|t| t.patch);
-        for (i, p) in self.klp_patches.clone().into_iter().enumerate() {
-            let m = self.index(p)?;
-            let Some(o) = self.modules[m]
-                .objects
-                .iter()
-                .position(|o| o.name == object)
-            else {
-                continue;
-            };
-            if self.pre_patch(m, o).is_err() {
-                // klp_cleanup_module_patches_limited(mod, patch): the patches before.
-                self.cleanup_module(object, Some(i));
-                self.release_module(object);
-                return Ok(false);
-            }
-            self.modules[m].objects[o].patched = true;
-            if transition != Some(p) {
-                let _ = self.callback(m, o, Hook::PostPatch);
-            }
-        }
-        Ok(true)
-    }
-
-    /// A target module unloads (`rmmod`, then `klp_module_going`). A module the runtime
-    /// pinned for a transition is in use: `rmmod` fails, as `try_module_get` makes it.
-    pub fn unload_object(&mut self, object: &str) -> Result<(), SimError> {
-        match self.loaded.get(object) {
-            None => Ok(()),
-            Some(&refs) if refs > 0 => Err(SimError::ModuleInUse(object.into())),
-            Some(_) => {
-                self.module_going(object);
-                Ok(())
-            }
-        }
-    }
-
-    /// `rmmod -f`: the module goes even if pinned (`klp_module_going` all the same).
-    pub fn force_unload_object(&mut self, object: &str) {
-        if self.loaded.contains_key(object) {
-            self.module_going(object);
-        }
-    }
-
-    fn module_going(&mut self, object: &str) {
-        self.cleanup_module(object, None);
-        self.release_module(object);
-    }
-
-    /// `klp_cleanup_module_patches_limited`: the patches before `limit` (all: `None`) tear
-    /// down their object for the module.
-    fn cleanup_module(&mut self, object: &str, limit: Option<usize>) {
-        let transition = self.transition.as_ref().map(|t| t.patch);
-        let patches = self.klp_patches.clone();
-        for p in patches.into_iter().take(limit.unwrap_or(usize::MAX)) {
-            let Ok(m) = self.index(p) else { continue };
-            let Some(o) = self.modules[m]
-                .objects
-                .iter()
-                .position(|o| o.name == object)
-            else {
-                continue;
-            };
-            if transition != Some(p) {
-                let _ = self.callback(m, o, Hook::PreUnpatch);
-            }
-            self.modules[m].objects[o].patched = false;
-            self.post_unpatch(m, o);
-        }
-    }
-
-    /// The module is freed. A pin still held on it would be a reference to freed memory in
-    /// the kernel: a runtime bug, which the simulator stops at.
-    fn release_module(&mut self, object: &str) {
-        self.loaded.remove(object);
-        if let Some(m) = self.modules.iter().find(|m| m.pins.contains(&object)) {
-            panic!(
-                "klp-rs runtime bug: {} still pins {object}, which has been freed",
-                m.name
-            );
-        }
-    }
-
     /// Makes `pre_patch` of `patch`'s set `set` fail with `errno` from now on.
     pub fn fail_pre_patch(&mut self, patch: &str, set: u32, errno: i32) {
         self.failures.push((patch.into(), set, errno));
@@ -614,102 +508,4 @@ impl Kernel {
     pub fn clear_log(&mut self) {
         self.log.clear();
     }
-}
-
-/// A host stand-in for `struct seq_file`: what is printed to it is kept.
-#[derive(Default, Debug)]
-pub struct SeqFile {
-    text: String,
-}
-
-impl SeqFile {
-    pub fn new() -> SeqFile {
-        SeqFile::default()
-    }
-
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    fn push(&mut self, args: std::fmt::Arguments<'_>) {
-        use std::fmt::Write;
-        let _ = self.text.write_fmt(args);
-    }
-}
-
-/// The host side of [`crate::sys`].
-pub(crate) mod sys {
-    use core::ffi::c_void;
-
-    use super::SeqFile;
-
-    use crate::abi::{Gfp, ShadowCtorFn, ShadowDtorFn};
-
-    pub fn shadow_get(obj: *const c_void, id: u64) -> *mut c_void {
-        super::store::get(obj, id)
-    }
-
-    pub fn shadow_alloc(
-        obj: *const c_void,
-        id: u64,
-        size: usize,
-        ctor: ShadowCtorFn,
-        data: *mut c_void,
-        or_get: bool,
-        gfp: Gfp,
-    ) -> *mut c_void {
-        // SAFETY: `crate::shadow` pairs `data` with `ctor`.
-        unsafe { super::store::alloc(obj, id, size, ctor, data, or_get, gfp) }
-    }
-
-    pub fn shadow_free(obj: *const c_void, id: u64, dtor: ShadowDtorFn) {
-        super::store::free(obj, id, dtor)
-    }
-
-    pub fn shadow_free_all(id: u64, dtor: ShadowDtorFn) {
-        super::store::free_all_key(id, Some(dtor));
-    }
-
-    pub fn log(args: core::fmt::Arguments<'_>) {
-        super::log_message(args)
-    }
-
-    /// # Safety
-    /// `m` comes from `SeqFile::new`.
-    pub unsafe fn seq_print(m: *mut SeqFile, args: core::fmt::Arguments<'_>) {
-        // SAFETY: per the contract.
-        unsafe { &mut *m }.push(args)
-    }
-
-    pub fn current_task() -> *const c_void {
-        super::CURRENT_TASK.with(|c| c.get()) as *const c_void
-    }
-
-    /// # Safety
-    /// `to` holds `count` bytes; `ppos` is valid.
-    pub unsafe fn simple_read_from_buffer(
-        to: *mut u8,
-        count: usize,
-        ppos: *mut i64,
-        data: &[u8],
-    ) -> isize {
-        // SAFETY: per the contract; on the host `to` is ordinary memory.
-        unsafe {
-            let pos = usize::try_from(*ppos).unwrap_or(0);
-            let n = data.len().saturating_sub(pos).min(count);
-            core::ptr::copy_nonoverlapping(data.as_ptr().add(pos.min(data.len())), to, n);
-            *ppos += n as i64;
-            n as isize
-        }
-    }
-}
-
-std::thread_local! {
-    /// The simulator's current task, for [`crate::bindings::current_task`].
-    static CURRENT_TASK: std::cell::Cell<usize> = const { std::cell::Cell::new(0x1000) };
-}
-
-/// Which task `current` is (any address; tasks are only keys for shadow variables).
-pub fn set_current_task(task: usize) {
-    CURRENT_TASK.with(|c| c.set(task));
 }
