@@ -38,6 +38,7 @@ void *klp_rs_shadow_alloc(void *obj, unsigned long id, size_t size, klp_shadow_c
 			  int or_get, unsigned int gfp);
 size_t klp_rs_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor);
 int klp_rs_prev_header(const struct klp_rs_patch_header **prev);
+int klp_rs_prev_name(char *buf, size_t len);
 int klp_rs_replaces(void);
 int klp_rs_pin_begin(void);
 int klp_rs_pin(const char *name);
@@ -432,6 +433,33 @@ int klp_rs_prev_header(const struct klp_rs_patch_header **prev)
 	    memcmp(head.magic, "KLPRSPT", 8) || head.size < sizeof(struct klp_rs_patch_header))
 		return -EINVAL;
 	*prev = state->data;
+	return 0;
+}
+
+/*
+ * The name of the patch below, for a message when its tables cannot be read: copied without
+ * faulting, as everything past the checked magic may be garbage. 0, or -EFAULT.
+ */
+int klp_rs_prev_name(char *buf, size_t len)
+{
+	struct klp_state *state = klp_get_prev_state(KLP_RS_STATE_ID);
+	const struct klp_rs_patch_header *h;
+	const char *name;
+	size_t i;
+
+	if (!state || !state->data || !len)
+		return -EFAULT;
+	h = state->data;
+	if (copy_from_kernel_nofault(&name, &h->name, sizeof(name)) || !name)
+		return -EFAULT;
+	/* Byte by byte: strncpy_from_kernel_nofault is not exported to modules. */
+	for (i = 0; i + 1 < len; i++) {
+		if (copy_from_kernel_nofault(&buf[i], name + i, 1))
+			return -EFAULT;
+		if (!buf[i])
+			return 0;
+	}
+	buf[i] = '\0';
 	return 0;
 }
 

@@ -387,6 +387,7 @@ pub const INIT_PROVIDES: &[&str] = &[
     "klp_rs_shadow_alloc",
     "klp_rs_shadow_free_all",
     "klp_rs_prev_header",
+    "klp_rs_prev_name",
     "klp_rs_replaces",
     "klp_rs_pin_begin",
     "klp_rs_pin",

@@ -69,6 +69,11 @@ pub struct Plan<'a> {
     /// For a [`replace_object`] plan: shadow ids that sets on the late module keep alive, which
     /// the main plan (made before the module loaded) would otherwise free.
     pub keeps: Vec<u64>,
+    /// Shadow types of the incoming patch that no undo of `before` frees and that the
+    /// outgoing patch does not keep (types of sets both patches have, or of sets whose module
+    /// is not loaded): the incoming patched code may have attached them during the
+    /// transition, so a reversal frees them too.
+    pub reverse_frees: Vec<Step<'a>>,
 }
 
 impl<'a> Plan<'a> {
@@ -93,7 +98,7 @@ impl<'a> Plan<'a> {
 
     /// The steps that undo all of `before`: the transition was reversed before it completed.
     pub fn reverse(&self) -> impl Iterator<Item = Step<'a>> + '_ {
-        unwind(&self.before)
+        unwind(&self.before).chain(self.reverse_frees.iter().copied())
     }
 
     /// The steps that undo what `before` did on `object` for `side`'s sets, in reverse: a
@@ -303,6 +308,25 @@ pub fn replace<'a, F, G>(
     for s in new_only.iter().filter(|s| is_loaded(s.object)) {
         fallible::push(&mut plan.after, hook(Side::New, s, Hook::PostPatch))?;
     }
+    // On reversal the outgoing patch stays with every id it declares (its sets may set up
+    // later, as their modules load): only ids it lacks are the incoming patch's alone.
+    let undone = |owner: u32| {
+        new_only
+            .iter()
+            .any(|s| s.id == owner && is_loaded(s.object))
+    };
+    let declared_by_old = |id: u64| old.is_some_and(|o| o.shadows.iter().any(|t| t.id == id));
+    for t in new.shadows.iter() {
+        if undone(t.owner) || declared_by_old(t.id) {
+            continue;
+        }
+        let step = Step::FreeShadow {
+            side: Side::New,
+            set: t.owner,
+            shadow: t.id,
+        };
+        fallible::push(&mut plan.reverse_frees, step)?;
+    }
     Ok(plan)
 }
 
@@ -342,11 +366,13 @@ pub fn replace_object<'a, F, G>(
     )?;
     whole.before.retain(|p| on_object(&p.step));
     whole.after.retain(after_on_object);
+    // The main plan frees on reversal what no late plan's undo does.
     Ok(Plan {
         keeps,
         before: whole.before,
         transition: false,
         after: whole.after,
+        reverse_frees: Vec::new(),
     })
 }
 

@@ -1038,6 +1038,21 @@ fn a_foreign_patch_with_our_state_id_is_refused_without_an_oops(series: Series) 
         )),
         "{lines:#?}"
     );
+    // Our magic, then a null name: the tables are refused, and the message names no patch
+    // rather than follow the pointer.
+    let lines = refused_over(
+        &k,
+        &[&bogus, &p1],
+        "insmod /mod/klp_bogus.ko variant=1; waitlp",
+        "klp_bogus",
+        "klp_v1",
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("klp_v1: klp-rs: p1 cannot replace the patch below: ")),
+        "{lines:#?}"
+    );
 }
 
 fn two_cpus_freeing_two_shadow_types_never_mix_them(series: Series) {

@@ -442,3 +442,61 @@ proptest! {
         }
     }
 }
+
+/// A replace is reversed after the incoming patched code attached variables of a shadow type
+/// the outgoing patch does not declare: one owned by a set both patches keep (no hook of it
+/// runs), and one owned by a set on a module that is not loaded. Both go with the reversal;
+/// the outgoing patch's own type stays.
+#[test]
+fn a_reversed_replace_frees_the_incoming_types_the_outgoing_patch_lacks() {
+    let vmlinux_set = |id| SetSpec {
+        id,
+        object: "vmlinux",
+        hooks: [true, false, false, false],
+    };
+    let old = PatchSpec {
+        sets: vec![vmlinux_set(1)],
+        shadows: vec![(0x10, 1)],
+    };
+    let new = PatchSpec {
+        sets: vec![
+            vmlinux_set(1),
+            SetSpec {
+                id: 2,
+                object: "mod_a",
+                hooks: [true, false, false, false],
+            },
+        ],
+        shadows: vec![(0x10, 1), (0x20, 1), (0x30, 2)],
+    };
+    let (old, new) = (build("rev_old", &old), build("rev_new", &new));
+    let mut k = Kernel::new();
+    k.insmod(old).unwrap();
+    k.insmod_pending(new).unwrap();
+    // The incoming patched code, running during the transition, attaches both new types.
+    for id in [0x20, 0x30] {
+        let mut value = Some(1u64);
+        // SAFETY: ctor::<u64> takes an Option<u64>.
+        let p = unsafe {
+            store::alloc(
+                key(9),
+                klp_runtime::abi::shadow_key(klp_runtime::abi::FORMAT_VERSION, id),
+                8,
+                klp_runtime::shadow::ctor::<u64>,
+                (&raw mut value).cast(),
+                false,
+                klp_runtime::abi::Gfp::Kernel,
+            )
+        };
+        assert!(!p.is_null());
+    }
+    k.reverse_transition().unwrap();
+    assert_eq!(
+        [0x10, 0x20, 0x30].map(store::count),
+        [1, 0, 0],
+        "{:#?}",
+        k.lines()
+    );
+    k.disable("rev_old").unwrap();
+    assert_eq!(store::total(), 0);
+}

@@ -44,9 +44,8 @@ pub fn against(new_path: &Path, old_path: &Path) -> Result<ReplacePlan, InspectE
         new_path.display().to_string(),
         old_path.display().to_string(),
     );
-    let (new_file, old_file) = (parse(&new_name, &new_data)?, parse(&old_name, &old_data)?);
-    let (new_r, new_p) = report(&new_name, &new_data, &new_file, new_z)?;
-    let (old_r, old_p) = report(&old_name, &old_data, &old_file, old_z)?;
+    let (new_r, new_p) = report(&new_name, &new_data, new_z)?;
+    let (old_r, old_p) = report(&old_name, &old_data, old_z)?;
     let name = |r: &Report| r.name.clone().unwrap_or_else(|| r.file.clone());
     let (nf, of) = (func_keys(&new_r), func_keys(&old_r));
     let (in_new, in_old): (BTreeSet<_>, BTreeSet<_>) = (nf.iter().collect(), of.iter().collect());

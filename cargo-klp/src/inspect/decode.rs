@@ -52,16 +52,6 @@ impl Names {
     }
 }
 
-pub(super) fn modinfo<'d>(file: &object::File<'d>) -> Vec<(&'d str, &'d str)> {
-    let Some(sec) = file.section_by_name(".modinfo") else {
-        return Vec::new();
-    };
-    let data = sec.data().unwrap_or(&[]);
-    data.split(|b| *b == 0)
-        .filter_map(|f| std::str::from_utf8(f).ok()?.split_once('='))
-        .collect()
-}
-
 pub(super) fn hook_names(hooks: &[Option<&str>; 4], names: &Names) -> CallbackSet {
     let h = |i: usize| hooks[i].map(|f| names.own(f));
     CallbackSet {

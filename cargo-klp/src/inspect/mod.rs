@@ -11,6 +11,7 @@
 
 mod against;
 mod decode;
+mod headline;
 mod load;
 mod render;
 #[cfg(test)]
@@ -23,13 +24,13 @@ pub use render::{render, render_plan};
 use std::path::{Path, PathBuf};
 
 use klp_runtime::reader::{Patch, ReadError};
-use object::read::{Object as _, ObjectSection, ObjectSymbol};
+use object::read::{Object as _, ObjectSymbol};
 use serde::Serialize;
 
 use crate::elf::{self};
 
 use decode::*;
-use load::*;
+use headline::Headline;
 
 /// The JSON schema version (docs/inspect-json.md).
 pub const SCHEMA: u32 = 1;
@@ -144,8 +145,7 @@ pub fn inspect_bytes(
     data: &[u8],
     compression: Option<&'static str>,
 ) -> Result<Report, InspectError> {
-    let file = parse(path, data)?;
-    report(path, data, &file, compression).map(|(r, _)| r)
+    report(path, data, compression).map(|(r, _)| r)
 }
 
 /// The report of a parsed module, and its klp-rs tables when this reader can read them
@@ -153,17 +153,52 @@ pub fn inspect_bytes(
 /// then warns about).
 fn report<'d>(
     path: &str,
-    data: &[u8],
-    file: &object::File<'d>,
+    data: &'d [u8],
     compression: Option<&'static str>,
 ) -> Result<(Report, Option<Patch<'d, &'d str>>), InspectError> {
     let names = Names::for_file(data.len());
-    let info = modinfo(file);
+    let head = headline::read(path, data, &names)?;
+    if !head.needs_tables() {
+        return Ok((
+            headline_report(path, &head, &names, data.len(), compression)?,
+            None,
+        ));
+    }
+    let file = object::File::parse(data).map_err(|e| InspectError::Elf {
+        file: path.into(),
+        what: e.to_string(),
+    })?;
+    tables_report(path, data, &file, &head, &names, compression)
+}
+
+/// The report of a module that has no livepatch tables, from its headline alone.
+fn headline_report(
+    path: &str,
+    head: &Headline,
+    names: &Names,
+    len: usize,
+    compression: Option<&'static str>,
+) -> Result<Report, InspectError> {
+    let report = head_fields(path, head, names, compression);
+    names.check(len).map_err(|what| InspectError::Tables {
+        file: path.into(),
+        what,
+    })?;
+    Ok(report)
+}
+
+/// The report's fields that come from the headline.
+fn head_fields(
+    path: &str,
+    head: &Headline,
+    names: &Names,
+    compression: Option<&'static str>,
+) -> Report {
+    let info = head.modinfo();
     let field = |k: &str| info.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
     let get = |k: &str| field(k).map(|v| names.own(v));
     let livepatch = field("livepatch") == Some("Y");
-    let replace = || field("klp_rs_replace").map(|v| v == "Y");
-    let mut report = Report {
+    Report {
         file: path.into(),
         compression,
         name: get("name"),
@@ -180,7 +215,7 @@ fn report<'d>(
             })
             .unwrap_or_default(),
         livepatch,
-        signed: data.ends_with(SIGNATURE_MAGIC),
+        signed: head.signed,
         kind: if livepatch {
             Kind::Livepatch
         } else {
@@ -191,26 +226,29 @@ fn report<'d>(
         objects: vec![],
         shadow_types: vec![],
         states: vec![],
-        klp_rela_sections: file
-            .sections()
-            .filter_map(|s| {
-                s.name()
-                    .ok()
-                    .filter(|n| n.starts_with(".klp.rela."))
-                    .map(|n| names.own(n))
-            })
-            .collect(),
+        klp_rela_sections: head.klp_rela_sections.clone(),
         klp_symbols: vec![],
         warnings: vec![],
-    };
+    }
+}
+
+/// The report of a module with livepatch tables of some kind, decoded from the whole file.
+fn tables_report<'d>(
+    path: &str,
+    data: &'d [u8],
+    file: &object::File<'d>,
+    head: &Headline,
+    names: &Names,
+    compression: Option<&'static str>,
+) -> Result<(Report, Option<Patch<'d, &'d str>>), InspectError> {
+    let info = head.modinfo();
+    let field = |k: &str| info.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    let replace = || field("klp_rs_replace").map(|v| v == "Y");
+    let mut report = head_fields(path, head, names, compression);
     let tables = |what: String| InspectError::Tables {
         file: path.into(),
         what,
     };
-    if !livepatch && report.klp_rela_sections.is_empty() {
-        names.check(data.len()).map_err(tables)?;
-        return Ok((report, None));
-    }
     report.klp_symbols = file
         .symbols()
         .filter_map(|s| {
@@ -225,7 +263,7 @@ fn report<'d>(
             report.kind = Kind::KlpRs;
             report.format_version = Some(p.format_version);
             report.replace = replace();
-            report.objects = klp_rs_objects(&p, &names);
+            report.objects = klp_rs_objects(&p, names);
             report.shadow_types = p
                 .shadows
                 .iter()
@@ -264,10 +302,10 @@ fn report<'d>(
         }
         Err(e) => return Err(tables(e.to_string())),
     }
-    if let Some(objects) = klp_build_objects(file, &names).map_err(tables)? {
+    if let Some(objects) = klp_build_objects(file, names).map_err(tables)? {
         report.kind = Kind::KlpBuild;
         report.objects = objects;
-    } else if let Some((objects, states, replace)) = c_static_patch(file, &names) {
+    } else if let Some((objects, states, replace)) = c_static_patch(file, names) {
         report.kind = Kind::CStatic;
         report.objects = objects;
         report.states = states;
@@ -277,10 +315,33 @@ fn report<'d>(
     Ok((report, None))
 }
 
-/// Inspects one file.
+/// Inspects one file. An uncompressed module is read by range ([`headline`]): its headers,
+/// section names, `.modinfo` and signature marker, and only a live patch is read whole.
 pub fn inspect(path: &Path) -> Result<Report, InspectError> {
+    let name = path.display().to_string();
+    let disk = headline::OnDisk::open(path).map_err(|source| InspectError::Io {
+        file: name.clone(),
+        source,
+    })?;
+    let compressed = {
+        use headline::ReadAt;
+        let n = disk.len().min(6);
+        let magic = disk.read_at(0, n).map_err(|source| InspectError::Io {
+            file: name.clone(),
+            source,
+        })?;
+        magic.starts_with(b"\xfd7zXZ\x00") || magic.starts_with(b"\x28\xb5\x2f\xfd")
+    };
+    if !compressed {
+        let len = usize::try_from(headline::ReadAt::len(&disk)).unwrap_or(usize::MAX);
+        let names = Names::for_file(len);
+        let head = headline::read(&name, &disk, &names)?;
+        if !head.needs_tables() {
+            return headline_report(&name, &head, &names, len, None);
+        }
+    }
     let (data, compression) = load(path)?;
-    inspect_bytes(&path.display().to_string(), &data, compression)
+    inspect_bytes(&name, &data, compression)
 }
 
 /// [`inspect`], with a panic (a bug: malformed input is meant to give an error) reported as
@@ -296,36 +357,6 @@ fn inspect_isolated(path: &Path) -> Result<Report, InspectError> {
 
 /// Inspects many files on all cores; results in the order given.
 pub fn inspect_all(paths: &[PathBuf]) -> Vec<Result<Report, InspectError>> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(paths.len().max(1));
-    let mut results: Vec<Option<Result<Report, InspectError>>> =
-        (0..paths.len()).map(|_| None).collect();
-    let chunks: Vec<Vec<(usize, Result<Report, InspectError>)>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(p) = paths.get(i) else { break };
-                        done.push((i, inspect_isolated(p)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_default())
-            .collect()
-    });
-    for (i, r) in chunks.into_iter().flatten() {
-        results[i] = Some(r);
-    }
-    results
-        .into_iter()
-        .map(|r| r.expect("every index done"))
-        .collect()
+    use rayon::prelude::*;
+    paths.par_iter().map(|p| inspect_isolated(p)).collect()
 }

@@ -77,6 +77,13 @@ fn elf(len: usize, sections: &[(u32, u64, u64)], extended: bool) -> Vec<u8> {
     d
 }
 
+/// The extent checks of the headline reader, as a message.
+fn check_extent(d: &[u8]) -> Result<(), String> {
+    super::headline::read("t.ko", d, &Names::for_file(d.len()))
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 #[test]
 fn sections_sharing_bytes_are_refused() {
     let apart = [(1, 64, 256), (1, 320, 256)];

@@ -2,7 +2,7 @@
 //! each of them implements, what the runtime reports ([`Report`]), and the one [`Runner`]
 //! that calls hooks and destructors from live tables.
 
-use core::ffi::{c_int, CStr};
+use core::ffi::c_int;
 use core::fmt;
 
 use crate::abi::{self, PatchHeader};
@@ -26,6 +26,9 @@ pub(crate) trait Platform {
     /// The header of the topmost klp-rs patch below ours, through our `klp_state`
     /// (`klp_get_prev_state`); `Err` when that state's data is not klp-rs tables.
     fn below(&mut self) -> Result<Option<&'static PatchHeader>, Errno>;
+    /// The name of the patch below, for a message when its tables cannot be read: copied
+    /// into `buf` without trusting its memory; `None` if it cannot be.
+    fn below_name<'b>(&mut self, buf: &'b mut [u8; 64]) -> Option<&'b str>;
     /// Whether our patch replaces (`replace = true`) rather than stacks.
     fn replaces(&self) -> bool;
     /// `klp_shadow_free_all(key, dtor)` (the id as the kernel knows it: [`abi::shadow_key`]):
@@ -237,16 +240,4 @@ unsafe fn call(addr: usize, hook: Hook, object: &str) -> c_int {
         unsafe { f(object) };
         0
     }
-}
-
-/// A patch's name for a message when its tables cannot be read: the header's name field,
-/// whose position and meaning are the same in every format version.
-///
-/// # Safety
-/// `header` carries our magic (checked by the platform) and a NUL-terminated name.
-pub(crate) unsafe fn header_name(header: &PatchHeader) -> &str {
-    // SAFETY: per the contract.
-    unsafe { CStr::from_ptr(header.name) }
-        .to_str()
-        .unwrap_or("the patch below")
 }

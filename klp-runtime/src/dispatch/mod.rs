@@ -375,8 +375,8 @@ impl Dispatcher {
         let below = match unsafe { reader::read_memory(below) } {
             Ok(p) => p,
             Err(e) => {
-                // SAFETY: the platform checked the magic.
-                let name = unsafe { exec::header_name(below) };
+                let mut buf = [0; 64];
+                let name = sys.below_name(&mut buf).unwrap_or("the patch below");
                 note(sys, format_args!("klp-rs: {me} cannot {verb} {name}: {e}"));
                 return Err(read_errno(&e));
             }

@@ -11,8 +11,8 @@ use crate::hook::Errno;
 use crate::plan::Hook;
 
 use super::{
-    klp_rs_pin, klp_rs_pin_begin, klp_rs_pinned, klp_rs_prev_header, klp_rs_replaces,
-    klp_rs_shadow_free_all, klp_rs_unpin, klp_rs_unpin_all,
+    klp_rs_pin, klp_rs_pin_begin, klp_rs_pinned, klp_rs_prev_header, klp_rs_prev_name,
+    klp_rs_replaces, klp_rs_shadow_free_all, klp_rs_unpin, klp_rs_unpin_all,
 };
 
 /// Mutable global state, serialized by the kernel.
@@ -117,6 +117,15 @@ impl Platform for Kernel {
         // SAFETY: the C side checked the magic and the size without faulting; the module is
         // pinned by the kernel until our transition ends, which is as long as we use it.
         Ok(unsafe { prev.as_ref() })
+    }
+
+    fn below_name<'b>(&mut self, buf: &'b mut [u8; 64]) -> Option<&'b str> {
+        // SAFETY: `buf` is writable for its length; the C side NUL-terminates it.
+        if unsafe { klp_rs_prev_name(buf.as_mut_ptr(), buf.len()) } != 0 {
+            return None;
+        }
+        let len = buf.iter().position(|b| *b == 0)?;
+        core::str::from_utf8(buf.get(..len)?).ok()
     }
 
     fn replaces(&self) -> bool {

@@ -36,6 +36,9 @@ unsafe extern "C" {
     /// transition): 0 with `*prev` set (null: none), or `-EINVAL` when that state's data is
     /// not klp-rs tables. Checked without faulting before anything else is read.
     fn klp_rs_prev_header(prev: *mut *const crate::abi::PatchHeader) -> c_int;
+    /// The name of the patch below, copied without faulting into `buf` (NUL-terminated):
+    /// 0, or `-EFAULT`.
+    fn klp_rs_prev_name(buf: *mut u8, len: usize) -> c_int;
     /// Whether this patch replaces (`replace = true`) rather than stacks.
     fn klp_rs_replaces() -> c_int;
     /// Makes room to pin every object's module and has the nop objects call us

@@ -107,6 +107,15 @@ impl Platform for Sim<'_> {
             .map(|m| m.header))
     }
 
+    fn below_name<'b>(&mut self, buf: &'b mut [u8; 64]) -> Option<&'b str> {
+        let header = self.below().ok().flatten()?;
+        // SAFETY: a simulated patch's header is a linked crate's, its name a C string.
+        let name = unsafe { core::ffi::CStr::from_ptr(header.name) }.to_bytes();
+        let n = name.len().min(buf.len());
+        buf[..n].copy_from_slice(&name[..n]);
+        core::str::from_utf8(&buf[..n]).ok()
+    }
+
     fn replaces(&self) -> bool {
         true
     }
