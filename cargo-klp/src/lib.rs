@@ -133,8 +133,18 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
         }
     }
     if a.json {
-        let doc =
-            serde_json::json!({ "schema": inspect::SCHEMA, "modules": reports, "errors": errors });
+        // Written straight from the reports (no intermediate JSON tree).
+        #[derive(serde::Serialize)]
+        struct Doc<'r> {
+            schema: u32,
+            modules: &'r [inspect::Report],
+            errors: &'r [String],
+        }
+        let doc = Doc {
+            schema: inspect::SCHEMA,
+            modules: &reports,
+            errors: &errors,
+        };
         serde_json::to_writer(&mut out, &doc)?;
         writeln!(out)?;
     } else {

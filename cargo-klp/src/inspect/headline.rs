@@ -40,17 +40,42 @@ impl ReadAt for [u8] {
     }
 }
 
-/// An uncompressed module on disk, read by range.
+/// An uncompressed module on disk, read by range. Its first and last few KiB are read at
+/// once: the ELF header is at the start, and a linked module keeps its section header table
+/// and section names at the end, followed by the signature.
 pub(super) struct OnDisk {
     file: File,
     len: u64,
+    head: Vec<u8>,
+    /// The last bytes of the file, from offset `tail_at`.
+    tail: Vec<u8>,
+    tail_at: u64,
 }
+
+const HEAD: u64 = 4 << 10;
+const TAIL: u64 = 16 << 10;
 
 impl OnDisk {
     pub fn open(path: &Path) -> std::io::Result<OnDisk> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        Ok(OnDisk { file, len })
+        let mut head = vec![0; HEAD.min(len) as usize];
+        file.read_exact_at(&mut head, 0)?;
+        let tail_at = len.saturating_sub(TAIL).max(head.len() as u64);
+        let mut tail = vec![0; (len - tail_at) as usize];
+        file.read_exact_at(&mut tail, tail_at)?;
+        Ok(OnDisk {
+            file,
+            len,
+            head,
+            tail,
+            tail_at,
+        })
+    }
+
+    /// The file's first bytes (up to 4 KiB).
+    pub fn head(&self) -> &[u8] {
+        &self.head
     }
 }
 
@@ -60,6 +85,14 @@ impl ReadAt for OnDisk {
     }
 
     fn read_at(&self, at: u64, n: u64) -> std::io::Result<Cow<'_, [u8]>> {
+        let end = at.saturating_add(n);
+        if end <= self.head.len() as u64 {
+            return Ok(Cow::Borrowed(&self.head[at as usize..end as usize]));
+        }
+        if at >= self.tail_at && end <= self.len {
+            let from = (at - self.tail_at) as usize;
+            return Ok(Cow::Borrowed(&self.tail[from..from + n as usize]));
+        }
         // Within the file's length (checked by the caller), so never a huge allocation.
         let mut buf = vec![0; usize::try_from(n.min(self.len)).unwrap_or(0)];
         self.file.read_exact_at(&mut buf, at)?;

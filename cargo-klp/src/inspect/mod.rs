@@ -323,15 +323,8 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
         file: name.clone(),
         source,
     })?;
-    let compressed = {
-        use headline::ReadAt;
-        let n = disk.len().min(6);
-        let magic = disk.read_at(0, n).map_err(|source| InspectError::Io {
-            file: name.clone(),
-            source,
-        })?;
-        magic.starts_with(b"\xfd7zXZ\x00") || magic.starts_with(b"\x28\xb5\x2f\xfd")
-    };
+    let magic = disk.head();
+    let compressed = magic.starts_with(b"\xfd7zXZ\x00") || magic.starts_with(b"\x28\xb5\x2f\xfd");
     if !compressed {
         let len = usize::try_from(headline::ReadAt::len(&disk)).unwrap_or(usize::MAX);
         let names = Names::for_file(len);
