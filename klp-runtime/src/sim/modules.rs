@@ -32,12 +32,7 @@ impl Kernel {
         self.loaded.insert(object.into(), 0);
         let transition = self.transition.as_ref().map(|t| t.patch);
         for (i, p) in self.klp_patches.clone().into_iter().enumerate() {
-            let m = self.index(p)?;
-            let Some(o) = self.modules[m]
-                .objects
-                .iter()
-                .position(|o| o.name == object)
-            else {
+            let Some((m, o)) = self.object_of(p, object) else {
                 continue;
             };
             if self.pre_patch(m, o).is_err() {
@@ -85,12 +80,7 @@ impl Kernel {
         let transition = self.transition.as_ref().map(|t| t.patch);
         let patches = self.klp_patches.clone();
         for p in patches.into_iter().take(limit.unwrap_or(usize::MAX)) {
-            let Ok(m) = self.index(p) else { continue };
-            let Some(o) = self.modules[m]
-                .objects
-                .iter()
-                .position(|o| o.name == object)
-            else {
+            let Some((m, o)) = self.object_of(p, object) else {
                 continue;
             };
             if transition != Some(p) {
@@ -111,5 +101,16 @@ impl Kernel {
                 m.name
             );
         }
+    }
+
+    /// Patch `patch`'s object for module `object` (the first, as the kernel's loops take):
+    /// the indexes of the patch module and of the object.
+    fn object_of(&self, patch: &str, object: &str) -> Option<(usize, usize)> {
+        let m = self.index(patch).ok()?;
+        let o = self.modules[m]
+            .objects
+            .iter()
+            .position(|o| o.name == object)?;
+        Some((m, o))
     }
 }
