@@ -20,18 +20,17 @@ type Reloc = (SymbolIndex, i64);
 /// in a crate's object the sections the compiler emitted (one per entry, all the same name).
 fn table_sections<'d, 'f>(
     file: &'f object::File<'d>,
-    ko: &str,
-    prefix: &str,
+    table: section::Section,
 ) -> Vec<object::Section<'d, 'f>> {
-    let merged: Vec<_> = file.sections().filter(|s| s.name() == Ok(ko)).collect();
+    let merged: Vec<_> = file
+        .sections()
+        .filter(|s| s.name() == Ok(table.ko))
+        .collect();
     if !merged.is_empty() {
         return merged;
     }
     file.sections()
-        .filter(|s| {
-            s.name()
-                .is_ok_and(|n| n.strip_prefix(prefix).is_some_and(|r| r.starts_with('_')))
-        })
+        .filter(|s| s.name().is_ok_and(|n| table.crate_of(n).is_some()))
         .collect()
 }
 
@@ -220,7 +219,7 @@ fn section_data<'d>(sec: &object::Section<'d, '_>) -> Result<&'d [u8], TablesErr
 
 /// Reads the patch tables of an object or `.ko`; `None` if it has no klp-rs header.
 pub fn read_patch<'d>(file: &object::File<'d>) -> Result<Option<Patch<'d, &'d str>>, TablesError> {
-    let headers: Vec<_> = table_sections(file, section::KO_PATCH, section::PATCH)
+    let headers: Vec<_> = table_sections(file, section::PATCH)
         .into_iter()
         .filter(|s| s.size() > 0)
         .collect();
@@ -263,39 +262,20 @@ pub fn read_patch<'d>(file: &object::File<'d>) -> Result<Option<Patch<'d, &'d st
         sets: vec![],
         shadows: vec![],
     };
-    // Each section is decoded on its own (its relocations are its own), then merged.
-    for sec in table_sections(file, section::KO_FUNCS, section::FUNCS) {
-        let p = reader::read_tables(
-            &SectionRelocs::of(file, &sec),
-            name,
-            version,
-            section_data(&sec)?,
-            &[],
-            &[],
-        );
-        patch.funcs.extend(p.map_err(wrap(&sec))?.funcs);
-    }
-    for sec in table_sections(file, section::KO_SETS, section::SETS) {
-        let p = reader::read_tables(
-            &SectionRelocs::of(file, &sec),
-            name,
-            version,
-            &[],
-            section_data(&sec)?,
-            &[],
-        );
-        patch.sets.extend(p.map_err(wrap(&sec))?.sets);
-    }
-    for sec in table_sections(file, section::KO_SHADOWS, section::SHADOWS) {
-        let p = reader::read_tables(
-            &SectionRelocs::of(file, &sec),
-            name,
-            version,
-            &[],
-            &[],
-            section_data(&sec)?,
-        );
-        patch.shadows.extend(p.map_err(wrap(&sec))?.shadows);
+    // Each section is decoded on its own (its relocations are its own), then merged: the
+    // section's bytes go in its table's place, the others are empty.
+    for (i, table) in section::TABLES.into_iter().enumerate() {
+        for sec in table_sections(file, table) {
+            let mut tables: [&[u8]; 3] = [&[]; 3];
+            tables[i] = section_data(&sec)?;
+            let [funcs, sets, shadows] = tables;
+            let relocs = SectionRelocs::of(file, &sec);
+            let p = reader::read_tables(&relocs, name, version, funcs, sets, shadows)
+                .map_err(wrap(&sec))?;
+            patch.funcs.extend(p.funcs);
+            patch.sets.extend(p.sets);
+            patch.shadows.extend(p.shadows);
+        }
     }
     Ok(Some(patch))
 }
@@ -382,18 +362,12 @@ pub fn relocation_name(r_type: u32) -> String {
 pub fn foreign_tables(file: &object::File<'_>, crate_name: &str) -> Vec<(String, String)> {
     use klp_runtime::abi::section;
     use object::{Object, ObjectSection};
-    let prefixes = [
-        section::PATCH,
-        section::FUNCS,
-        section::SETS,
-        section::SHADOWS,
-    ];
     file.sections()
         .filter_map(|s| s.name().ok().map(str::to_string))
         .filter_map(|name| {
-            let other = prefixes
+            let other = section::ALL
                 .iter()
-                .find_map(|p| name.strip_prefix(p)?.strip_prefix('_'))?
+                .find_map(|t| t.crate_of(&name))?
                 .to_string();
             (other != crate_name).then_some((name, other))
         })

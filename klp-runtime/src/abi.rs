@@ -55,16 +55,51 @@ pub const KLP_STACK_STATE_ID: u64 = 0x6b6c_7072_7300_0002; // "klprs" + 2
 /// several patch crates linked into one host test binary keep separate tables, as separate
 /// modules do in the kernel. In a `.ko`, the link script gathers them under the fixed names
 /// below, which is what `inspect` looks for.
+///
+/// `klp_runtime::__section!` spells the per-crate names as literals (an attribute needs them);
+/// a test holds it to these.
 pub mod section {
-    pub const PATCH: &str = "klp_rs_patch";
-    pub const FUNCS: &str = "klp_rs_funcs";
-    pub const SETS: &str = "klp_rs_sets";
-    pub const SHADOWS: &str = "klp_rs_shadows";
-    /// Names in a linked `.ko`.
-    pub const KO_PATCH: &str = ".klp_rs.patch";
-    pub const KO_FUNCS: &str = ".klp_rs.funcs";
-    pub const KO_SETS: &str = ".klp_rs.sets";
-    pub const KO_SHADOWS: &str = ".klp_rs.shadows";
+    /// One of the sections the tables live in.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Section {
+        /// A crate's section is `{prefix}_{crate}`.
+        pub prefix: &'static str,
+        /// The name in a linked `.ko`, where the link script gathers a crate's sections.
+        pub ko: &'static str,
+    }
+
+    impl Section {
+        /// The crate's own section of this kind.
+        pub fn of_crate(self, crate_name: &str) -> alloc::string::String {
+            alloc::format!("{}_{crate_name}", self.prefix)
+        }
+
+        /// Whether `name` is some crate's section of this kind; that crate's name.
+        pub fn crate_of(self, name: &str) -> Option<&str> {
+            name.strip_prefix(self.prefix)?.strip_prefix('_')
+        }
+    }
+
+    pub const PATCH: Section = Section {
+        prefix: "klp_rs_patch",
+        ko: ".klp_rs.patch",
+    };
+    pub const FUNCS: Section = Section {
+        prefix: "klp_rs_funcs",
+        ko: ".klp_rs.funcs",
+    };
+    pub const SETS: Section = Section {
+        prefix: "klp_rs_sets",
+        ko: ".klp_rs.sets",
+    };
+    pub const SHADOWS: Section = Section {
+        prefix: "klp_rs_shadows",
+        ko: ".klp_rs.shadows",
+    };
+    /// The entry tables, in the header's order (funcs, sets, shadows).
+    pub const TABLES: [Section; 3] = [FUNCS, SETS, SHADOWS];
+    /// Every section, the header's first.
+    pub const ALL: [Section; 4] = [PATCH, FUNCS, SETS, SHADOWS];
 }
 
 /// The four callbacks of a set, in table order: also the hook number the C init's

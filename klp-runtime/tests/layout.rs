@@ -167,3 +167,24 @@ fn the_c_header_constants_match_the_rust_ones() {
         )
     );
 }
+
+/// `__section!` spells the per-crate section names as literals (`link_section` needs them):
+/// they are the ABI's, for this crate as for any.
+#[test]
+fn the_macros_section_names_are_the_abis() {
+    use klp_runtime::abi::section;
+    let this = env!("CARGO_CRATE_NAME");
+    assert_eq!(
+        klp_runtime::__section!(patch),
+        section::PATCH.of_crate(this)
+    );
+    assert_eq!(
+        klp_runtime::__section!(funcs),
+        section::FUNCS.of_crate(this)
+    );
+    assert_eq!(klp_runtime::__section!(sets), section::SETS.of_crate(this));
+    assert_eq!(
+        klp_runtime::__section!(shadows),
+        section::SHADOWS.of_crate(this)
+    );
+}

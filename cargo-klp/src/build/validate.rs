@@ -57,9 +57,16 @@ pub(super) fn validate(
     let gpl = license.contains("GPL");
     let mut missing = Vec::new();
     for sym in elf::undefined_symbols(&file) {
-        let provided = klp_runtime::abi::INIT_PROVIDES.contains(&sym)
-            || sym.starts_with("__start_klp_rs_")
-            || sym.starts_with("__stop_klp_rs_");
+        // The bounds the link script defines for each table section.
+        let bound = sym
+            .strip_prefix("__start_")
+            .or_else(|| sym.strip_prefix("__stop_"))
+            .is_some_and(|s| {
+                klp_runtime::abi::section::TABLES
+                    .iter()
+                    .any(|t| t.crate_of(s).is_some())
+            });
+        let provided = klp_runtime::abi::INIT_PROVIDES.contains(&sym) || bound;
         match exports.get(sym) {
             _ if provided => {}
             Some((_, kind)) if kind.ends_with("_GPL") && !gpl => problems.push(format!(
