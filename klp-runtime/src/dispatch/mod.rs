@@ -33,7 +33,7 @@ use alloc::vec::Vec;
 use crate::abi::{self, PatchHeader};
 use crate::fallible;
 use crate::hook::Errno;
-use crate::plan::{self, Hook, Plan, Side, Step};
+use crate::plan::{self, Hook, Plan, Side, Transition};
 use crate::reader::{self, Patch, ReadError};
 use exec::Executor;
 
@@ -155,20 +155,13 @@ impl Dispatcher {
         match (hook, self.phase, vmlinux) {
             (Hook::PrePatch, Phase::Idle, true) => self.start_enable(sys),
             (Hook::PostPatch, Phase::Enabling, true) => {
-                self.finish(sys, false, |r, p, late| {
-                    plan::run(r, p.after_with(late.iter().map(|(_, l)| l)))
-                });
+                self.finish(sys, false, |r, t| plan::run(r, t.patched()));
                 self.phase = Phase::Enabled;
                 Ok(())
             }
             // Cancelled after our pre_patch succeeded, or reversed: undo, the old patch stays.
             (Hook::PostUnpatch, Phase::Enabling, true) => {
-                self.finish(sys, false, |r, p, late| {
-                    for (_, l) in late.iter().rev() {
-                        plan::run(r, l.reverse());
-                    }
-                    plan::run(r, p.reverse());
-                });
+                self.finish(sys, false, |r, t| plan::run(r, t.patching_reversed()));
                 self.phase = Phase::Gone;
                 self.release();
                 Ok(())
@@ -186,17 +179,7 @@ impl Dispatcher {
                 Ok(())
             }
             (Hook::PostUnpatch, Phase::Disabling, true) => {
-                // The sets of modules that came during the disable had only their pre_patch.
-                let gone = core::mem::take(&mut self.gone);
-                self.finish(sys, false, |r, p, late| {
-                    for (_, l) in late.iter().rev() {
-                        plan::run(r, l.reverse());
-                    }
-                    plan::run(
-                        r,
-                        p.after.iter().copied().filter(|s| !skipped(s, &gone, late)),
-                    );
-                });
+                self.finish(sys, false, |r, t| plan::run(r, t.unpatched()));
                 self.phase = Phase::Gone;
                 self.release();
                 Ok(())
@@ -204,15 +187,7 @@ impl Dispatcher {
             // The unpatching transition was reversed: the patch stays, and the sets of
             // modules that came meanwhile finish setting up (while still pinned).
             (Hook::PostPatch, Phase::Disabling, true) => {
-                let gone = core::mem::take(&mut self.gone);
-                self.finish(sys, true, |r, p, late| {
-                    plan::run(r, p.reverse().filter(|s| !skipped(s, &gone, late)));
-                    for (_, l) in late {
-                        plan::run(r, l.after.iter().copied());
-                    }
-                });
-                self.gone = gone;
-                self.gone.clear();
+                self.finish(sys, true, |r, t| plan::run(r, t.unpatching_reversed()));
                 self.phase = Phase::Enabled;
                 Ok(())
             }
@@ -423,18 +398,24 @@ impl Dispatcher {
         }
     }
 
-    /// Runs what remains of the transition in flight (`rest` gets the runner, the main plan
-    /// and the late modules' plans), then lets go of the outgoing patch and the pins.
+    /// Runs what remains of the transition in flight (`rest` gets the runner and the
+    /// transition: [`Transition`] says what remains each way), then lets go of the outgoing
+    /// patch and the pins.
     /// `keep_disable`: a reversed disable, whose plan serves the next disable.
     fn finish<P: Platform>(
         &mut self,
         sys: &mut P,
         keep_disable: bool,
-        rest: impl FnOnce(&mut Executor<'_, P>, &Plan<'static>, &[(&'static str, Plan<'static>)]),
+        rest: impl FnOnce(&mut Executor<'_, P>, &Transition<'_, 'static>),
     ) {
         let late = core::mem::take(&mut self.late);
         if let Some(plan) = self.plan.take() {
-            rest(&mut self.runner(sys), &plan, &late);
+            let transition = Transition {
+                main: &plan,
+                late: &late,
+                gone: &self.gone,
+            };
+            rest(&mut self.runner(sys), &transition);
             if keep_disable {
                 self.disable = Some(plan);
             }
@@ -456,13 +437,6 @@ impl Dispatcher {
         self.going_plans = Vec::new();
         self.gone = Vec::new();
     }
-}
-
-/// Whether a step of the main disable plan is left out: a hook on a module that went during
-/// the disable, or on one that came during it (its own plan runs its sets).
-fn skipped(step: &Step<'_>, gone: &[&str], late: &[(&str, Plan<'_>)]) -> bool {
-    matches!(step, Step::Hook { object, .. }
-        if gone.contains(object) || late.iter().any(|(o, _)| o == object))
 }
 
 /// The errno for tables that cannot be read.

@@ -17,8 +17,12 @@
 //! freed: the kernel keys shadow variables by id, so they carry over. A shadow type that a
 //! kept set no longer owns in the new patch is freed after the leaving sets' teardown.
 
+mod transition;
+
 use alloc::vec::Vec;
 use core::fmt;
+
+pub use transition::Transition;
 
 use crate::fallible::{self, AllocError};
 use crate::hook::Errno;

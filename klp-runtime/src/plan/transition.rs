@@ -1,0 +1,59 @@
+//! What remains of a transition when it ends: from the plan made when it started, the plans
+//! of target modules that loaded during it, and the modules that went during it. The kernel's
+//! `klp_complete_transition` ends a transition either way (completed, or reversed by
+//! `klp_reverse_transition` and then completed the other way); these are the steps for each.
+
+use super::{Plan, Step};
+
+/// A transition in flight, as the dispatcher holds it.
+pub struct Transition<'p, 'a> {
+    /// The plan made at the start: a replace (or enable) when patching, a disable when not.
+    pub main: &'p Plan<'a>,
+    /// Plans of target modules that loaded during the transition, by module.
+    pub late: &'p [(&'a str, Plan<'a>)],
+    /// Modules that went during a disable, whose steps the main plan keeps but must skip.
+    pub gone: &'p [&'a str],
+}
+
+impl<'p, 'a> Transition<'p, 'a> {
+    /// Patching completed: the main plan's second half, less the shadow types the late
+    /// modules' sets keep or tear down themselves ([`Plan::after_with`]), then theirs.
+    pub fn patched(&self) -> impl Iterator<Item = Step<'a>> + 'p {
+        self.main.after_with(self.late.iter().map(|(_, l)| l))
+    }
+
+    /// Patching reversed (or cancelled after our `pre_patch`): the late modules' parts undone,
+    /// last first, then the main plan's.
+    pub fn patching_reversed(&self) -> impl Iterator<Item = Step<'a>> + 'p {
+        let late = self.late.iter().rev().flat_map(|(_, l)| l.reverse());
+        late.chain(self.main.reverse())
+    }
+
+    /// Unpatching completed (a disable): the sets of modules that came during it had only
+    /// their `pre_patch`, and are torn down; then the main plan's second half, without the
+    /// steps of modules that came (done just now) or went (done when they went).
+    pub fn unpatched(&self) -> impl Iterator<Item = Step<'a>> + 'p {
+        let late = self.late.iter().rev().flat_map(|(_, l)| l.reverse());
+        let (gone, late_plans) = (self.gone, self.late);
+        let main = self.main.after.iter().copied();
+        late.chain(main.filter(move |s| !skipped(s, gone, late_plans)))
+    }
+
+    /// Unpatching reversed: the main plan's first half undone (without the modules that came
+    /// or went), then the sets of modules that came finish setting up.
+    pub fn unpatching_reversed(&self) -> impl Iterator<Item = Step<'a>> + 'p {
+        let (gone, late_plans) = (self.gone, self.late);
+        let main = self
+            .main
+            .reverse()
+            .filter(move |s| !skipped(s, gone, late_plans));
+        main.chain(self.late.iter().flat_map(|(_, l)| l.after.iter().copied()))
+    }
+}
+
+/// Whether a step of the main disable plan is left out: a hook on a module that went during
+/// the disable, or on one that came during it (its own plan runs its sets).
+fn skipped(step: &Step<'_>, gone: &[&str], late: &[(&str, Plan<'_>)]) -> bool {
+    matches!(step, Step::Hook { object, .. }
+        if gone.contains(object) || late.iter().any(|(o, _)| o == object))
+}
