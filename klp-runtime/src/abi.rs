@@ -10,6 +10,15 @@
 use core::ffi::{c_char, c_int, c_void};
 use core::mem::{offset_of, size_of};
 
+/// The object name of the kernel proper, in the tables and in the dispatcher's calls (the
+/// kernel's `klp_object` for it has no name).
+pub const VMLINUX: &str = "vmlinux";
+
+/// Whether an object name is the kernel proper's rather than a module's.
+pub fn is_vmlinux(object: &str) -> bool {
+    object == VMLINUX
+}
+
 /// `b"KLPRSPT\0"`: marks a patch header.
 pub const MAGIC: [u8; 8] = *b"KLPRSPT\0";
 /// The format this crate writes and the highest one it reads.

@@ -16,7 +16,7 @@ impl<'a> Object<'a> {
     }
 
     pub fn is_vmlinux(&self) -> bool {
-        self.name == "vmlinux"
+        crate::abi::is_vmlinux(self.name)
     }
 }
 

@@ -154,7 +154,7 @@ pub(super) fn conditional_steps<'a, F, G>(
                 .filter(|t| t.id == *shadow)
                 .filter_map(|t| new.sets.iter().find(|s| s.id == t.owner))
                 .map(|s| s.object)
-                .filter(|o| *o != "vmlinux")
+                .filter(|o| !klp_runtime::abi::is_vmlinux(o))
                 .collect(),
             _ => vec![],
         };
@@ -164,7 +164,7 @@ pub(super) fn conditional_steps<'a, F, G>(
     };
     let all: Vec<_> = all.steps().collect();
     let module_hook = |s: &Option<Step<'a>>| match s {
-        Some(Step::Hook { object, .. }) if *object != "vmlinux" => Some(*object),
+        Some(Step::Hook { object, .. }) if !klp_runtime::abi::is_vmlinux(object) => Some(*object),
         _ => None,
     };
     // For each step, the next step of `all` that `none` has too (None: no more).

@@ -65,7 +65,7 @@ pub(super) fn hook_names(hooks: &[Option<&str>; 4], names: &Names) -> CallbackSe
 
 /// Groups a klp-rs patch's entries by object, `vmlinux` first.
 pub(super) fn klp_rs_objects(p: &Patch<'_, &str>, names: &Names) -> Vec<KlpObject> {
-    let mut objects: Vec<&str> = vec!["vmlinux"];
+    let mut objects: Vec<&str> = vec![klp_runtime::abi::VMLINUX];
     for n in p
         .funcs
         .iter()
@@ -105,7 +105,11 @@ pub(super) fn klp_rs_objects(p: &Patch<'_, &str>, names: &Names) -> Vec<KlpObjec
                 callbacks: None,
             }
         })
-        .filter(|o| o.name == "vmlinux" || !o.functions.is_empty() || !o.callback_sets.is_empty())
+        .filter(|o| {
+            klp_runtime::abi::is_vmlinux(&o.name)
+                || !o.functions.is_empty()
+                || !o.callback_sets.is_empty()
+        })
         .collect()
 }
 
@@ -181,7 +185,7 @@ pub(super) fn klp_build_objects(
             || callbacks.pre_unpatch.is_some()
             || callbacks.post_unpatch.is_some();
         out.push(KlpObject {
-            name: names.own(or.string(base).unwrap_or("vmlinux")),
+            name: names.own(or.string(base).unwrap_or(klp_runtime::abi::VMLINUX)),
             functions,
             callback_sets: vec![],
             callbacks: any.then_some(callbacks),
@@ -275,7 +279,7 @@ pub(super) fn c_static_patch(
                 .collect();
             let name = f.checked_sub(8).and_then(|o| or.string(o).ok());
             objects.push(KlpObject {
-                name: names.own(name.unwrap_or("vmlinux")),
+                name: names.own(name.unwrap_or(klp_runtime::abi::VMLINUX)),
                 functions,
                 callback_sets: vec![],
                 callbacks: None,

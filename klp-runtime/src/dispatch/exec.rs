@@ -139,7 +139,7 @@ impl<P: Platform> Executor<'_, P> {
     }
 
     fn hook(&mut self, step: &Step<'static>, at: HookAt) -> Result<(), Errno> {
-        let object_loaded = at.object == "vmlinux" || self.sys.pinned(at.object);
+        let object_loaded = abi::is_vmlinux(at.object) || self.sys.pinned(at.object);
         if self.in_transition && !object_loaded {
             // Only a hook that would have been called is worth a line.
             if matches!(step, Step::Hook { defined: true, .. }) {

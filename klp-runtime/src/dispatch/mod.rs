@@ -151,7 +151,7 @@ impl Dispatcher {
         hook: Hook,
         object: &str,
     ) -> Result<(), Errno> {
-        let vmlinux = object == "vmlinux";
+        let vmlinux = abi::is_vmlinux(object);
         match (hook, self.phase, vmlinux) {
             (Hook::PrePatch, Phase::Idle, true) => self.start_enable(sys),
             (Hook::PostPatch, Phase::Enabling, true) => {
@@ -308,7 +308,7 @@ impl Dispatcher {
         let own = self.own();
         let disable = plan::disable(own, &|_| true).map_err(|_| Errno::ENOMEM)?;
         let mut going_plans = Vec::new();
-        for s in own.sets.iter().filter(|s| s.object != "vmlinux") {
+        for s in own.sets.iter().filter(|s| !abi::is_vmlinux(s.object)) {
             if going_plans.iter().any(|(o, _)| *o == s.object) {
                 continue;
             }
@@ -393,7 +393,7 @@ impl Dispatcher {
 
     /// Pins every loaded module that a set of ours or of the outgoing patch lives on.
     fn pin_set_objects<P: Platform>(&self, sys: &mut P) {
-        for o in self.set_objects().filter(|o| *o != "vmlinux") {
+        for o in self.set_objects().filter(|o| !abi::is_vmlinux(o)) {
             sys.pin(o);
         }
     }

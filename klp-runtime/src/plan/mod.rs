@@ -266,7 +266,7 @@ pub fn replace<'a, F, G>(
     new: &Patch<'a, G>,
     loaded: &dyn Fn(&str) -> bool,
 ) -> Result<Plan<'a>, AllocError> {
-    let is_loaded = |o: &str| o == "vmlinux" || loaded(o);
+    let is_loaded = |o: &str| crate::abi::is_vmlinux(o) || loaded(o);
     let new_only = sets_not_in(new, old)?;
     let old_only = match old {
         Some(o) => sets_not_in(o, Some(new))?,
@@ -394,7 +394,7 @@ pub fn disable<'a, F>(
     patch: &Patch<'a, F>,
     loaded: &dyn Fn(&str) -> bool,
 ) -> Result<Plan<'a>, AllocError> {
-    let is_loaded = |o: &str| o == "vmlinux" || loaded(o);
+    let is_loaded = |o: &str| crate::abi::is_vmlinux(o) || loaded(o);
     let sets = sets_not_in::<F, F>(patch, None)?;
     let mut plan = Plan {
         transition: true,

@@ -100,7 +100,7 @@ struct KlpObject {
     post_unpatch_enabled: bool,
 }
 
-const VMLINUX: &str = "vmlinux";
+use crate::abi::VMLINUX;
 
 impl KlpObject {
     fn new(name: &'static str, dynamic: bool) -> KlpObject {
