@@ -282,6 +282,38 @@ pub fn read_tables<'a, R: Resolver<'a>>(
     Ok(patch)
 }
 
+/// A function pointer of live tables: the address a hook, constructor or destructor slot
+/// held. Only [`Memory`] makes them, and calling one means naming what the slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveFn(usize);
+
+impl LiveFn {
+    pub fn addr(self) -> usize {
+        self.0
+    }
+
+    /// # Safety
+    /// The slot this came from holds a [`abi::PrePatchFn`] (a set's `pre_patch`).
+    pub unsafe fn pre_patch(self) -> abi::PrePatchFn {
+        // SAFETY: per the contract, a non-null function address of that type.
+        unsafe { core::mem::transmute::<usize, abi::PrePatchFn>(self.0) }
+    }
+
+    /// # Safety
+    /// The slot this came from holds a [`abi::HookFn`] (the other three hooks).
+    pub unsafe fn hook(self) -> abi::HookFn {
+        // SAFETY: as above.
+        unsafe { core::mem::transmute::<usize, abi::HookFn>(self.0) }
+    }
+
+    /// # Safety
+    /// The slot this came from holds a [`abi::ShadowDtorFn`] (a shadow type's `dtor`).
+    pub unsafe fn dtor(self) -> abi::ShadowDtorFn {
+        // SAFETY: as above.
+        unsafe { core::mem::transmute::<usize, abi::ShadowDtorFn>(self.0) }
+    }
+}
+
 /// Resolves pointers as live addresses in this address space. Making one is `unsafe`: it
 /// takes any `u64` it is given for a live string.
 pub struct Memory(());
@@ -297,7 +329,7 @@ impl Memory {
 }
 
 impl<'a> Resolver<'a> for Memory {
-    type Func = usize;
+    type Func = LiveFn;
 
     fn string(&self, table: TableKind, offset: usize, raw: u64) -> Result<&'a str, ReadError> {
         if raw == 0 {
@@ -317,8 +349,8 @@ impl<'a> Resolver<'a> for Memory {
         })
     }
 
-    fn func(&self, _: TableKind, _: usize, raw: u64) -> Result<Option<usize>, ReadError> {
-        Ok((raw != 0).then_some(raw as usize))
+    fn func(&self, _: TableKind, _: usize, raw: u64) -> Result<Option<LiveFn>, ReadError> {
+        Ok((raw != 0).then_some(LiveFn(raw as usize)))
     }
 }
 
@@ -327,7 +359,9 @@ impl<'a> Resolver<'a> for Memory {
 /// # Safety
 /// `header` must be a linked patch header whose table bounds and pointers are valid for `'a`
 /// (the tables of a loaded module, or of a crate linked into this program).
-pub unsafe fn read_memory<'a>(header: &'a abi::PatchHeader) -> Result<Patch<'a, usize>, ReadError> {
+pub unsafe fn read_memory<'a>(
+    header: &'a abi::PatchHeader,
+) -> Result<Patch<'a, LiveFn>, ReadError> {
     // SAFETY: a PatchHeader is plain data; viewing it as bytes is always valid.
     let hdr = unsafe {
         core::slice::from_raw_parts(

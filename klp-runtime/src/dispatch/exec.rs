@@ -8,7 +8,7 @@ use core::fmt;
 use crate::abi::{self, PatchHeader};
 use crate::hook::Errno;
 use crate::plan::{Hook, Runner, Side, Step, StepLine};
-use crate::reader::Patch;
+use crate::reader::{LiveFn, Patch};
 
 /// What the dispatcher needs from where it runs. The kernel's implementation calls the C
 /// init (kernel/dispatch.rs); the simulator's models the livepatch core (sim/).
@@ -122,8 +122,8 @@ impl fmt::Display for Report<'_> {
 /// Runs steps against the tables of our patch and the outgoing one. A step is reported as
 /// it is carried out, so the log never claims a hook that did not run.
 pub(crate) struct Executor<'d, P> {
-    pub own: &'d Patch<'static, usize>,
-    pub old: Option<&'d Patch<'static, usize>>,
+    pub own: &'d Patch<'static, LiveFn>,
+    pub old: Option<&'d Patch<'static, LiveFn>>,
     /// In a transition, a module object's hooks run only while it is pinned; outside one,
     /// the hooks are those of the module coming or going, which is there.
     pub in_transition: bool,
@@ -131,7 +131,7 @@ pub(crate) struct Executor<'d, P> {
 }
 
 impl<P: Platform> Executor<'_, P> {
-    fn patch(&self, side: Side) -> &Patch<'static, usize> {
+    fn patch(&self, side: Side) -> &Patch<'static, LiveFn> {
         match side {
             Side::New => self.own,
             Side::Old => self.old.unwrap_or(self.own),
@@ -153,15 +153,15 @@ impl<P: Platform> Executor<'_, P> {
             patch: at.patch,
             step: *step,
         });
-        let Some(addr) = slot else {
+        let Some(f) = slot else {
             return Ok(());
         };
-        // SAFETY: `addr` is the hook's slot of live tables (ours, or the outgoing module's,
+        // SAFETY: `f` is the hook's slot of live tables (ours, or the outgoing module's,
         // pinned by the kernel until our transition ends); the object name is a table
         // string, NUL-terminated in memory (the reader checks it).
         let ret = self
             .sys
-            .call_hook(at, &mut || unsafe { call(addr, at.hook, at.object) });
+            .call_hook(at, &mut || unsafe { call(f, at.hook, at.object) });
         if ret == 0 {
             return Ok(());
         }
@@ -182,7 +182,7 @@ impl<P: Platform> Executor<'_, P> {
             .and_then(|t| t.dtor)
             // SAFETY: a dtor slot of live tables holds the `ShadowDtorFn` of the type stored
             // under this id.
-            .map(|a| unsafe { core::mem::transmute::<usize, abi::ShadowDtorFn>(a) });
+            .map(|f| unsafe { f.dtor() });
         self.sys.report(Report::Ran { patch, step: *step });
         let count = self.sys.free_all(key, dtor);
         self.sys.report(Report::Freed {
@@ -220,24 +220,20 @@ impl<P: Platform> Runner<'static> for Executor<'_, P> {
     }
 }
 
-/// Calls the hook at `addr`: the one place a table's hook address becomes a call.
+/// Calls a set's hook: the one place a table's hook becomes a call.
 ///
 /// # Safety
-/// `addr` is `hook`'s slot of live tables (which the macros fill with a [`abi::PrePatchFn`]
+/// `f` is `hook`'s slot of live tables (which the macros fill with a [`abi::PrePatchFn`]
 /// for `pre_patch`, a [`abi::HookFn`] otherwise), and `object` is followed by a NUL in
 /// memory.
-unsafe fn call(addr: usize, hook: Hook, object: &str) -> c_int {
+unsafe fn call(f: LiveFn, hook: Hook, object: &str) -> c_int {
     let object = object.as_ptr().cast();
     if hook == Hook::PrePatch {
         // SAFETY: per the contract.
-        let f = unsafe { core::mem::transmute::<usize, abi::PrePatchFn>(addr) };
-        // SAFETY: as above.
-        unsafe { f(object) }
+        unsafe { f.pre_patch()(object) }
     } else {
         // SAFETY: per the contract.
-        let f = unsafe { core::mem::transmute::<usize, abi::HookFn>(addr) };
-        // SAFETY: as above.
-        unsafe { f(object) };
+        unsafe { f.hook()(object) };
         0
     }
 }

@@ -34,7 +34,7 @@ use crate::abi::{self, PatchHeader};
 use crate::fallible;
 use crate::hook::Errno;
 use crate::plan::{self, Hook, Plan, Side, Transition};
-use crate::reader::{self, Patch, ReadError};
+use crate::reader::{self, LiveFn, Patch, ReadError};
 use exec::Executor;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -54,10 +54,10 @@ enum Phase {
 /// module in the simulator.
 pub(crate) struct Dispatcher {
     phase: Phase,
-    own: Option<Patch<'static, usize>>,
+    own: Option<Patch<'static, LiveFn>>,
     /// The outgoing patch's tables; valid only while its module is pinned by the kernel,
     /// which is until our transition completes or is reversed. Dropped then.
-    old: Option<Patch<'static, usize>>,
+    old: Option<Patch<'static, LiveFn>>,
     plan: Option<Plan<'static>>,
     /// Plans for target modules that loaded during the transition in flight, by module.
     late: Vec<(&'static str, Plan<'static>)>,
@@ -80,7 +80,7 @@ pub(crate) struct Dispatcher {
 }
 
 /// What `own()` answers before our tables are read, which never happens when dispatching.
-static NO_TABLES: Patch<'static, usize> = Patch {
+static NO_TABLES: Patch<'static, LiveFn> = Patch {
     name: "",
     format_version: 0,
     funcs: Vec::new(),
@@ -255,7 +255,7 @@ impl Dispatcher {
 
     /// Our tables, read at the first call (`klp_rs_dispatch` does not dispatch before they
     /// are); no tables at all otherwise, rather than a path to the panic handler.
-    fn own(&self) -> &Patch<'static, usize> {
+    fn own(&self) -> &Patch<'static, LiveFn> {
         self.own.as_ref().unwrap_or(&NO_TABLES)
     }
 

@@ -48,7 +48,7 @@ use crate::check::{check, CheckError};
 use crate::dispatch::Dispatcher;
 use crate::hook::Errno;
 use crate::plan::Hook;
-use crate::reader::{self, Patch, ReadError};
+use crate::reader::{self, LiveFn, Patch, ReadError};
 
 /// Why the simulated kernel refused an operation (what insmod or a sysfs write would return).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -148,7 +148,7 @@ pub struct Kernel {
 
 /// The objects the C init gives a patch (klp_rs_init.c): vmlinux first, then each object a
 /// function or a set names, once.
-fn static_objects(tables: &Patch<'static, usize>) -> Vec<KlpObject> {
+fn static_objects(tables: &Patch<'static, LiveFn>) -> Vec<KlpObject> {
     let names = tables.funcs.iter().map(|f| f.object);
     let names = names.chain(tables.sets.iter().map(|s| s.object));
     let mut objects = vec![KlpObject::new(VMLINUX, false)];
