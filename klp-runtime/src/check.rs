@@ -1,10 +1,10 @@
 //! Cross-item checks: what one attribute macro cannot see because it needs the whole crate.
 //! Run when the simulator loads a patch and by `cargo klp build`.
 
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::reader::Patch;
+use crate::reader::{Origin, Patch};
 
 /// A rule broken across items; each message names both places.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,20 +48,14 @@ pub enum CheckError {
 }
 
 /// The two origins of a clash, earlier declaration first (the linker's order is not the
-/// source order). Origins end in `(file:line)`.
-fn in_source_order(a: &str, b: &str) -> (String, String) {
-    let key = |o: &str| {
-        let loc = o
-            .rsplit_once(" (")
-            .map_or(o, |(_, l)| l.trim_end_matches(')'));
-        let (file, line) = loc.rsplit_once(':').unwrap_or((loc, "0"));
-        (String::from(file), line.parse::<u32>().unwrap_or(0))
-    };
-    if key(b) < key(a) {
-        (b.into(), a.into())
+/// source order).
+fn in_source_order(a: Origin<'_>, b: Origin<'_>) -> (String, String) {
+    let (a, b) = if b.source_order() < a.source_order() {
+        (b, a)
     } else {
-        (a.into(), b.into())
-    }
+        (a, b)
+    };
+    (a.to_string(), b.to_string())
 }
 
 /// All cross-item problems of a patch (empty when it is sound).
@@ -70,7 +64,7 @@ pub fn check<F>(patch: &Patch<'_, F>) -> Vec<CheckError> {
     for (i, s) in patch.sets.iter().enumerate() {
         if s.id == 0 {
             errors.push(CheckError::ZeroSetId {
-                origin: s.origin.into(),
+                origin: s.origin.to_string(),
             });
         }
         if let Some(first) = patch.sets[..i].iter().find(|t| t.id == s.id) {
@@ -87,7 +81,7 @@ pub fn check<F>(patch: &Patch<'_, F>) -> Vec<CheckError> {
             errors.push(CheckError::ShadowIdTooWide {
                 shadow: t.id,
                 type_name: t.type_name.into(),
-                origin: t.origin.into(),
+                origin: t.origin.to_string(),
                 max: crate::abi::SHADOW_ID_MAX,
             });
         }
@@ -96,7 +90,7 @@ pub fn check<F>(patch: &Patch<'_, F>) -> Vec<CheckError> {
                 shadow: t.id,
                 type_name: t.type_name.into(),
                 owner: t.owner,
-                origin: t.origin.into(),
+                origin: t.origin.to_string(),
             });
         }
         if let Some(first) = patch.shadows[..i].iter().find(|u| u.id == t.id) {

@@ -82,6 +82,48 @@ pub trait Resolver<'a> {
     ) -> Result<Option<Self::Func>, ReadError>;
 }
 
+/// Where an item was declared. The macros write `module::path::item (file:line)`; the reader
+/// takes it apart once, here. A string of another shape is kept whole as the item, line 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Origin<'a> {
+    pub item: &'a str,
+    pub file: &'a str,
+    pub line: u32,
+}
+
+impl<'a> Origin<'a> {
+    pub fn parse(s: &'a str) -> Origin<'a> {
+        let parsed = s.strip_suffix(')').and_then(|s| {
+            let (item, loc) = s.rsplit_once(" (")?;
+            let (file, line) = loc.rsplit_once(':')?;
+            Some(Origin {
+                item,
+                file,
+                line: line.parse().ok()?,
+            })
+        });
+        parsed.unwrap_or(Origin {
+            item: s,
+            file: "",
+            line: 0,
+        })
+    }
+
+    /// Declaration order within a crate: by file, then line.
+    pub fn source_order(&self) -> (&'a str, u32) {
+        (self.file, self.line)
+    }
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.file.is_empty() {
+            return f.write_str(self.item);
+        }
+        write!(f, "{} ({}:{})", self.item, self.file, self.line)
+    }
+}
+
 /// A patched function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Func<'a, F> {
@@ -89,7 +131,7 @@ pub struct Func<'a, F> {
     pub old_name: &'a str,
     pub sympos: u32,
     pub new_func: Option<F>,
-    pub origin: &'a str,
+    pub origin: Origin<'a>,
 }
 
 /// A callback set; `hooks` in [`crate::plan::Hook`] order.
@@ -98,7 +140,7 @@ pub struct CallbackSet<'a, F> {
     pub id: u32,
     pub object: &'a str,
     pub hooks: [Option<F>; 4],
-    pub origin: &'a str,
+    pub origin: Origin<'a>,
 }
 
 /// A shadow variable type.
@@ -111,7 +153,7 @@ pub struct ShadowType<'a, F> {
     pub align: u32,
     pub ctor: Option<F>,
     pub dtor: Option<F>,
-    pub origin: &'a str,
+    pub origin: Origin<'a>,
 }
 
 /// A patch's decoded tables.
@@ -247,7 +289,7 @@ pub fn read_tables<'a, R: Resolver<'a>>(
             old_name: s(Funcs, o, layout::FUNC_OLD_NAME, e)?,
             sympos: u32_at(e, layout::FUNC_SYMPOS),
             new_func: f(Funcs, o, layout::FUNC_NEW_FUNC, e)?,
-            origin: s(Funcs, o, layout::FUNC_ORIGIN, e)?,
+            origin: Origin::parse(s(Funcs, o, layout::FUNC_ORIGIN, e)?),
         };
         crate::fallible::push(&mut patch.funcs, func)?;
     }
@@ -261,7 +303,7 @@ pub fn read_tables<'a, R: Resolver<'a>>(
             id: u32_at(e, layout::SET_ID),
             object: s(Sets, o, layout::SET_OBJECT, e)?,
             hooks,
-            origin: s(Sets, o, layout::SET_ORIGIN, e)?,
+            origin: Origin::parse(s(Sets, o, layout::SET_ORIGIN, e)?),
         };
         crate::fallible::push(&mut patch.sets, set)?;
     }
@@ -275,7 +317,7 @@ pub fn read_tables<'a, R: Resolver<'a>>(
             align: u32_at(e, layout::SHADOW_TYPE_ALIGN),
             ctor: f(Shadows, o, layout::SHADOW_CTOR, e)?,
             dtor: f(Shadows, o, layout::SHADOW_DTOR, e)?,
-            origin: s(Shadows, o, layout::SHADOW_ORIGIN, e)?,
+            origin: Origin::parse(s(Shadows, o, layout::SHADOW_ORIGIN, e)?),
         };
         crate::fallible::push(&mut patch.shadows, shadow)?;
     }

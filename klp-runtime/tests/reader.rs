@@ -2,6 +2,7 @@
 //! entries), and every malformed input giving an error that says what is wrong where.
 
 use klp_runtime::abi::{self, layout};
+use klp_runtime::reader::Origin;
 use klp_runtime::reader::{header_version, read_tables, ReadError, Resolver, TableKind};
 
 /// Resolves a pointer field's raw value `n` to the `n`th string; functions to their raw value.
@@ -61,7 +62,7 @@ fn a_newer_writers_larger_entries_are_read_by_their_known_prefix() {
     );
     assert_eq!(
         (p.sets[1].id, p.sets[1].object, p.sets[1].origin),
-        (8, "vmlinux", "origin")
+        (8, "vmlinux", Origin::parse("origin"))
     );
 }
 
@@ -149,5 +150,22 @@ fn an_unresolvable_string_is_an_error_not_a_panic() {
             offset: layout::SET_OBJECT,
             why: "no such string"
         }
+    );
+}
+
+#[test]
+fn an_origin_is_taken_apart_once_and_reads_as_written() {
+    let written = "broken::dup::first (tests/fixtures/broken/src/lib.rs:21)";
+    let o = Origin::parse(written);
+    assert_eq!(
+        (o.item, o.file, o.line),
+        ("broken::dup::first", "tests/fixtures/broken/src/lib.rs", 21)
+    );
+    assert_eq!(o.to_string(), written);
+    // Another shape is kept whole, sorted first.
+    let odd = Origin::parse("hand-written");
+    assert_eq!(
+        (odd.item, odd.line, odd.to_string()),
+        ("hand-written", 0, "hand-written".into())
     );
 }

@@ -113,7 +113,7 @@ fn patch<'a>(name: &'a str, sets: &[(u32, &'a str)], shadows: &[(u64, u32)]) -> 
                 id,
                 object,
                 hooks: [Some("hook"); 4],
-                origin: "",
+                origin: Default::default(),
             })
             .collect(),
         shadows: shadows
@@ -126,7 +126,7 @@ fn patch<'a>(name: &'a str, sets: &[(u32, &'a str)], shadows: &[(u64, u32)]) -> 
                 align: 8,
                 ctor: None,
                 dtor: None,
-                origin: "",
+                origin: Default::default(),
             })
             .collect(),
     }
