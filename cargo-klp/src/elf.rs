@@ -6,6 +6,7 @@
 //! `klp_runtime::reader`'s, shared with the kernel runtime and the simulator.
 
 use std::collections::BTreeMap;
+use std::ffi::CStr;
 
 use klp_runtime::abi::{layout, section};
 use klp_runtime::reader::{self, Patch, ReadError, Resolver, TableKind};
@@ -115,6 +116,11 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
     /// A string pointer field: it must point into read-only data (a pointer into writable
     /// data or code is something else).
     pub fn string(&self, offset: u64) -> Result<&'d str, &'static str> {
+        self.c_string(offset)?.to_str().map_err(|_| "not UTF-8")
+    }
+
+    /// A string field, as the C string (NUL-terminated) it points to.
+    pub fn c_string(&self, offset: u64) -> Result<&'d CStr, &'static str> {
         let (sym, addend) = self.symbol(offset)?;
         let sec = self
             .file
@@ -131,8 +137,7 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
             .and_then(|a| usize::try_from(a).ok())
             .ok_or("offset outside the address space")?;
         let bytes = data.get(start..).ok_or("offset past its section")?;
-        let end = bytes.iter().position(|b| *b == 0).ok_or("no NUL")?;
-        std::str::from_utf8(&bytes[..end]).map_err(|_| "not UTF-8")
+        CStr::from_bytes_until_nul(bytes).map_err(|_| "no NUL")
     }
 
     /// A function pointer field, as the name of the function it points to; `None` if null.
@@ -168,8 +173,8 @@ impl<'d, 'f> SectionRelocs<'d, 'f> {
 impl<'d> Resolver<'d> for SectionRelocs<'d, '_> {
     type Func = &'d str;
 
-    fn string(&self, table: TableKind, offset: usize, _raw: u64) -> Result<&'d str, ReadError> {
-        SectionRelocs::string(self, offset as u64).map_err(|why| ReadError::BadString {
+    fn string(&self, table: TableKind, offset: usize, _raw: u64) -> Result<&'d CStr, ReadError> {
+        SectionRelocs::c_string(self, offset as u64).map_err(|why| ReadError::BadString {
             table,
             offset,
             why,
@@ -248,13 +253,14 @@ pub fn read_patch<'d>(file: &object::File<'d>) -> Result<Option<Patch<'d, &'d st
     };
     let data = section_data(header)?;
     let version = reader::header_version(data).map_err(wrap(header))?;
-    let name = Resolver::string(
-        &SectionRelocs::of(file, header),
-        TableKind::Header,
-        layout::HEADER_NAME,
-        0,
-    )
-    .map_err(wrap(header))?;
+    let name = SectionRelocs::of(file, header)
+        .string(layout::HEADER_NAME as u64)
+        .map_err(|why| ReadError::BadString {
+            table: TableKind::Header,
+            offset: layout::HEADER_NAME,
+            why,
+        })
+        .map_err(wrap(header))?;
     let mut patch = Patch {
         name,
         format_version: version,

@@ -109,7 +109,7 @@ pub fn check<F>(patch: &Patch<'_, F>) -> Vec<CheckError> {
         if let Some(first) = patch.funcs[..i].iter().find(same) {
             let (first, second) = in_source_order(first.origin, f.origin);
             errors.push(CheckError::DuplicateFunc {
-                object: f.object.into(),
+                object: f.object.as_str().into(),
                 name: f.old_name.into(),
                 sympos: f.sympos,
                 first,

@@ -3,6 +3,7 @@
 //! simulator) or relocations in a file (`cargo klp inspect`) — which a [`Resolver`] supplies.
 
 use alloc::vec::Vec;
+use core::ffi::CStr;
 use core::fmt;
 
 use crate::abi::{self, layout};
@@ -73,13 +74,87 @@ pub enum ReadError {
 pub trait Resolver<'a> {
     /// How a function pointer is presented: an address, or a symbol name.
     type Func: Copy + fmt::Debug;
-    fn string(&self, table: TableKind, offset: usize, raw: u64) -> Result<&'a str, ReadError>;
+    /// A string field: the NUL-terminated string it points to.
+    fn string(&self, table: TableKind, offset: usize, raw: u64) -> Result<&'a CStr, ReadError>;
     fn func(
         &self,
         table: TableKind,
         offset: usize,
         raw: u64,
     ) -> Result<Option<Self::Func>, ReadError>;
+}
+
+/// An object's name (`vmlinux` or a module's) as the tables hold it: UTF-8, and followed by
+/// its NUL in memory, so that it can go to C as it is. Only the reader makes them, from the
+/// tables' C strings; [`ObjectName::VMLINUX`] is the kernel proper's.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectName<'a>(&'a str);
+
+impl<'a> ObjectName<'a> {
+    pub const VMLINUX: ObjectName<'static> = ObjectName(match b"vmlinux\0".split_last() {
+        Some((0, name)) => match core::str::from_utf8(name) {
+            Ok(name) => name,
+            Err(_) => panic!("ASCII"),
+        },
+        _ => panic!("NUL-terminated"),
+    });
+
+    /// No object: an empty C string, which names none.
+    pub const NONE: ObjectName<'static> = ObjectName(match b"\0".split_last() {
+        Some((0, name)) => match core::str::from_utf8(name) {
+            Ok(name) => name,
+            Err(_) => panic!("ASCII"),
+        },
+        _ => panic!("NUL-terminated"),
+    });
+
+    /// The name of a C string; `None` if it is not UTF-8.
+    pub fn new(name: &'a CStr) -> Option<ObjectName<'a>> {
+        name.to_str().ok().map(ObjectName)
+    }
+
+    pub fn as_str(self) -> &'a str {
+        self.0
+    }
+
+    pub fn is_vmlinux(self) -> bool {
+        self.0 == Self::VMLINUX.0
+    }
+
+    /// The name for C: NUL-terminated.
+    pub fn as_ptr(self) -> *const core::ffi::c_char {
+        self.0.as_ptr().cast()
+    }
+}
+
+impl Default for ObjectName<'_> {
+    fn default() -> Self {
+        ObjectName::NONE
+    }
+}
+
+impl PartialEq<str> for ObjectName<'_> {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ObjectName<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Display for ObjectName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl fmt::Debug for ObjectName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0, f)
+    }
 }
 
 /// Where an item was declared. The macros write `module::path::item (file:line)`; the reader
@@ -127,7 +202,7 @@ impl fmt::Display for Origin<'_> {
 /// A patched function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Func<'a, F> {
-    pub object: &'a str,
+    pub object: ObjectName<'a>,
     pub old_name: &'a str,
     pub sympos: u32,
     pub new_func: Option<F>,
@@ -138,7 +213,7 @@ pub struct Func<'a, F> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallbackSet<'a, F> {
     pub id: u32,
-    pub object: &'a str,
+    pub object: ObjectName<'a>,
     pub hooks: [Option<F>; 4],
     pub origin: Origin<'a>,
 }
@@ -272,7 +347,20 @@ pub fn read_tables<'a, R: Resolver<'a>>(
     shadows: &'a [u8],
 ) -> Result<Patch<'a, R::Func>, ReadError> {
     use TableKind::*;
-    let s = |t, base: usize, field: usize, e: &[u8]| r.string(t, base + field, u64_at(e, field));
+    let c = |t, base: usize, field: usize, e: &[u8]| r.string(t, base + field, u64_at(e, field));
+    let not_utf8 = |table, base: usize, field: usize| ReadError::BadString {
+        table,
+        offset: base + field,
+        why: "not UTF-8",
+    };
+    let s = |t, base: usize, field: usize, e: &[u8]| {
+        c(t, base, field, e)?
+            .to_str()
+            .map_err(|_| not_utf8(t, base, field))
+    };
+    let object = |t, base: usize, field: usize, e: &[u8]| {
+        ObjectName::new(c(t, base, field, e)?).ok_or_else(|| not_utf8(t, base, field))
+    };
     let f = |t, base: usize, field: usize, e: &[u8]| r.func(t, base + field, u64_at(e, field));
 
     let mut patch = Patch {
@@ -285,7 +373,7 @@ pub fn read_tables<'a, R: Resolver<'a>>(
     for item in entries(Funcs, funcs, layout::FUNC_SIZE) {
         let (o, e) = item?;
         let func = Func {
-            object: s(Funcs, o, layout::FUNC_OBJECT, e)?,
+            object: object(Funcs, o, layout::FUNC_OBJECT, e)?,
             old_name: s(Funcs, o, layout::FUNC_OLD_NAME, e)?,
             sympos: u32_at(e, layout::FUNC_SYMPOS),
             new_func: f(Funcs, o, layout::FUNC_NEW_FUNC, e)?,
@@ -301,7 +389,7 @@ pub fn read_tables<'a, R: Resolver<'a>>(
         }
         let set = CallbackSet {
             id: u32_at(e, layout::SET_ID),
-            object: s(Sets, o, layout::SET_OBJECT, e)?,
+            object: object(Sets, o, layout::SET_OBJECT, e)?,
             hooks,
             origin: Origin::parse(s(Sets, o, layout::SET_ORIGIN, e)?),
         };
@@ -373,7 +461,7 @@ impl Memory {
 impl<'a> Resolver<'a> for Memory {
     type Func = LiveFn;
 
-    fn string(&self, table: TableKind, offset: usize, raw: u64) -> Result<&'a str, ReadError> {
+    fn string(&self, table: TableKind, offset: usize, raw: u64) -> Result<&'a CStr, ReadError> {
         if raw == 0 {
             return Err(ReadError::BadString {
                 table,
@@ -383,12 +471,7 @@ impl<'a> Resolver<'a> for Memory {
         }
         // SAFETY: `Memory::new`'s caller vouches that the tables are live, linked tables whose
         // string fields point to NUL-terminated static data.
-        let s = unsafe { core::ffi::CStr::from_ptr(raw as usize as *const core::ffi::c_char) };
-        s.to_str().map_err(|_| ReadError::BadString {
-            table,
-            offset,
-            why: "not UTF-8",
-        })
+        Ok(unsafe { CStr::from_ptr(raw as usize as *const core::ffi::c_char) })
     }
 
     fn func(&self, _: TableKind, _: usize, raw: u64) -> Result<Option<LiveFn>, ReadError> {
@@ -422,7 +505,14 @@ pub unsafe fn read_memory<'a>(
     };
     // SAFETY: per this function's contract, the tables' strings are live.
     let memory = unsafe { Memory::new() };
-    let name = memory.string(TableKind::Header, layout::HEADER_NAME, header.name as u64)?;
+    let name = memory
+        .string(TableKind::Header, layout::HEADER_NAME, header.name as u64)?
+        .to_str()
+        .map_err(|_| ReadError::BadString {
+            table: TableKind::Header,
+            offset: layout::HEADER_NAME,
+            why: "not UTF-8",
+        })?;
     read_tables(
         &memory,
         name,

@@ -2,15 +2,20 @@
 //! entries), and every malformed input giving an error that says what is wrong where.
 
 use klp_runtime::abi::{self, layout};
-use klp_runtime::reader::Origin;
 use klp_runtime::reader::{header_version, read_tables, ReadError, Resolver, TableKind};
+use klp_runtime::reader::{ObjectName, Origin};
 
 /// Resolves a pointer field's raw value `n` to the `n`th string; functions to their raw value.
-struct Strings(&'static [&'static str]);
+struct Strings(&'static [&'static std::ffi::CStr]);
 
 impl<'a> Resolver<'a> for Strings {
     type Func = u64;
-    fn string(&self, table: TableKind, offset: usize, raw: u64) -> Result<&'a str, ReadError> {
+    fn string(
+        &self,
+        table: TableKind,
+        offset: usize,
+        raw: u64,
+    ) -> Result<&'a std::ffi::CStr, ReadError> {
         self.0
             .get(raw as usize)
             .copied()
@@ -25,7 +30,7 @@ impl<'a> Resolver<'a> for Strings {
     }
 }
 
-const STRINGS: Strings = Strings(&["vmlinux", "cmdline_proc_show", "origin", "u64"]);
+const STRINGS: Strings = Strings(&[c"vmlinux", c"cmdline_proc_show", c"origin", c"u64"]);
 
 /// A set entry as a writer of `size` bytes would emit it (extra bytes are a newer writer's).
 fn set_entry(size: u32, id: u32, hooks: [u64; 4]) -> Vec<u8> {
@@ -62,7 +67,7 @@ fn a_newer_writers_larger_entries_are_read_by_their_known_prefix() {
     );
     assert_eq!(
         (p.sets[1].id, p.sets[1].object, p.sets[1].origin),
-        (8, "vmlinux", Origin::parse("origin"))
+        (8, ObjectName::VMLINUX, Origin::parse("origin"))
     );
 }
 

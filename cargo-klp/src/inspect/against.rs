@@ -154,7 +154,8 @@ pub(super) fn conditional_steps<'a, F, G>(
                 .filter(|t| t.id == *shadow)
                 .filter_map(|t| new.sets.iter().find(|s| s.id == t.owner))
                 .map(|s| s.object)
-                .filter(|o| !klp_runtime::abi::is_vmlinux(o))
+                .filter(|o| !o.is_vmlinux())
+                .map(|o| o.as_str())
                 .collect(),
             _ => vec![],
         };
@@ -164,7 +165,7 @@ pub(super) fn conditional_steps<'a, F, G>(
     };
     let all: Vec<_> = all.steps().collect();
     let module_hook = |s: &Option<Step<'a>>| match s {
-        Some(Step::Hook { object, .. }) if !klp_runtime::abi::is_vmlinux(object) => Some(*object),
+        Some(Step::Hook { object, .. }) if !object.is_vmlinux() => Some(object.as_str()),
         _ => None,
     };
     // For each step, the next step of `all` that `none` has too (None: no more).

@@ -69,8 +69,8 @@ pub(super) fn klp_rs_objects(p: &Patch<'_, &str>, names: &Names) -> Vec<KlpObjec
     for n in p
         .funcs
         .iter()
-        .map(|f| f.object)
-        .chain(p.sets.iter().map(|s| s.object))
+        .map(|f| f.object.as_str())
+        .chain(p.sets.iter().map(|s| s.object.as_str()))
     {
         if !objects.contains(&n) {
             objects.push(n);

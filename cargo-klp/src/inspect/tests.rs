@@ -102,7 +102,11 @@ fn sections_sharing_bytes_are_refused() {
     assert!(e.contains("section 1 spans offsets 0x3e8..0x44c"), "{e}");
 }
 
-fn patch<'a>(name: &'a str, sets: &[(u32, &'a str)], shadows: &[(u64, u32)]) -> Patch<'a, &'a str> {
+fn patch<'a>(
+    name: &'a str,
+    sets: &[(u32, &'a std::ffi::CStr)],
+    shadows: &[(u64, u32)],
+) -> Patch<'a, &'a str> {
     Patch {
         name,
         format_version: 1,
@@ -111,7 +115,7 @@ fn patch<'a>(name: &'a str, sets: &[(u32, &'a str)], shadows: &[(u64, u32)]) -> 
             .iter()
             .map(|&(id, object)| Set {
                 id,
-                object,
+                object: klp_runtime::reader::ObjectName::new(object).unwrap(),
                 hooks: [Some("hook"); 4],
                 origin: Default::default(),
             })
@@ -136,8 +140,8 @@ fn patch<'a>(name: &'a str, sets: &[(u32, &'a str)], shadows: &[(u64, u32)]) -> 
 fn a_shadow_type_kept_by_a_set_on_a_module_is_freed_only_without_it() {
     // Old set 3 (vmlinux) leaves; new set 4, on binfmt_misc, owns old set 3's 0x30: with
     // binfmt_misc loaded set 4 is set up and keeps it, without it 0x30 goes after set 3.
-    let old = patch("old", &[(3, "vmlinux")], &[(0x30, 3)]);
-    let new = patch("new", &[(4, "binfmt_misc")], &[(0x30, 4)]);
+    let old = patch("old", &[(3, c"vmlinux")], &[(0x30, 3)]);
+    let new = patch("new", &[(4, c"binfmt_misc")], &[(0x30, 4)]);
     let (lines, freed) = step_lines(Some(&old), &new).unwrap();
     assert_eq!(
         lines,
@@ -155,8 +159,8 @@ fn a_shadow_type_kept_by_a_set_on_a_module_is_freed_only_without_it() {
 
 #[test]
 fn vmlinux_only_plans_are_the_planners_steps() {
-    let old = patch("old", &[(1, "vmlinux"), (3, "vmlinux")], &[(0x30, 3)]);
-    let new = patch("new", &[(1, "vmlinux"), (2, "vmlinux")], &[]);
+    let old = patch("old", &[(1, c"vmlinux"), (3, c"vmlinux")], &[(0x30, 3)]);
+    let new = patch("new", &[(1, c"vmlinux"), (2, c"vmlinux")], &[]);
     let (lines, _) = step_lines(Some(&old), &new).unwrap();
     let planned: Vec<String> = plan::replace(Some(&old), &new, &|_| false)
         .unwrap()

@@ -8,17 +8,17 @@ use core::fmt;
 use crate::abi::{self, PatchHeader};
 use crate::hook::Errno;
 use crate::plan::{Hook, Runner, Side, Step, StepLine};
-use crate::reader::{LiveFn, Patch};
+use crate::reader::{LiveFn, ObjectName, Patch};
 
 /// What the dispatcher needs from where it runs. The kernel's implementation calls the C
 /// init (kernel/dispatch.rs); the simulator's models the livepatch core (sim/).
 pub(crate) trait Platform {
     /// Whether a target module is pinned for the transition in flight: loaded, as far as
     /// the transition knows. Never asked for vmlinux.
-    fn pinned(&self, object: &str) -> bool;
+    fn pinned(&self, object: ObjectName<'_>) -> bool;
     /// Pins the module if it is loaded; whether it is.
-    fn pin(&mut self, object: &'static str) -> bool;
-    fn unpin(&mut self, object: &'static str);
+    fn pin(&mut self, object: ObjectName<'static>) -> bool;
+    fn unpin(&mut self, object: ObjectName<'static>);
     fn unpin_all(&mut self);
     /// Makes room for a pin per object of the patch (nop objects included) and has the nop
     /// objects call us (their `pre_patch` and `post_unpatch`).
@@ -49,7 +49,7 @@ pub(crate) trait Platform {
 pub(crate) struct HookAt {
     pub patch: &'static str,
     pub set: u32,
-    pub object: &'static str,
+    pub object: ObjectName<'static>,
     pub hook: Hook,
 }
 
@@ -139,7 +139,7 @@ impl<P: Platform> Executor<'_, P> {
     }
 
     fn hook(&mut self, step: &Step<'static>, at: HookAt) -> Result<(), Errno> {
-        let object_loaded = abi::is_vmlinux(at.object) || self.sys.pinned(at.object);
+        let object_loaded = at.object.is_vmlinux() || self.sys.pinned(at.object);
         if self.in_transition && !object_loaded {
             // Only a hook that would have been called is worth a line.
             if matches!(step, Step::Hook { defined: true, .. }) {
@@ -226,8 +226,8 @@ impl<P: Platform> Runner<'static> for Executor<'_, P> {
 /// `f` is `hook`'s slot of live tables (which the macros fill with a [`abi::PrePatchFn`]
 /// for `pre_patch`, a [`abi::HookFn`] otherwise), and `object` is followed by a NUL in
 /// memory.
-unsafe fn call(f: LiveFn, hook: Hook, object: &str) -> c_int {
-    let object = object.as_ptr().cast();
+unsafe fn call(f: LiveFn, hook: Hook, object: ObjectName<'_>) -> c_int {
+    let object = object.as_ptr();
     if hook == Hook::PrePatch {
         // SAFETY: per the contract.
         unsafe { f.pre_patch()(object) }

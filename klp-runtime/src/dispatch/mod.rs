@@ -34,7 +34,7 @@ use crate::abi::{self, PatchHeader};
 use crate::fallible;
 use crate::hook::Errno;
 use crate::plan::{self, Hook, Plan, Side, Transition};
-use crate::reader::{self, LiveFn, Patch, ReadError};
+use crate::reader::{self, LiveFn, ObjectName, Patch, ReadError};
 use exec::Executor;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -60,23 +60,23 @@ pub(crate) struct Dispatcher {
     old: Option<Patch<'static, LiveFn>>,
     plan: Option<Plan<'static>>,
     /// Plans for target modules that loaded during the transition in flight, by module.
-    late: Vec<(&'static str, Plan<'static>)>,
+    late: Vec<(ObjectName<'static>, Plan<'static>)>,
     /// A target module between its pre_patch and post_patch, with the plan its pre_patch
     /// made. After an enable completes at vmlinux, the kernel still calls post_patch for the
     /// other objects: those calls must not look like a module coming.
-    coming: Option<(&'static str, Plan<'static>)>,
+    coming: Option<(ObjectName<'static>, Plan<'static>)>,
     /// A target module between its pre_unpatch and post_unpatch.
-    going: Option<&'static str>,
+    going: Option<ObjectName<'static>>,
     /// Plans for the callbacks that cannot report a failure, made in the enable's pre_patch,
     /// which can: nothing that runs where a failure cannot be reported allocates. The
     /// disable, made for every module object (the runner skips the sets of modules that are
     /// not loaded then), and each of our module objects going while we are enabled.
     disable: Option<Plan<'static>>,
-    going_plans: Vec<(&'static str, Plan<'static>)>,
+    going_plans: Vec<(ObjectName<'static>, Plan<'static>)>,
     /// Module objects that went during the disable in flight (room reserved at enable time):
     /// the disable plan is kept for the next disable should this one be reversed, so their
     /// steps are skipped rather than removed from it.
-    gone: Vec<&'static str>,
+    gone: Vec<ObjectName<'static>>,
 }
 
 /// What `own()` answers before our tables are read, which never happens when dispatching.
@@ -121,7 +121,7 @@ impl Dispatcher {
         sys: &mut P,
         header: &'static PatchHeader,
         hook: Hook,
-        object: &str,
+        object: ObjectName<'_>,
     ) -> Result<(), Errno> {
         if self.own.is_none() {
             // SAFETY: per the contract.
@@ -149,9 +149,9 @@ impl Dispatcher {
         &mut self,
         sys: &mut P,
         hook: Hook,
-        object: &str,
+        object: ObjectName<'_>,
     ) -> Result<(), Errno> {
-        let vmlinux = abi::is_vmlinux(object);
+        let vmlinux = object.is_vmlinux();
         match (hook, self.phase, vmlinux) {
             (Hook::PrePatch, Phase::Idle, true) => self.start_enable(sys),
             (Hook::PostPatch, Phase::Enabling, true) => {
@@ -246,7 +246,7 @@ impl Dispatcher {
     }
 
     /// The plan made at enable time for one of our module objects going.
-    fn going_plan(&self, object: &str) -> Option<(&'static str, &Plan<'static>)> {
+    fn going_plan(&self, object: ObjectName<'_>) -> Option<(ObjectName<'static>, &Plan<'static>)> {
         self.going_plans
             .iter()
             .find(|(o, _)| *o == object)
@@ -277,7 +277,7 @@ impl Dispatcher {
         }
         self.phase = Phase::Enabling;
         self.pin_set_objects(sys);
-        let loaded = |o: &str| sys.pinned(o);
+        let loaded = |o: ObjectName<'_>| sys.pinned(o);
         let plan = plan::replace(self.old.as_ref(), self.own(), &loaded);
         let Ok(plan) = plan else {
             sys.unpin_all();
@@ -308,7 +308,7 @@ impl Dispatcher {
         let own = self.own();
         let disable = plan::disable(own, &|_| true).map_err(|_| Errno::ENOMEM)?;
         let mut going_plans = Vec::new();
-        for s in own.sets.iter().filter(|s| !abi::is_vmlinux(s.object)) {
+        for s in own.sets.iter().filter(|s| !s.object.is_vmlinux()) {
             if going_plans.iter().any(|(o, _)| *o == s.object) {
                 continue;
             }
@@ -393,7 +393,7 @@ impl Dispatcher {
 
     /// Pins every loaded module that a set of ours or of the outgoing patch lives on.
     fn pin_set_objects<P: Platform>(&self, sys: &mut P) {
-        for o in self.set_objects().filter(|o| !abi::is_vmlinux(o)) {
+        for o in self.set_objects().filter(|o| !o.is_vmlinux()) {
             sys.pin(o);
         }
     }

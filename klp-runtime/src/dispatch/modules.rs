@@ -10,7 +10,7 @@ impl Dispatcher {
     pub(super) fn coming_in_transition<P: Platform>(
         &mut self,
         sys: &mut P,
-        object: &str,
+        object: ObjectName<'_>,
     ) -> Result<(), Errno> {
         // The enable itself calls pre_patch for every loaded object; those were counted and
         // pinned when the plan was made.
@@ -66,7 +66,7 @@ impl Dispatcher {
     /// earlier in klp_patches and not the transition patch, so it gets both unpatch
     /// callbacks). What this transition set up on the module for us is torn down now; its
     /// remaining steps are skipped at the end, the module being unpinned.
-    pub(super) fn going_in_transition<P: Platform>(&mut self, sys: &mut P, object: &str) {
+    pub(super) fn going_in_transition<P: Platform>(&mut self, sys: &mut P, object: ObjectName<'_>) {
         let Some(object) = self.set_object(object) else {
             return;
         };
@@ -118,13 +118,13 @@ impl Dispatcher {
     }
 
     /// `object` as the tables spell it, if a set of ours or of the outgoing patch is on it.
-    pub(super) fn set_object(&self, object: &str) -> Option<&'static str> {
+    pub(super) fn set_object(&self, object: ObjectName<'_>) -> Option<ObjectName<'static>> {
         self.set_objects().find(|o| *o == object)
     }
 
     /// The objects the sets of ours and of the outgoing patch live on, as the tables spell
     /// them (repeats included).
-    pub(super) fn set_objects(&self) -> impl Iterator<Item = &'static str> + '_ {
+    pub(super) fn set_objects(&self) -> impl Iterator<Item = ObjectName<'static>> + '_ {
         self.own()
             .sets
             .iter()
@@ -133,7 +133,7 @@ impl Dispatcher {
     }
 
     /// `object` as our tables spell it, if one of our sets is on it.
-    pub(super) fn own_object(&self, object: &str) -> Option<&'static str> {
+    pub(super) fn own_object(&self, object: ObjectName<'_>) -> Option<ObjectName<'static>> {
         self.own()
             .sets
             .iter()

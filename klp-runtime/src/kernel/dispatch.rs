@@ -9,6 +9,7 @@ use crate::abi::{self, PatchHeader};
 use crate::dispatch::{Dispatcher, HookAt, Platform, Report};
 use crate::hook::Errno;
 use crate::plan::Hook;
+use crate::reader::ObjectName;
 
 use super::{
     klp_rs_pin, klp_rs_pin_begin, klp_rs_pinned, klp_rs_prev_header, klp_rs_prev_name,
@@ -52,26 +53,19 @@ pub unsafe extern "C" fn klp_rs_dispatch(
 ) -> c_int {
     // SAFETY: see `Global`'s Sync impl: calls are serialized.
     let d = unsafe { &mut *STATE.0.get() };
-    // SAFETY: per the contract. A `&str` made from a `CStr` keeps its NUL after it, so it
-    // may go back to C (`c_name`); module names are ASCII, anything else is not ours.
-    let Ok(object) = unsafe { CStr::from_ptr(object) }.to_str() else {
+    // SAFETY: per the contract. Module names are ASCII; anything else is not ours.
+    let Some(object) = ObjectName::new(unsafe { CStr::from_ptr(object) }) else {
         return 0;
     };
     let Some(hook) = Hook::from_raw(hook) else {
         crate::pr_info!("klp-rs: unknown hook number {hook} from the C init");
         return Errno::EINVAL.to_kernel();
     };
-    // SAFETY: our own header and tables live as long as this module; `object` keeps its NUL.
+    // SAFETY: our own header and tables live as long as this module.
     match unsafe { d.dispatch(&mut Kernel, &*header, hook, object) } {
         Ok(()) => 0,
         Err(errno) => errno.to_kernel(),
     }
-}
-
-/// A name for C: table strings and names from C are followed by their NUL in memory (the
-/// macros write them so, the reader checks it, and `CStr::to_str` keeps it).
-fn c_name(name: &str) -> *const c_char {
-    name.as_ptr().cast()
 }
 
 /// The kernel as the dispatcher sees it. Every call runs under `klp_mutex`, in one of our
@@ -79,19 +73,19 @@ fn c_name(name: &str) -> *const c_char {
 struct Kernel;
 
 impl Platform for Kernel {
-    fn pinned(&self, object: &str) -> bool {
-        // SAFETY: `c_name`.
-        unsafe { klp_rs_pinned(c_name(object)) != 0 }
+    fn pinned(&self, object: ObjectName<'_>) -> bool {
+        // SAFETY: an object name is NUL-terminated.
+        unsafe { klp_rs_pinned(object.as_ptr()) != 0 }
     }
 
-    fn pin(&mut self, object: &'static str) -> bool {
-        // SAFETY: `c_name`.
-        unsafe { klp_rs_pin(c_name(object)) != 0 }
+    fn pin(&mut self, object: ObjectName<'static>) -> bool {
+        // SAFETY: as above.
+        unsafe { klp_rs_pin(object.as_ptr()) != 0 }
     }
 
-    fn unpin(&mut self, object: &'static str) {
-        // SAFETY: `c_name`.
-        unsafe { klp_rs_unpin(c_name(object)) }
+    fn unpin(&mut self, object: ObjectName<'static>) {
+        // SAFETY: as above.
+        unsafe { klp_rs_unpin(object.as_ptr()) }
     }
 
     fn unpin_all(&mut self) {

@@ -26,7 +26,7 @@ pub use transition::Transition;
 
 use crate::fallible::{self, AllocError};
 use crate::hook::Errno;
-use crate::reader::Patch;
+use crate::reader::{ObjectName, Patch};
 
 pub use crate::abi::Hook;
 
@@ -47,7 +47,7 @@ pub enum Step<'a> {
     Hook {
         side: Side,
         set: u32,
-        object: &'a str,
+        object: ObjectName<'a>,
         hook: Hook,
         defined: bool,
     },
@@ -110,7 +110,7 @@ impl<'a> Plan<'a> {
     /// it was forced out), and those sets must be torn down while it is still there.
     pub fn undo_on<'p>(
         &'p self,
-        object: &'p str,
+        object: ObjectName<'p>,
         side: Side,
     ) -> impl Iterator<Item = Step<'a>> + 'p {
         let on = move |s: &Step<'_>| matches!(s, Step::Hook { object: o, side: d, .. } if *o == object && *d == side);
@@ -124,7 +124,7 @@ impl<'a> Plan<'a> {
     /// Drops every hook step on `object` (a module that went in the middle of the
     /// transition, whose part was already undone): nothing more runs for it from this plan.
     /// Shadow frees stay; freeing what is already gone frees nothing.
-    pub fn forget(&mut self, object: &str) {
+    pub fn forget(&mut self, object: ObjectName<'_>) {
         let on = |s: &Step<'_>| matches!(s, Step::Hook { object: o, .. } if *o == object);
         self.before.retain(|p| !on(&p.step));
         for p in &mut self.before {
@@ -221,7 +221,7 @@ fn hook<'a, F>(side: Side, set: &crate::reader::CallbackSet<'a, F>, hook: Hook) 
 
 /// The patch that stays (if any) and which objects are loaded: a shadow id is kept while a
 /// set of the survivor that is set up (its object loaded) owns it.
-type Survivor<'p, 'a, G> = Option<(&'p Patch<'a, G>, &'p dyn Fn(&str) -> bool)>;
+type Survivor<'p, 'a, G> = Option<(&'p Patch<'a, G>, &'p dyn Fn(ObjectName<'_>) -> bool)>;
 
 /// Shadow ids owned by `set` in `patch` that no set-up set of the survivor owns.
 fn frees<'p, 'a, F, G>(
@@ -264,9 +264,9 @@ fn planned<'a>(
 pub fn replace<'a, F, G>(
     old: Option<&Patch<'a, F>>,
     new: &Patch<'a, G>,
-    loaded: &dyn Fn(&str) -> bool,
+    loaded: &dyn Fn(ObjectName<'_>) -> bool,
 ) -> Result<Plan<'a>, AllocError> {
-    let is_loaded = |o: &str| crate::abi::is_vmlinux(o) || loaded(o);
+    let is_loaded = |o: ObjectName<'_>| o.is_vmlinux() || loaded(o);
     let new_only = sets_not_in(new, old)?;
     let old_only = match old {
         Some(o) => sets_not_in(o, Some(new))?,
@@ -276,7 +276,7 @@ pub fn replace<'a, F, G>(
         transition: true,
         ..Plan::default()
     };
-    let old_survivor = old.map(|o| (o, &is_loaded as &dyn Fn(&str) -> bool));
+    let old_survivor = old.map(|o| (o, &is_loaded as &dyn Fn(ObjectName<'_>) -> bool));
 
     for s in new_only.iter().filter(|s| is_loaded(s.object)) {
         let undo = core::iter::once(hook(Side::New, s, Hook::PostUnpatch)).chain(frees(
@@ -294,7 +294,7 @@ pub fn replace<'a, F, G>(
         fallible::push(&mut plan.before, p)?;
     }
     if let Some(old) = old {
-        let new_survivor = Some((new, &is_loaded as &dyn Fn(&str) -> bool));
+        let new_survivor = Some((new, &is_loaded as &dyn Fn(ObjectName<'_>) -> bool));
         for s in old_only.iter().rev() {
             if is_loaded(s.object) {
                 fallible::push(&mut plan.after, hook(Side::Old, s, Hook::PostUnpatch))?;
@@ -346,7 +346,7 @@ pub fn replace<'a, F, G>(
 pub fn replace_object<'a, F, G>(
     old: Option<&Patch<'a, F>>,
     new: &Patch<'a, G>,
-    object: &str,
+    object: ObjectName<'_>,
 ) -> Result<Plan<'a>, AllocError> {
     let mut whole = replace(old, new, &|o| o == object)?;
     let on_object = |s: &Step<'_>| matches!(s, Step::Hook { object: o, .. } if *o == object);
@@ -383,7 +383,7 @@ pub fn replace_object<'a, F, G>(
 /// Enable `patch` with nothing to replace.
 pub fn enable<'a, F>(
     patch: &Patch<'a, F>,
-    loaded: &dyn Fn(&str) -> bool,
+    loaded: &dyn Fn(ObjectName<'_>) -> bool,
 ) -> Result<Plan<'a>, AllocError> {
     replace::<F, F>(None, patch, loaded)
 }
@@ -392,9 +392,9 @@ pub fn enable<'a, F>(
 /// shadow type of the patch is freed.
 pub fn disable<'a, F>(
     patch: &Patch<'a, F>,
-    loaded: &dyn Fn(&str) -> bool,
+    loaded: &dyn Fn(ObjectName<'_>) -> bool,
 ) -> Result<Plan<'a>, AllocError> {
-    let is_loaded = |o: &str| crate::abi::is_vmlinux(o) || loaded(o);
+    let is_loaded = |o: ObjectName<'_>| o.is_vmlinux() || loaded(o);
     let sets = sets_not_in::<F, F>(patch, None)?;
     let mut plan = Plan {
         transition: true,
@@ -429,7 +429,10 @@ pub fn disable<'a, F>(
 }
 
 /// A module `object` loads while `patch` is enabled: its sets set up.
-pub fn module_coming<'a, F>(patch: &Patch<'a, F>, object: &str) -> Result<Plan<'a>, AllocError> {
+pub fn module_coming<'a, F>(
+    patch: &Patch<'a, F>,
+    object: ObjectName<'_>,
+) -> Result<Plan<'a>, AllocError> {
     let mut sets = sets_not_in::<F, F>(patch, None)?;
     sets.retain(|s| s.object == object);
     let mut plan = Plan::default();
@@ -452,7 +455,10 @@ pub fn module_coming<'a, F>(patch: &Patch<'a, F>, object: &str) -> Result<Plan<'
 
 /// A module `object` unloads while `patch` is enabled: its sets tear down and free their
 /// shadow types (what they hung on the module's objects would dangle).
-pub fn module_going<'a, F>(patch: &Patch<'a, F>, object: &str) -> Result<Plan<'a>, AllocError> {
+pub fn module_going<'a, F>(
+    patch: &Patch<'a, F>,
+    object: ObjectName<'_>,
+) -> Result<Plan<'a>, AllocError> {
     let mut sets = sets_not_in::<F, F>(patch, None)?;
     sets.retain(|s| s.object == object);
     let mut plan = Plan::default();

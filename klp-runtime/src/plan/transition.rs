@@ -4,15 +4,16 @@
 //! `klp_reverse_transition` and then completed the other way); these are the steps for each.
 
 use super::{Plan, Step};
+use crate::reader::ObjectName;
 
 /// A transition in flight, as the dispatcher holds it.
 pub struct Transition<'p, 'a> {
     /// The plan made at the start: a replace (or enable) when patching, a disable when not.
     pub main: &'p Plan<'a>,
     /// Plans of target modules that loaded during the transition, by module.
-    pub late: &'p [(&'a str, Plan<'a>)],
+    pub late: &'p [(ObjectName<'a>, Plan<'a>)],
     /// Modules that went during a disable, whose steps the main plan keeps but must skip.
-    pub gone: &'p [&'a str],
+    pub gone: &'p [ObjectName<'a>],
 }
 
 impl<'p, 'a> Transition<'p, 'a> {
@@ -53,7 +54,7 @@ impl<'p, 'a> Transition<'p, 'a> {
 
 /// Whether a step of the main disable plan is left out: a hook on a module that went during
 /// the disable, or on one that came during it (its own plan runs its sets).
-fn skipped(step: &Step<'_>, gone: &[&str], late: &[(&str, Plan<'_>)]) -> bool {
+fn skipped(step: &Step<'_>, gone: &[ObjectName<'_>], late: &[(ObjectName<'_>, Plan<'_>)]) -> bool {
     matches!(step, Step::Hook { object, .. }
         if gone.contains(object) || late.iter().any(|(o, _)| o == object))
 }

@@ -48,7 +48,7 @@ use crate::check::{check, CheckError};
 use crate::dispatch::Dispatcher;
 use crate::hook::Errno;
 use crate::plan::Hook;
-use crate::reader::{self, LiveFn, Patch, ReadError};
+use crate::reader::{self, LiveFn, ObjectName, Patch, ReadError};
 
 /// Why the simulated kernel refused an operation (what insmod or a sysfs write would return).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub enum SimError {
 
 /// A `struct klp_object` of a registered patch.
 struct KlpObject {
-    name: &'static str,
+    name: ObjectName<'static>,
     /// A nop object `klp_add_nops` made for an object only the replaced patch has.
     dynamic: bool,
     /// Which of the four callbacks the object has (nop objects: none, until the runtime's
@@ -100,10 +100,8 @@ struct KlpObject {
     post_unpatch_enabled: bool,
 }
 
-use crate::abi::VMLINUX;
-
 impl KlpObject {
-    fn new(name: &'static str, dynamic: bool) -> KlpObject {
+    fn new(name: ObjectName<'static>, dynamic: bool) -> KlpObject {
         KlpObject {
             name,
             dynamic,
@@ -123,7 +121,7 @@ struct PatchModule {
     objects: Vec<KlpObject>,
     enabled: bool,
     /// Target modules the runtime pinned (the C init's `pinned` array).
-    pins: Vec<&'static str>,
+    pins: Vec<ObjectName<'static>>,
 }
 
 /// `klp_target_state` and `klp_transition_patch`.
@@ -151,7 +149,7 @@ pub struct Kernel {
 fn static_objects(tables: &Patch<'static, LiveFn>) -> Vec<KlpObject> {
     let names = tables.funcs.iter().map(|f| f.object);
     let names = names.chain(tables.sets.iter().map(|s| s.object));
-    let mut objects = vec![KlpObject::new(VMLINUX, false)];
+    let mut objects = vec![KlpObject::new(ObjectName::VMLINUX, false)];
     for n in names {
         if !objects.iter().any(|o| o.name == n) {
             objects.push(KlpObject::new(n, false));
@@ -408,7 +406,7 @@ impl Kernel {
     /// `klp_is_object_loaded`.
     fn is_loaded(&self, m: usize, o: usize) -> bool {
         let name = self.modules[m].objects[o].name;
-        name == VMLINUX || self.loaded.contains_key(name)
+        name.is_vmlinux() || self.loaded.contains_key(name.as_str())
     }
 
     /// `klp_pre_patch_callback`.

@@ -25,7 +25,7 @@ impl Kernel {
         if self.loaded.contains_key(object) {
             return Err(SimError::AlreadyLoaded(object.into()));
         }
-        if object == VMLINUX {
+        if crate::abi::is_vmlinux(object) {
             // klp_module_coming refuses it: "vmlinux.ko: invalid module name".
             return Err(SimError::InvalidModuleName(object.into()));
         }
@@ -95,7 +95,11 @@ impl Kernel {
     /// the kernel: a runtime bug, which the simulator stops at.
     fn release_module(&mut self, object: &str) {
         self.loaded.remove(object);
-        if let Some(m) = self.modules.iter().find(|m| m.pins.contains(&object)) {
+        if let Some(m) = self
+            .modules
+            .iter()
+            .find(|m| m.pins.iter().any(|p| *p == object))
+        {
             panic!(
                 "klp-rs runtime bug: {} still pins {object}, which has been freed",
                 m.name

@@ -10,6 +10,7 @@ use crate::abi::{self, PatchHeader};
 use crate::dispatch::{HookAt, Platform, Report};
 use crate::hook::Errno;
 use crate::plan::Hook;
+use crate::reader::ObjectName;
 
 thread_local! {
     static MESSAGES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
@@ -41,20 +42,20 @@ impl Sim<'_> {
 }
 
 impl Platform for Sim<'_> {
-    fn pinned(&self, object: &str) -> bool {
+    fn pinned(&self, object: ObjectName<'_>) -> bool {
         self.kernel.modules[self.module].pins.contains(&object)
     }
 
     /// As the C init's `klp_rs_pin`: an object of this patch (nop objects included) whose
     /// module is loaded.
-    fn pin(&mut self, object: &'static str) -> bool {
+    fn pin(&mut self, object: ObjectName<'static>) -> bool {
         let k = &mut *self.kernel;
         let m = &mut k.modules[self.module];
         if m.pins.contains(&object) {
             return true;
         }
         let ours = m.objects.iter().any(|o| o.name == object);
-        let Some(refs) = k.loaded.get_mut(object).filter(|_| ours) else {
+        let Some(refs) = k.loaded.get_mut(object.as_str()).filter(|_| ours) else {
             return false;
         };
         *refs += 1;
@@ -62,12 +63,12 @@ impl Platform for Sim<'_> {
         true
     }
 
-    fn unpin(&mut self, object: &'static str) {
+    fn unpin(&mut self, object: ObjectName<'static>) {
         let k = &mut *self.kernel;
         let pins = &mut k.modules[self.module].pins;
         if let Some(i) = pins.iter().position(|p| *p == object) {
             pins.swap_remove(i);
-            if let Some(refs) = k.loaded.get_mut(object) {
+            if let Some(refs) = k.loaded.get_mut(object.as_str()) {
                 *refs -= 1;
             }
         }
@@ -148,7 +149,7 @@ impl Platform for Sim<'_> {
             Report::Failed { at, errno } => Event::HookFailed {
                 patch: at.patch,
                 set: at.set,
-                object: at.object,
+                object: at.object.as_str(),
                 hook: at.hook,
                 errno: errno.get(),
             },
