@@ -8,6 +8,10 @@ use core::fmt;
 
 use crate::abi::{self, layout};
 
+mod names;
+
+pub use names::{LiveFn, ObjectName, Origin};
+
 /// Which table a position refers to, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableKind {
@@ -82,121 +86,6 @@ pub trait Resolver<'a> {
         offset: usize,
         raw: u64,
     ) -> Result<Option<Self::Func>, ReadError>;
-}
-
-/// An object's name (`vmlinux` or a module's) as the tables hold it: UTF-8, and followed by
-/// its NUL in memory, so that it can go to C as it is. Only the reader makes them, from the
-/// tables' C strings; [`ObjectName::VMLINUX`] is the kernel proper's.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectName<'a>(&'a str);
-
-impl<'a> ObjectName<'a> {
-    pub const VMLINUX: ObjectName<'static> = ObjectName(match b"vmlinux\0".split_last() {
-        Some((0, name)) => match core::str::from_utf8(name) {
-            Ok(name) => name,
-            Err(_) => panic!("ASCII"),
-        },
-        _ => panic!("NUL-terminated"),
-    });
-
-    /// No object: an empty C string, which names none.
-    pub const NONE: ObjectName<'static> = ObjectName(match b"\0".split_last() {
-        Some((0, name)) => match core::str::from_utf8(name) {
-            Ok(name) => name,
-            Err(_) => panic!("ASCII"),
-        },
-        _ => panic!("NUL-terminated"),
-    });
-
-    /// The name of a C string; `None` if it is not UTF-8.
-    pub fn new(name: &'a CStr) -> Option<ObjectName<'a>> {
-        name.to_str().ok().map(ObjectName)
-    }
-
-    pub fn as_str(self) -> &'a str {
-        self.0
-    }
-
-    pub fn is_vmlinux(self) -> bool {
-        self.0 == Self::VMLINUX.0
-    }
-
-    /// The name for C: NUL-terminated.
-    pub fn as_ptr(self) -> *const core::ffi::c_char {
-        self.0.as_ptr().cast()
-    }
-}
-
-impl Default for ObjectName<'_> {
-    fn default() -> Self {
-        ObjectName::NONE
-    }
-}
-
-impl PartialEq<str> for ObjectName<'_> {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for ObjectName<'_> {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
-    }
-}
-
-impl fmt::Display for ObjectName<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl fmt::Debug for ObjectName<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.0, f)
-    }
-}
-
-/// Where an item was declared. The macros write `module::path::item (file:line)`; the reader
-/// takes it apart once, here. A string of another shape is kept whole as the item, line 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Origin<'a> {
-    pub item: &'a str,
-    pub file: &'a str,
-    pub line: u32,
-}
-
-impl<'a> Origin<'a> {
-    pub fn parse(s: &'a str) -> Origin<'a> {
-        let parsed = s.strip_suffix(')').and_then(|s| {
-            let (item, loc) = s.rsplit_once(" (")?;
-            let (file, line) = loc.rsplit_once(':')?;
-            Some(Origin {
-                item,
-                file,
-                line: line.parse().ok()?,
-            })
-        });
-        parsed.unwrap_or(Origin {
-            item: s,
-            file: "",
-            line: 0,
-        })
-    }
-
-    /// Declaration order within a crate: by file, then line.
-    pub fn source_order(&self) -> (&'a str, u32) {
-        (self.file, self.line)
-    }
-}
-
-impl fmt::Display for Origin<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.file.is_empty() {
-            return f.write_str(self.item);
-        }
-        write!(f, "{} ({}:{})", self.item, self.file, self.line)
-    }
 }
 
 /// A patched function.
@@ -377,7 +266,7 @@ pub fn read_tables<'a, R: Resolver<'a>>(
             old_name: s(Funcs, o, layout::FUNC_OLD_NAME, e)?,
             sympos: u32_at(e, layout::FUNC_SYMPOS),
             new_func: f(Funcs, o, layout::FUNC_NEW_FUNC, e)?,
-            origin: Origin::parse(s(Funcs, o, layout::FUNC_ORIGIN, e)?),
+            origin: Origin::new(s(Funcs, o, layout::FUNC_ORIGIN, e)?),
         };
         crate::fallible::push(&mut patch.funcs, func)?;
     }
@@ -391,7 +280,7 @@ pub fn read_tables<'a, R: Resolver<'a>>(
             id: u32_at(e, layout::SET_ID),
             object: object(Sets, o, layout::SET_OBJECT, e)?,
             hooks,
-            origin: Origin::parse(s(Sets, o, layout::SET_ORIGIN, e)?),
+            origin: Origin::new(s(Sets, o, layout::SET_ORIGIN, e)?),
         };
         crate::fallible::push(&mut patch.sets, set)?;
     }
@@ -405,43 +294,11 @@ pub fn read_tables<'a, R: Resolver<'a>>(
             align: u32_at(e, layout::SHADOW_TYPE_ALIGN),
             ctor: f(Shadows, o, layout::SHADOW_CTOR, e)?,
             dtor: f(Shadows, o, layout::SHADOW_DTOR, e)?,
-            origin: Origin::parse(s(Shadows, o, layout::SHADOW_ORIGIN, e)?),
+            origin: Origin::new(s(Shadows, o, layout::SHADOW_ORIGIN, e)?),
         };
         crate::fallible::push(&mut patch.shadows, shadow)?;
     }
     Ok(patch)
-}
-
-/// A function pointer of live tables: the address a hook, constructor or destructor slot
-/// held. Only [`Memory`] makes them, and calling one means naming what the slot holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LiveFn(usize);
-
-impl LiveFn {
-    pub fn addr(self) -> usize {
-        self.0
-    }
-
-    /// # Safety
-    /// The slot this came from holds a [`abi::PrePatchFn`] (a set's `pre_patch`).
-    pub unsafe fn pre_patch(self) -> abi::PrePatchFn {
-        // SAFETY: per the contract, a non-null function address of that type.
-        unsafe { core::mem::transmute::<usize, abi::PrePatchFn>(self.0) }
-    }
-
-    /// # Safety
-    /// The slot this came from holds a [`abi::HookFn`] (the other three hooks).
-    pub unsafe fn hook(self) -> abi::HookFn {
-        // SAFETY: as above.
-        unsafe { core::mem::transmute::<usize, abi::HookFn>(self.0) }
-    }
-
-    /// # Safety
-    /// The slot this came from holds a [`abi::ShadowDtorFn`] (a shadow type's `dtor`).
-    pub unsafe fn dtor(self) -> abi::ShadowDtorFn {
-        // SAFETY: as above.
-        unsafe { core::mem::transmute::<usize, abi::ShadowDtorFn>(self.0) }
-    }
 }
 
 /// Resolves pointers as live addresses in this address space. Making one is `unsafe`: it
