@@ -7,6 +7,7 @@ pub mod elf;
 pub mod inspect;
 pub mod kbuild;
 pub mod kconfig;
+pub mod new;
 pub mod status;
 pub mod tools;
 
@@ -30,6 +31,24 @@ pub enum Klp {
     Build(BuildArgs),
     /// Show what is in kernel modules (.ko, .ko.xz, .ko.zst), or what a replace will run.
     Inspect(InspectArgs),
+    /// Start a patch crate that builds and passes its own host test as it is.
+    New(NewArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NewArgs {
+    /// The crate's name (lowercase letters, digits, `_`); the module is klp_NAME.
+    pub name: String,
+    /// Where to create it (default: ./NAME). Must not exist.
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+    /// Depend on klp-runtime at this path (default: the runtime this cargo-klp was built
+    /// from, if its sources are still there).
+    #[arg(long, value_name = "DIR", conflicts_with = "runtime_version")]
+    pub runtime_path: Option<PathBuf>,
+    /// Depend on this version of klp-runtime from the registry.
+    #[arg(long, value_name = "VERSION")]
+    pub runtime_version: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +116,24 @@ fn run(cli: Cargo) -> anyhow::Result<()> {
             Ok(())
         }
         Klp::Inspect(a) => run_inspect(a),
+        Klp::New(a) => {
+            let runtime = match (a.runtime_path, a.runtime_version) {
+                (Some(p), _) => new::Runtime::Path(
+                    p.canonicalize()
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                ),
+                (None, Some(v)) => new::Runtime::Version(v),
+                (None, None) => new::Runtime::default_for_this_build(),
+            };
+            let dir = a.path.unwrap_or_else(|| PathBuf::from(&a.name));
+            let dir = new::new_crate(&a.name, &dir, &runtime)?;
+            eprintln!(
+                "     Created patch crate `{}` in {} (see its README.md: cargo test, cargo klp build)",
+                a.name,
+                dir.display()
+            );
+            Ok(())
+        }
     }
 }
 
