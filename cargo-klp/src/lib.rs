@@ -111,6 +111,7 @@ fn run(cli: Cargo) -> anyhow::Result<()> {
                     .map(|f| f.split_whitespace().map(str::to_string).collect())
                     .unwrap_or_default(),
                 alloc_faults: a.alloc_faults,
+                cache_dir: None,
             };
             build::build(&shell, &opts)?;
             Ok(())

@@ -67,6 +67,18 @@ fn a_new_crate_passes_its_own_tests_and_builds_a_module() {
             .collect::<Vec<_>>(),
         [(0x100, 1)]
     );
+
+    // A second new crate, elsewhere: its first build finds core and alloc, rebuilt with this
+    // kernel's flags, in the per-user cache the first one filled.
+    let dir = new_crate("second_fix", &scratch("second_fix"), &runtime()).unwrap();
+    let opts = cargo_klp::build::BuildOptions {
+        manifest_path: Some(dir.join("Cargo.toml")),
+        ..opts
+    };
+    let second = cargo_klp::build::build(&shell, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!second.core_rebuilt, "core was rebuilt for a second crate");
+    let r = cargo_klp::inspect::inspect(&second.ko).unwrap();
+    assert_eq!(r.name.as_deref(), Some("klp_second_fix"));
 }
 
 #[test]

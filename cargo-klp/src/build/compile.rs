@@ -21,19 +21,36 @@ pub(super) fn flags_hash(flags: &[String]) -> String {
     format!("{:08x}", h as u32)
 }
 
-/// Where the kernel object of a crate is cached for a set of codegen flags, and the file
-/// rustc writes it to.
+/// The per-user cache the kernel objects are compiled in: `$KLP_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/klp-rs`, else `~/.cache/klp-rs`. Every patch crate shares it, so `core`
+/// and `alloc`, rebuilt with a kernel's flags, are rebuilt once per user, not per crate.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("KLP_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("klp-rs")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("klp-rs")))
+}
+
+/// Where the kernel object of a crate is compiled for a set of codegen flags (cargo's target
+/// dir, shared by every crate built with those flags), and the file rustc writes it to (one
+/// per crate: its name and where its manifest is, since two crates may share a name).
 pub fn object_cache(
-    target_dir: &Path,
+    cache_root: &Path,
     flags: &[String],
     release: bool,
     package: &str,
+    manifest: &Path,
 ) -> (PathBuf, PathBuf) {
-    let cache = target_dir
-        .join("klp")
-        .join(format!("rustc-{}", flags_hash(flags)));
+    let cache = cache_root.join(format!("rustc-{}", flags_hash(flags)));
     let profile = if release { "klp-release" } else { "klp" };
-    let emitted = cache.join(format!("{profile}-{}.o", package.replace('-', "_")));
+    let place = flags_hash(&[manifest.display().to_string()]);
+    let emitted = cache
+        .join("objects")
+        .join(format!("{profile}-{}-{place}.o", package.replace('-', "_")));
     (cache, emitted)
 }
 
@@ -44,14 +61,14 @@ pub fn kernel_rustc_command(
     package: &str,
     release: bool,
     flags: &[String],
-    target_dir: &Path,
+    cache_root: &Path,
 ) -> Command {
     let (profile, inherits, opt) = if release {
         ("klp-release", "release", "3")
     } else {
         ("klp", "dev", "2")
     };
-    let (cache, emitted) = object_cache(target_dir, flags, release, package);
+    let (cache, emitted) = object_cache(cache_root, flags, release, package, manifest);
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.arg("rustc")
         .arg("--manifest-path")
@@ -100,24 +117,41 @@ pub fn kernel_rustc_command(
     cmd
 }
 
+/// The compiled object, and whether `core` had to be compiled for it.
+pub(super) struct Compiled {
+    pub object: PathBuf,
+    pub core_rebuilt: bool,
+}
+
 /// Compiles the crate into one object for the kernel.
 pub(super) fn compile(
     shell: &Shell,
     opts: &BuildOptions,
     pkg: &Package,
-    target_dir: &Path,
+    cache_root: &Path,
     tree: &KernelTree,
     staging: &Path,
-) -> Result<PathBuf> {
+) -> Result<Compiled> {
     let mut flags = tree.config.rustflags();
     flags.extend(opts.extra_rustflags.iter().cloned());
-    let (cache, emitted) = object_cache(target_dir, &flags, opts.release, pkg.name.as_str());
+    let manifest = pkg.manifest_path.as_std_path();
+    let (cache, emitted) = object_cache(
+        cache_root,
+        &flags,
+        opts.release,
+        pkg.name.as_str(),
+        manifest,
+    );
+    if let Some(dir) = emitted.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the build cache {}", dir.display()))?;
+    }
     let mut cmd = kernel_rustc_command(
-        pkg.manifest_path.as_std_path(),
+        manifest,
         pkg.name.as_str(),
         opts.release,
         &flags,
-        target_dir,
+        cache_root,
     );
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     shell.command(&cmd);
@@ -149,7 +183,11 @@ pub(super) fn compile(
         }
     });
     let reader = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut core_rebuilt = false;
     for msg in Message::parse_stream(reader) {
+        if let Ok(Message::CompilerArtifact(a)) = &msg {
+            core_rebuilt |= a.target.name == "core" && !a.fresh;
+        }
         if let Ok(Message::CompilerMessage(m)) = msg {
             // The same warning, when it comes as a diagnostic.
             if m.message.message.contains("unknown and unstable feature")
@@ -183,7 +221,10 @@ pub(super) fn compile(
     }
     let object = staging.join(format!("{}.rust.o", pkg.name.replace('-', "_")));
     std::fs::copy(&emitted, &object)?;
-    Ok(object)
+    Ok(Compiled {
+        object,
+        core_rebuilt,
+    })
 }
 
 /// The rustc cargo will run for the patch crate (its directory may pin a toolchain) must be

@@ -9,7 +9,7 @@ mod kernel_tree;
 mod manifest;
 mod validate;
 
-pub use compile::{kernel_rustc_command, object_cache};
+pub use compile::{default_cache_dir, kernel_rustc_command, object_cache};
 pub use kernel_tree::KernelTree;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +39,9 @@ pub struct BuildOptions {
     pub extra_rustflags: Vec<String>,
     /// A test build whose runtime allocations can be made to fail (`--alloc-faults`).
     pub alloc_faults: bool,
+    /// Where kernel objects are compiled (default: [`default_cache_dir`], else the crate's
+    /// target dir).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -50,6 +53,8 @@ pub struct Built {
     pub rust_object: PathBuf,
     /// The Kbuild directory the module was linked in.
     pub kbuild_dir: PathBuf,
+    /// Whether `core` was compiled for this build (not found in the cache).
+    pub core_rebuilt: bool,
 }
 
 fn run(shell: &Shell, cmd: &mut Command, what: &str) -> Result<String> {
@@ -129,7 +134,15 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         "Compiling",
         format!("{} v{} for kernel {}", pkg.name, pkg.version, tree.release),
     );
-    let object = compile(shell, opts, &pkg, &target_dir, &tree, &staging)?;
+    let cache_root = opts
+        .cache_dir
+        .clone()
+        .or_else(default_cache_dir)
+        .unwrap_or_else(|| target_dir.join("klp"));
+    let Compiled {
+        object,
+        core_rebuilt,
+    } = compile(shell, opts, &pkg, &cache_root, &tree, &staging)?;
 
     shell.status(
         "Checking",
@@ -200,5 +213,6 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         module: settings.name,
         rust_object: object,
         kbuild_dir: kb,
+        core_rebuilt,
     })
 }
