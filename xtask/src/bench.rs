@@ -189,9 +189,9 @@ fn build_bench() -> Result<()> {
         kernel.kdir.join(".config"),
     )?)
     .rustflags();
-    let manifest = rs.join("Cargo.toml");
-    let (cache, _) =
-        cargo_klp::build::object_cache(&cache_root, &flags, false, "cmdline", &manifest);
+    // The key cargo klp gave the crate's object in the cache (the first build made it).
+    let key = cargo_klp::build::crate_key(&rs_target, &rs.join("Cargo.toml"))?;
+    let (cache, _) = cargo_klp::build::object_cache(&cache_root, &flags, false, "cmdline", &key);
     let clean_crate = || {
         run(Command::new("cargo")
             .args([
@@ -230,10 +230,11 @@ fn build_bench() -> Result<()> {
             false,
             &flags,
             &cache_root,
+            &key,
         );
         run(&mut cmd)?;
         let (_, emitted) =
-            cargo_klp::build::object_cache(&cache_root, &flags, false, "cmdline", &manifest);
+            cargo_klp::build::object_cache(&cache_root, &flags, false, "cmdline", &key);
         std::fs::copy(emitted, &obj)?;
         run(make(&built.kbuild_dir)
             .arg(format!("RUST_OBJ={}", obj.display()))

@@ -30,24 +30,56 @@ pub fn default_cache_dir() -> Option<PathBuf> {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    var("KLP_CACHE_DIR")
-        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("klp-rs")))
-        .or_else(|| var("HOME").map(|d| d.join(".cache").join("klp-rs")))
+    // cargo and rustc resolve a relative path from different directories; XDG says to
+    // ignore a relative XDG_CACHE_HOME.
+    let klp = var("KLP_CACHE_DIR").and_then(|d| std::path::absolute(d).ok());
+    klp.or_else(|| {
+        var("XDG_CACHE_HOME")
+            .filter(|d| d.is_absolute())
+            .map(|d| d.join("klp-rs"))
+    })
+    .or_else(|| {
+        var("HOME")
+            .filter(|d| d.is_absolute())
+            .map(|d| d.join(".cache").join("klp-rs"))
+    })
+}
+
+/// What tells this crate's object apart in the shared cache: where its manifest is, and a
+/// token kept in the crate's own target dir. A crate deleted and re-created at the same
+/// place (with older file times, say from an archive) gets a new token, so cargo rebuilds it
+/// rather than find the old crate's object fresh.
+pub fn crate_key(target_dir: &Path, manifest: &Path) -> Result<String> {
+    let file = target_dir.join("klp").join("cache-token");
+    let token = match std::fs::read_to_string(&file) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let token = flags_hash(&[format!("{now}-{}", std::process::id())]);
+            std::fs::create_dir_all(file.parent().expect("a file in a directory"))?;
+            std::fs::write(&file, &token)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            token
+        }
+    };
+    Ok(format!("{}#{token}", manifest.display()))
 }
 
 /// Where the kernel object of a crate is compiled for a set of codegen flags (cargo's target
 /// dir, shared by every crate built with those flags), and the file rustc writes it to (one
-/// per crate: its name and where its manifest is, since two crates may share a name).
+/// per crate: its name and its [`crate_key`], since two crates may share a name).
 pub fn object_cache(
     cache_root: &Path,
     flags: &[String],
     release: bool,
     package: &str,
-    manifest: &Path,
+    key: &str,
 ) -> (PathBuf, PathBuf) {
     let cache = cache_root.join(format!("rustc-{}", flags_hash(flags)));
     let profile = if release { "klp-release" } else { "klp" };
-    let place = flags_hash(&[manifest.display().to_string()]);
+    let place = flags_hash(&[key.to_string()]);
     let emitted = cache
         .join("objects")
         .join(format!("{profile}-{}-{place}.o", package.replace('-', "_")));
@@ -62,13 +94,14 @@ pub fn kernel_rustc_command(
     release: bool,
     flags: &[String],
     cache_root: &Path,
+    key: &str,
 ) -> Command {
     let (profile, inherits, opt) = if release {
         ("klp-release", "release", "3")
     } else {
         ("klp", "dev", "2")
     };
-    let (cache, emitted) = object_cache(cache_root, flags, release, package, manifest);
+    let (cache, emitted) = object_cache(cache_root, flags, release, package, key);
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.arg("rustc")
         .arg("--manifest-path")
@@ -129,19 +162,15 @@ pub(super) fn compile(
     opts: &BuildOptions,
     pkg: &Package,
     cache_root: &Path,
+    target_dir: &Path,
     tree: &KernelTree,
     staging: &Path,
 ) -> Result<Compiled> {
     let mut flags = tree.config.rustflags();
     flags.extend(opts.extra_rustflags.iter().cloned());
     let manifest = pkg.manifest_path.as_std_path();
-    let (cache, emitted) = object_cache(
-        cache_root,
-        &flags,
-        opts.release,
-        pkg.name.as_str(),
-        manifest,
-    );
+    let key = crate_key(target_dir, manifest)?;
+    let (cache, emitted) = object_cache(cache_root, &flags, opts.release, pkg.name.as_str(), &key);
     if let Some(dir) = emitted.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the build cache {}", dir.display()))?;
@@ -152,6 +181,7 @@ pub(super) fn compile(
         opts.release,
         &flags,
         cache_root,
+        &key,
     );
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     shell.command(&cmd);

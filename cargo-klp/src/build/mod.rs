@@ -9,7 +9,7 @@ mod kernel_tree;
 mod manifest;
 mod validate;
 
-pub use compile::{default_cache_dir, kernel_rustc_command, object_cache};
+pub use compile::{crate_key, default_cache_dir, kernel_rustc_command, object_cache};
 pub use kernel_tree::KernelTree;
 
 use std::path::{Path, PathBuf};
@@ -142,7 +142,7 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     let Compiled {
         object,
         core_rebuilt,
-    } = compile(shell, opts, &pkg, &cache_root, &tree, &staging)?;
+    } = compile(shell, opts, &pkg, &cache_root, &target_dir, &tree, &staging)?;
 
     shell.status(
         "Checking",

@@ -169,6 +169,13 @@ pub(super) fn read<R: ReadAt + ?Sized>(
             "no ELF header: the file is {len} bytes and does not start with \\x7fELF"
         )));
     }
+    // As object does: a class and a byte order it knows, and section headers of their size.
+    if !matches!(ident[4], 1 | 2) || !matches!(ident[5], 1 | 2) {
+        return Err(elf(format!(
+            "unknown ELF class {} or byte order {} (offsets 4 and 5)",
+            ident[4], ident[5]
+        )));
+    }
     let big_endian = ident[5] == 2;
     let num = |b: &[u8]| {
         let fold = |v: u64, x: &u8| (v << 8) | u64::from(*x);
@@ -205,6 +212,14 @@ pub(super) fn read<R: ReadAt + ?Sized>(
             size: field(b, h + size_at, w),
         }
     };
+    let shentsize_at = if elf64 { 0x3a } else { 0x2e };
+    if shoff != 0 && field(&ident, shentsize_at, 2) != entry {
+        return Err(elf(format!(
+            "section headers of {} bytes (e_shentsize); ELF{} has {entry}",
+            field(&ident, shentsize_at, 2),
+            if elf64 { 64 } else { 32 }
+        )));
+    }
     let mut shnum = field(&ident, shnum_at, 2);
     let mut strndx = field(&ident, strndx_at, 2);
     if shoff == 0 {
@@ -231,6 +246,15 @@ pub(super) fn read<R: ReadAt + ?Sized>(
             "truncated: the section header table at offset {shoff:#x} ({shnum} entries) ends at \
              offset {end:#x}, past the end of the file ({len:#x} bytes)"
         )));
+    }
+    let too_big = |what: &str, n: u64| {
+        elf(format!(
+            "{what} is {n} bytes, more than any module's ({} MiB at most)",
+            super::MAX_MODULE >> 20
+        ))
+    };
+    if end - shoff > super::MAX_MODULE as u64 {
+        return Err(too_big("the section header table", end - shoff));
     }
     let table = src.read_at(shoff, end - shoff).map_err(io)?;
     let mut total = 0u64;
@@ -262,6 +286,9 @@ pub(super) fn read<R: ReadAt + ?Sized>(
         if s.kind == SHT_NOBITS || s.size == 0 {
             return Ok(Vec::new());
         }
+        if s.size > super::MAX_MODULE as u64 {
+            return Err(too_big("a section", s.size));
+        }
         Ok(src.read_at(s.offset, s.size).map_err(io)?.into_owned())
     };
     let strtab = if (1..shnum).contains(&strndx) {
@@ -280,10 +307,15 @@ pub(super) fn read<R: ReadAt + ?Sized>(
         signed: false,
         klp_rela_sections: Vec::new(),
     };
+    // The first `.modinfo`, as `section_by_name` finds it.
+    let mut modinfo_seen = false;
     for i in 1..shnum {
         let s = shdr(&table, i);
         match name(&s) {
-            Some(".modinfo") if headline.modinfo.is_empty() => headline.modinfo = data_of(&s)?,
+            Some(".modinfo") if !modinfo_seen => {
+                modinfo_seen = true;
+                headline.modinfo = data_of(&s)?;
+            }
             Some(n) if n.starts_with(".klp.rela.") => headline.klp_rela_sections.push(names.own(n)),
             _ => {}
         }

@@ -63,6 +63,7 @@ fn elf(len: usize, sections: &[(u32, u64, u64)], extended: bool) -> Vec<u8> {
     let shoff = len - 64 * (sections.len() + 1);
     let shnum = sections.len() as u64 + 1;
     d[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+    d[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
     if extended {
         d[shoff + 0x20..shoff + 0x28].copy_from_slice(&shnum.to_le_bytes());
     } else {
