@@ -428,13 +428,22 @@ pub fn disable<'a, F>(
     Ok(plan)
 }
 
+/// `patch`'s sets on `object`, by ascending id.
+fn sets_on<'p, 'a, F>(
+    patch: &'p Patch<'a, F>,
+    object: ObjectName<'_>,
+) -> Result<Vec<&'p crate::reader::CallbackSet<'a, F>>, AllocError> {
+    let mut sets = sets_not_in::<F, F>(patch, None)?;
+    sets.retain(|s| s.object == object);
+    Ok(sets)
+}
+
 /// A module `object` loads while `patch` is enabled: its sets set up.
 pub fn module_coming<'a, F>(
     patch: &Patch<'a, F>,
     object: ObjectName<'_>,
 ) -> Result<Plan<'a>, AllocError> {
-    let mut sets = sets_not_in::<F, F>(patch, None)?;
-    sets.retain(|s| s.object == object);
+    let sets = sets_on(patch, object)?;
     let mut plan = Plan::default();
     for s in &sets {
         let undo = core::iter::once(hook(Side::Old, s, Hook::PostUnpatch)).chain(frees::<F, F>(
@@ -459,8 +468,7 @@ pub fn module_going<'a, F>(
     patch: &Patch<'a, F>,
     object: ObjectName<'_>,
 ) -> Result<Plan<'a>, AllocError> {
-    let mut sets = sets_not_in::<F, F>(patch, None)?;
-    sets.retain(|s| s.object == object);
+    let sets = sets_on(patch, object)?;
     let mut plan = Plan::default();
     for s in sets.iter().rev() {
         let undo = core::iter::once(hook(Side::Old, s, Hook::PostPatch));
