@@ -92,13 +92,21 @@ pub struct BuildArgs {
     /// the Nth), to check that every failure is a clean error. Never ship such a module.
     #[arg(long)]
     pub alloc_faults: bool,
+    /// `json`: one JSON object per step on stdout, then the artifact (`reason`: `klp-step`,
+    /// `klp-warning`, `klp-artifact`), as `cargo build --message-format json` does.
+    #[arg(long, value_name = "FMT", default_value = "human", value_parser = ["human", "json"])]
+    pub message_format: String,
 }
 
 fn run(cli: Cargo) -> anyhow::Result<()> {
     let Cargo::Klp(cmd) = cli;
     match cmd {
         Klp::Build(a) => {
-            let shell = status::Shell::new(a.verbose);
+            let shell = if a.message_format == "json" {
+                status::Shell::json(a.verbose)
+            } else {
+                status::Shell::new(a.verbose)
+            };
             let opts = build::BuildOptions {
                 manifest_path: a.manifest_path,
                 package: a.package,
@@ -113,7 +121,15 @@ fn run(cli: Cargo) -> anyhow::Result<()> {
                 alloc_faults: a.alloc_faults,
                 cache_dir: None,
             };
-            build::build(&shell, &opts)?;
+            let built = build::build(&shell, &opts)?;
+            if shell.is_json() {
+                shell.emit(&serde_json::json!({
+                    "reason": "klp-artifact",
+                    "module": built.module,
+                    "ko": built.ko,
+                    "core_rebuilt": built.core_rebuilt,
+                }));
+            }
             Ok(())
         }
         Klp::Inspect(a) => run_inspect(a),

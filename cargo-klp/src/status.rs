@@ -1,4 +1,5 @@
-//! Cargo-style status lines on stderr: a right-aligned verb, in bold green on a terminal.
+//! Cargo-style status lines on stderr: a right-aligned verb, in bold green on a terminal; or,
+//! with `--message-format json`, one JSON object per line on stdout, as cargo does.
 
 use std::fmt::Display;
 use std::io::IsTerminal;
@@ -7,6 +8,7 @@ use std::process::Command;
 pub struct Shell {
     pub verbose: bool,
     color: bool,
+    json: bool,
 }
 
 impl Shell {
@@ -14,10 +16,39 @@ impl Shell {
         Shell {
             verbose,
             color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            json: false,
         }
     }
 
+    /// Messages as JSON lines on stdout (`--message-format json`).
+    pub fn json(verbose: bool) -> Shell {
+        Shell {
+            json: true,
+            ..Shell::new(verbose)
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// One JSON message on stdout, as a line.
+    pub fn emit(&self, message: &serde_json::Value) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{message}");
+        let _ = out.flush();
+    }
+
     pub fn status(&self, verb: &str, message: impl Display) {
+        if self.json {
+            self.emit(&serde_json::json!({
+                "reason": "klp-step",
+                "step": verb,
+                "message": message.to_string(),
+            }));
+            return;
+        }
         if self.color {
             eprintln!("\x1b[1;32m{verb:>12}\x1b[0m {message}");
         } else {
@@ -26,6 +57,13 @@ impl Shell {
     }
 
     pub fn warn(&self, message: impl Display) {
+        if self.json {
+            self.emit(&serde_json::json!({
+                "reason": "klp-warning",
+                "message": message.to_string(),
+            }));
+            return;
+        }
         if self.color {
             eprintln!("\x1b[1;33mwarning\x1b[0m: {message}");
         } else {

@@ -139,3 +139,49 @@ fn v6_12_without_the_linker() {
         &["x86_64-linux-gnu-ld not found: Kbuild links the module with it; apt-get install binutils-x86-64-linux-gnu"],
     );
 }
+
+/// `--message-format json`: stdout carries one JSON object per line, as cargo's does, the
+/// steps first and the artifact last.
+#[test]
+fn v6_1_build_messages_as_json_lines() {
+    let k = klp_harness::kernel(Series::V6_1).unwrap_or_else(|e| panic!("{e:#}"));
+    let out_dir = klp_harness::target_dir()
+        .join("klp-tools-test")
+        .join("json-out");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let out = Command::new(cargo_klp())
+        .args([
+            "klp",
+            "build",
+            "--message-format",
+            "json",
+            "--manifest-path",
+        ])
+        .arg(klp_harness::workspace().join("examples/cmdline/Cargo.toml"))
+        .arg("--kdir")
+        .arg(&k.kdir)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let messages: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let reasons: Vec<&str> = messages
+        .iter()
+        .map(|m| m["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"klp-step"), "{reasons:?}");
+    assert_eq!(reasons.last(), Some(&"klp-artifact"), "{reasons:?}");
+    let artifact = messages.last().unwrap();
+    assert_eq!(artifact["module"], "klp_cmdline");
+    let ko = std::path::Path::new(artifact["ko"].as_str().unwrap());
+    assert!(ko.is_file() && ko.starts_with(&out_dir), "{ko:?}");
+}
