@@ -15,6 +15,14 @@ fn scratch(what: &str) -> PathBuf {
     dir
 }
 
+fn locked(dir: &std::path::Path) {
+    std::fs::copy(
+        klp_harness::workspace().join("Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .unwrap();
+}
+
 fn runtime() -> Runtime {
     Runtime::Path(klp_harness::workspace().join("klp-runtime"))
 }
@@ -22,6 +30,9 @@ fn runtime() -> Runtime {
 #[test]
 fn a_new_crate_passes_its_own_tests_and_builds_a_module() {
     let dir = new_crate("first_fix", &scratch("first_fix"), &runtime()).unwrap();
+    // The versions this workspace is tested with, so that the test resolves nothing anew
+    // (and needs no network): the new crate's dependencies are a subset.
+    locked(&dir);
     // Its own target dir (it is not in this workspace), kept between runs.
     let target = klp_harness::target_dir()
         .join("klp-new-test")
@@ -71,6 +82,7 @@ fn a_new_crate_passes_its_own_tests_and_builds_a_module() {
     // A second new crate, elsewhere: its first build finds core and alloc, rebuilt with this
     // kernel's flags, in the per-user cache the first one filled.
     let dir = new_crate("second_fix", &scratch("second_fix"), &runtime()).unwrap();
+    locked(&dir);
     let opts = cargo_klp::build::BuildOptions {
         manifest_path: Some(dir.join("Cargo.toml")),
         ..opts
