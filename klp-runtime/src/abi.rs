@@ -12,7 +12,12 @@ use core::mem::{offset_of, size_of};
 
 /// The object name of the kernel proper, in the tables and in the dispatcher's calls (the
 /// kernel's `klp_object` for it has no name).
-pub const VMLINUX: &str = "vmlinux";
+pub const VMLINUX: &str = match VMLINUX_C.to_str() {
+    Ok(name) => name,
+    Err(_) => panic!("ASCII"),
+};
+/// The same, NUL-terminated: what `reader::ObjectName::VMLINUX` hands to C.
+pub const VMLINUX_C: &core::ffi::CStr = c"vmlinux";
 
 /// Whether an object name is the kernel proper's rather than a module's.
 pub fn is_vmlinux(object: &str) -> bool {

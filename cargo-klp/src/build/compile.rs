@@ -11,9 +11,10 @@ use crate::tools;
 
 use super::*;
 
-/// A short stable hash of the codegen flags: objects built with different flags (a 6.1 and
-/// a 6.12 kernel) keep separate cargo caches instead of rebuilding `core` in turn.
-pub(super) fn flags_hash(flags: &[String]) -> String {
+/// A short stable hash (FNV-1a) of some strings: of the codegen flags, so that objects built
+/// with different flags (a 6.1 and a 6.12 kernel) keep separate cargo caches instead of
+/// rebuilding `core` in turn; of a crate's key, to name its object.
+pub(super) fn short_hash(flags: &[String]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in flags.join(" ").bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
@@ -57,7 +58,7 @@ pub fn crate_key(target_dir: &Path, manifest: &Path) -> Result<String> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos());
-            let token = flags_hash(&[format!("{now}-{}", std::process::id())]);
+            let token = short_hash(&[format!("{now}-{}", std::process::id())]);
             std::fs::create_dir_all(file.parent().expect("a file in a directory"))?;
             std::fs::write(&file, &token)
                 .with_context(|| format!("cannot write {}", file.display()))?;
@@ -77,9 +78,9 @@ pub fn object_cache(
     package: &str,
     key: &str,
 ) -> (PathBuf, PathBuf) {
-    let cache = cache_root.join(format!("rustc-{}", flags_hash(flags)));
+    let cache = cache_root.join(format!("rustc-{}", short_hash(flags)));
     let profile = if release { "klp-release" } else { "klp" };
-    let place = flags_hash(&[key.to_string()]);
+    let place = short_hash(&[key.to_string()]);
     let emitted = cache
         .join("objects")
         .join(format!("{profile}-{}-{place}.o", package.replace('-', "_")));

@@ -105,6 +105,8 @@ pub(super) struct Headline {
     /// The raw `.modinfo` section (`key=value` strings, NUL-separated).
     pub modinfo: Vec<u8>,
     pub signed: bool,
+    /// `.modinfo` says `livepatch=Y`.
+    pub livepatch: bool,
     /// Names of the `.klp.rela.*` sections (klp relocations).
     pub klp_rela_sections: Vec<String>,
 }
@@ -118,16 +120,9 @@ impl Headline {
             .collect()
     }
 
-    pub fn field(&self, key: &str) -> Option<&str> {
-        self.modinfo()
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
-    }
-
     /// Whether the module carries livepatch tables of some kind: only then is it read whole.
     pub fn needs_tables(&self) -> bool {
-        self.field("livepatch") == Some("Y") || !self.klp_rela_sections.is_empty()
+        self.livepatch || !self.klp_rela_sections.is_empty()
     }
 }
 
@@ -305,6 +300,7 @@ pub(super) fn read<R: ReadAt + ?Sized>(
     let mut headline = Headline {
         modinfo: Vec::new(),
         signed: false,
+        livepatch: false,
         klp_rela_sections: Vec::new(),
     };
     // The first `.modinfo`, as `section_by_name` finds it.
@@ -320,6 +316,7 @@ pub(super) fn read<R: ReadAt + ?Sized>(
             _ => {}
         }
     }
+    headline.livepatch = headline.modinfo().contains(&("livepatch", "Y"));
     let marker = SIGNATURE_MAGIC.len() as u64;
     headline.signed =
         len >= marker && *src.read_at(len - marker, marker).map_err(io)? == *SIGNATURE_MAGIC;

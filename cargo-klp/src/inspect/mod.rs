@@ -197,7 +197,7 @@ fn head_fields(
     let info = head.modinfo();
     let field = |k: &str| info.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
     let get = |k: &str| field(k).map(|v| names.own(v));
-    let livepatch = field("livepatch") == Some("Y");
+    let livepatch = head.livepatch;
     Report {
         file: path.into(),
         compression,

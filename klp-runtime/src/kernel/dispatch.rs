@@ -6,7 +6,7 @@ use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, CStr};
 
 use crate::abi::{self, PatchHeader};
-use crate::dispatch::{Dispatcher, HookAt, Platform, Report};
+use crate::dispatch::{Dispatcher, Platform, Report};
 use crate::hook::Errno;
 use crate::plan::Hook;
 use crate::reader::ObjectName;
@@ -130,10 +130,6 @@ impl Platform for Kernel {
     fn free_all(&mut self, shadow: u64, dtor: Option<abi::ShadowDtorFn>) -> usize {
         // SAFETY: runs under klp_mutex after the transition: no patched code uses them.
         unsafe { klp_rs_shadow_free_all(shadow, dtor) }
-    }
-
-    fn call_hook(&mut self, _at: HookAt, call: &mut dyn FnMut() -> c_int) -> c_int {
-        call()
     }
 
     fn report(&mut self, report: Report<'_>) {

@@ -13,22 +13,18 @@ use crate::abi;
 pub struct ObjectName<'a>(&'a str);
 
 impl<'a> ObjectName<'a> {
-    pub const VMLINUX: ObjectName<'static> = ObjectName(match b"vmlinux\0".split_last() {
-        Some((0, name)) => match core::str::from_utf8(name) {
-            Ok(name) => name,
-            Err(_) => panic!("ASCII"),
-        },
-        _ => panic!("NUL-terminated"),
-    });
+    pub const VMLINUX: ObjectName<'static> = ObjectName::from_static(abi::VMLINUX_C);
 
     /// No object: an empty C string, which names none.
-    pub const NONE: ObjectName<'static> = ObjectName(match b"\0".split_last() {
-        Some((0, name)) => match core::str::from_utf8(name) {
-            Ok(name) => name,
-            Err(_) => panic!("ASCII"),
-        },
-        _ => panic!("NUL-terminated"),
-    });
+    pub const NONE: ObjectName<'static> = ObjectName::from_static(c"");
+
+    /// A name spelled in this crate (checked when it is compiled).
+    const fn from_static(name: &'static CStr) -> ObjectName<'static> {
+        match core::str::from_utf8(name.to_bytes()) {
+            Ok(name) => ObjectName(name),
+            Err(_) => panic!("object names are UTF-8"),
+        }
+    }
 
     /// The name of a C string; `None` if it is not UTF-8.
     pub fn new(name: &'a CStr) -> Option<ObjectName<'a>> {
@@ -128,10 +124,6 @@ impl fmt::Display for Origin<'_> {
 pub struct LiveFn(pub(super) usize);
 
 impl LiveFn {
-    pub fn addr(self) -> usize {
-        self.0
-    }
-
     /// # Safety
     /// The slot this came from holds a [`abi::PrePatchFn`] (a set's `pre_patch`).
     pub unsafe fn pre_patch(self) -> abi::PrePatchFn {
