@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod kbuild;
 pub mod kconfig;
 pub mod new;
+pub mod run;
 pub mod status;
 pub mod tools;
 
@@ -33,6 +34,45 @@ pub enum Klp {
     Inspect(InspectArgs),
     /// Start a patch crate that builds and passes its own host test as it is.
     New(NewArgs),
+    /// Build the patch for a kernel and boot that kernel under qemu with it; run a script in
+    /// the guest (default: load, show /sys/kernel/livepatch, disable, unload, kernel log).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// A local kernel image to boot (vmlinux or bzImage) instead of a Debian kernel; --kdir
+    /// names its build tree.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "kdir",
+        conflicts_with = "kernel"
+    )]
+    pub image: Option<PathBuf>,
+    /// The local kernel's modules (default: /lib/modules/<release>).
+    #[arg(long, value_name = "DIR", requires = "image")]
+    pub modules_dir: Option<PathBuf>,
+    /// A module to load before the patch, e.g. the previous version it replaces (repeatable,
+    /// loaded in order; `$WITH` in the script).
+    #[arg(long, value_name = "FILE.ko")]
+    pub with: Vec<PathBuf>,
+    /// A module of the kernel's image, by name, loaded first (repeatable; `$MODULES`).
+    #[arg(long, value_name = "NAME")]
+    pub module: Vec<String>,
+    /// The guest script (busybox sh; `$PATCH` is the patch's module name, helpers `load`,
+    /// `disable`, `lpstate`, `section`, `waitlp`; modules are in /mod). Default: load,
+    /// /sys/kernel/livepatch, disable, unload, kernel log.
+    #[arg(long, value_name = "FILE")]
+    pub script: Option<PathBuf>,
+    /// Seconds from boot to power-off before the VM is killed and the run fails.
+    #[arg(long, value_name = "SECS", default_value_t = 180)]
+    pub timeout: u64,
+    /// Virtual CPUs.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub cpus: u32,
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +109,10 @@ pub struct BuildArgs {
     /// Build with the release profile's optimizations.
     #[arg(long)]
     pub release: bool,
+    /// A Debian kernel to build for: debian:6.1 or debian:6.12 (the newest ABI apt offers)
+    /// or an exact ABI (debian:6.1.0-56-amd64); fetched into the per-user cache on first use.
+    #[arg(long, value_name = "SPEC", conflicts_with = "kdir")]
+    pub kernel: Option<klp_vm::KernelSpec>,
     /// The kernel build tree (default: $KDIR, else /lib/modules/$(uname -r)/build).
     #[arg(long, value_name = "DIR")]
     pub kdir: Option<PathBuf>,
@@ -98,30 +142,18 @@ pub struct BuildArgs {
     pub message_format: String,
 }
 
-fn run(cli: Cargo) -> anyhow::Result<()> {
+fn run(cli: Cargo) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
     let Cargo::Klp(cmd) = cli;
     match cmd {
         Klp::Build(a) => {
-            let shell = if a.message_format == "json" {
-                status::Shell::json(a.verbose)
-            } else {
-                status::Shell::new(a.verbose)
-            };
-            let opts = build::BuildOptions {
-                manifest_path: a.manifest_path,
-                package: a.package,
-                release: a.release,
-                kdir: a.kdir,
-                out: a.out,
-                sign: a.sign.map(|v| (v[0].clone(), v[1].clone())),
-                // Like RUSTFLAGS, but for the kernel object only (space-separated).
-                extra_rustflags: std::env::var("KLP_RUSTFLAGS")
-                    .map(|f| f.split_whitespace().map(str::to_string).collect())
-                    .unwrap_or_default(),
-                alloc_faults: a.alloc_faults,
-                cache_dir: None,
-            };
-            let built = build::build(&shell, &opts)?;
+            let shell = shell(&a);
+            let mut opts = build_options(a);
+            if let Some(spec) = opts.1 {
+                let k = run::kernel(&shell, &run::KernelChoice::Debian(spec))?;
+                opts.0.kdir = Some(k.kdir);
+            }
+            let built = build::build(&shell, &opts.0)?;
             if shell.is_json() {
                 shell.emit(&serde_json::json!({
                     "reason": "klp-artifact",
@@ -130,9 +162,41 @@ fn run(cli: Cargo) -> anyhow::Result<()> {
                     "core_rebuilt": built.core_rebuilt,
                 }));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Klp::Inspect(a) => run_inspect(a),
+        Klp::Run(a) => {
+            let shell = shell(&a.build);
+            let (build, spec) = build_options(a.build);
+            let kernel = match (a.image, spec) {
+                (Some(image), _) => run::KernelChoice::Local {
+                    image,
+                    kdir: build.kdir.clone().context("--image needs --kdir")?,
+                    modules: a.modules_dir,
+                },
+                (None, Some(spec)) => run::KernelChoice::Debian(spec),
+                (None, None) => anyhow::bail!(
+                    "cargo klp run needs a kernel to boot: --kernel debian:6.1 (or debian:6.12, \
+                     or an exact ABI), or --image FILE --kdir DIR for one you have"
+                ),
+            };
+            let status = run::run(
+                &shell,
+                &run::RunOptions {
+                    build,
+                    kernel,
+                    with: a.with,
+                    modules: a.module,
+                    script: a.script,
+                    boot: klp_vm::BootOptions {
+                        cpus: a.cpus,
+                        timeout: std::time::Duration::from_secs(a.timeout),
+                    },
+                },
+            )?;
+            // The script's status, as a shell reports it: 0..=255.
+            Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+        }
+        Klp::Inspect(a) => run_inspect(a).map(|()| ExitCode::SUCCESS),
         Klp::New(a) => {
             let runtime = match (a.runtime_path, a.runtime_version) {
                 (Some(p), _) => new::Runtime::Path(
@@ -149,9 +213,36 @@ fn run(cli: Cargo) -> anyhow::Result<()> {
                 a.name,
                 dir.display()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn shell(a: &BuildArgs) -> status::Shell {
+    if a.message_format == "json" {
+        status::Shell::json(a.verbose)
+    } else {
+        status::Shell::new(a.verbose)
+    }
+}
+
+/// The build's options, and the Debian kernel `--kernel` names (resolved by the caller).
+fn build_options(a: BuildArgs) -> (build::BuildOptions, Option<klp_vm::KernelSpec>) {
+    let opts = build::BuildOptions {
+        manifest_path: a.manifest_path,
+        package: a.package,
+        release: a.release,
+        kdir: a.kdir,
+        out: a.out,
+        sign: a.sign.map(|v| (v[0].clone(), v[1].clone())),
+        // Like RUSTFLAGS, but for the kernel object only (space-separated).
+        extra_rustflags: std::env::var("KLP_RUSTFLAGS")
+            .map(|f| f.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
+        alloc_faults: a.alloc_faults,
+        cache_dir: None,
+    };
+    (opts, a.kernel)
 }
 
 fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
@@ -219,7 +310,7 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
 /// The command line's entry point.
 pub fn main() -> ExitCode {
     match run(Cargo::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -229,9 +229,9 @@ pub fn missing(needs: &[Need], path: &OsStr) -> Vec<Need> {
         .collect()
 }
 
-/// The error `cargo klp build` stops with: every missing tool on a line of its own.
+/// The error `cargo klp` stops with: every missing tool on a line of its own.
 #[derive(Debug, thiserror::Error)]
-#[error("{} the build needs {} missing on this machine:\n  {}\n(install them, or all at once: apt-get install {})",
+#[error("{} cargo klp needs {} missing on this machine:\n  {}\n(install them, or all at once: apt-get install {})",
     if .0.len() == 1 { "a tool" } else { "tools" },
     if .0.len() == 1 { "is" } else { "are" },
     .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "),
@@ -385,5 +385,24 @@ mod rustc_tests {
         );
         assert!(e.contains("KLP_UNVERIFIED_RUSTC=1"), "{e}");
         assert_eq!(rustc_release("release: 1.97.0-nightly\n"), Some((1, 97, 0)));
+    }
+}
+
+/// Checks the programs a [`klp_vm`] step runs (fetching a kernel, booting one), each missing
+/// one named with its Debian package.
+pub fn check_vm(tools: &[klp_vm::Tool]) -> Result<(), MissingTools> {
+    let needs: Vec<Need> = tools
+        .iter()
+        .map(|t| Need::Program {
+            name: t.program.into(),
+            package: t.package.into(),
+            why: t.why.into(),
+        })
+        .collect();
+    let missing = missing(&needs, &std::env::var_os("PATH").unwrap_or_default());
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(MissingTools(missing))
     }
 }

@@ -1,10 +1,7 @@
-//! The real-kernel harness: set up a fresh machine, fetch Debian kernels, build patch crates
-//! with `cargo klp build`, and boot them under qemu. The real-kernel tests and `cargo xtask`
-//! use it.
-
-pub mod initramfs;
-pub mod kernels;
-pub mod vm;
+//! The project's real-kernel fixture: set up a fresh machine (the Debian packages the suite
+//! runs), fetch the kernels, build the workspace's patch crates and C fixtures, and boot them
+//! through [`klp_vm`], the library `cargo klp run` uses. The real-kernel tests and
+//! `cargo xtask` use it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,8 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 
-pub use kernels::{Kernel, Series};
-pub use vm::GuestLog;
+pub use klp_vm::{run, BootOptions, GuestLog, Kernel, KernelSpec, Output, Series};
 
 /// Debian packages the harness and the tests run. What a module build needs comes from each
 /// kernel's tree instead ([`cargo_klp::tools`]: the kernel's compiler, pahole where Kbuild adds
@@ -46,8 +42,12 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target"))
 }
 
+/// Where kernels are unpacked: the per-user cache `cargo klp` uses, so that `cargo klp run`
+/// and `cargo klp build --kernel` find the kernels the suite fetched.
 fn kernel_cache() -> PathBuf {
-    target_dir().join("klp-kernels")
+    klp_vm::cache_dir()
+        .unwrap_or_else(|| target_dir().join("klp-cache"))
+        .join("kernels")
 }
 
 fn status(verb: &str, msg: impl std::fmt::Display) {
@@ -59,37 +59,6 @@ fn installed(pkg: &str) -> bool {
         .args(["-W", "-f=${Status}", pkg])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-/// What [`run`] does with a command's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    /// Passed through (installs, the test suite): the user watches it.
-    Shown,
-    /// Kept: returned, and shown in the error if the command fails.
-    Captured,
-}
-
-/// Runs a command to completion: the one way the harness and the tasks run a tool. `what`
-/// names it in errors. Returns its standard output when captured.
-pub fn run(cmd: &mut Command, what: &str, output: Output) -> Result<String> {
-    if output == Output::Shown {
-        let s = cmd.status().with_context(|| format!("cannot run {what}"))?;
-        if !s.success() {
-            bail!("{what} failed ({s})");
-        }
-        return Ok(String::new());
-    }
-    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Installs Debian packages that are not installed yet.
@@ -160,26 +129,31 @@ fn setup_kernel(kernel: &Kernel) -> Result<()> {
 /// The newest kernel of a series, fetched if needed, with what building modules for it
 /// runs installed.
 pub fn fetch_kernel(series: Series) -> Result<Kernel> {
-    let kernel = kernels::ensure(series, &kernel_cache())?;
+    let kernel = klp_vm::kernels::ensure(&KernelSpec::Newest(series), &kernel_cache(), &|r| {
+        status("Fetching", format!("Debian kernel {r} (headers and image)"))
+    })?;
     setup_kernel(&kernel)?;
     Ok(kernel)
 }
 
 /// A kernel the setup step fetched, for tests: they never download or install.
 pub fn kernel(series: Series) -> Result<Kernel> {
-    static KERNELS: OnceLock<Mutex<Vec<Kernel>>> = OnceLock::new();
+    static KERNELS: OnceLock<Mutex<Vec<(Series, Kernel)>>> = OnceLock::new();
     let cache = KERNELS.get_or_init(|| Mutex::new(Vec::new()));
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(k) = cache.iter().find(|k| k.series == series) {
+    if let Some((_, k)) = cache.iter().find(|(s, _)| *s == series) {
         return Ok(k.clone());
     }
-    let k = kernels::ensure(series, &kernel_cache()).with_context(|| {
+    let not_set_up = || {
         format!(
             "the {} kernel is not set up; run `cargo xtask setup`",
             series.name()
         )
-    })?;
-    cache.push(k.clone());
+    };
+    let k = klp_vm::kernels::cached(&KernelSpec::Newest(series), &kernel_cache())
+        .with_context(not_set_up)?
+        .with_context(not_set_up)?;
+    cache.push((series, k.clone()));
     Ok(k)
 }
 
@@ -256,33 +230,16 @@ pub fn boot(kernel: &Kernel, modules: &[&Path], script: &str) -> Result<GuestLog
 
 /// As [`boot`], with `cpus` virtual CPUs (qemu's TCG runs them on threads of their own).
 pub fn boot_on(kernel: &Kernel, modules: &[&Path], script: &str, cpus: u32) -> Result<GuestLog> {
-    vm::boot(kernel, modules, script, &target_dir().join("klp-vm"), cpus)
+    let opts = BootOptions {
+        cpus,
+        ..BootOptions::default()
+    };
+    klp_vm::boot(kernel, modules, script, &target_dir().join("klp-vm"), opts)
 }
 
-/// A module of the kernel image (e.g. `fs/binfmt_misc`), decompressed if the image ships it
-/// compressed, copied to the VM work dir.
-pub fn image_module(kernel: &Kernel, path: &str) -> Result<PathBuf> {
-    let base = kernel.modules.join("kernel").join(path);
-    let name = Path::new(path)
-        .file_name()
-        .context("module path")?
-        .to_string_lossy()
-        .into_owned();
-    let out = target_dir()
-        .join("klp-vm")
-        .join(&kernel.release)
-        .join(format!("{name}.ko"));
-    std::fs::create_dir_all(out.parent().expect("has a parent"))?;
-    let plain = base.with_extension("ko");
-    if plain.exists() {
-        std::fs::copy(&plain, &out)?;
-        return Ok(out);
-    }
-    let xz = base.with_extension("ko.xz");
-    let data = std::fs::read(&xz).with_context(|| format!("{} not in the image", xz.display()))?;
-    let plain = kernels::xz_decompress(&data).with_context(|| xz.display().to_string())?;
-    std::fs::write(&out, plain)?;
-    Ok(out)
+/// A module of the kernel image by name (`binfmt_misc`), decompressed, in the VM work dir.
+pub fn image_module(kernel: &Kernel, name: &str) -> Result<PathBuf> {
+    kernel.image_module(name, &target_dir().join("klp-vm").join(&kernel.release))
 }
 
 /// Builds a C fixture module (`tests/fixtures/c/<fixture>`) under Kbuild for `kernel`, once

@@ -156,7 +156,7 @@ const BINFMT_STATUS: &str =
 fn target_module_loaded_after_the_patch(series: Series) {
     let k = kernel(series);
     let ko = build("modobj", &k);
-    let binfmt = klp_harness::image_module(&k, "fs/binfmt_misc").unwrap();
+    let binfmt = klp_harness::image_module(&k, "binfmt_misc").unwrap();
     let log = boot(
         &k,
         &[&ko, &binfmt],
@@ -212,7 +212,7 @@ fn target_module_loaded_after_the_patch(series: Series) {
 fn target_module_loaded_before_the_patch(series: Series) {
     let k = kernel(series);
     let ko = build("modobj", &k);
-    let binfmt = klp_harness::image_module(&k, "fs/binfmt_misc").unwrap();
+    let binfmt = klp_harness::image_module(&k, "binfmt_misc").unwrap();
     let log = boot(
         &k,
         &[&ko, &binfmt],
@@ -510,7 +510,7 @@ fn replace_drops_a_module_object(series: Series, binfmt_after_modobj: bool) {
     let k = kernel(series);
     let modobj = build("modobj", &k);
     let p2 = build("p2", &k);
-    let binfmt = klp_harness::image_module(&k, "fs/binfmt_misc").unwrap();
+    let binfmt = klp_harness::image_module(&k, "binfmt_misc").unwrap();
     let (first, second) = ("load klp_modobj", "insmod /mod/binfmt_misc.ko");
     let (first, second) = if binfmt_after_modobj {
         (first, second)
@@ -867,7 +867,7 @@ fn a_target_module_loading_during_a_replace_transition(series: Series) {
         klp_harness::build_c_fixture("busy", "klp_busy", &k).unwrap_or_else(|e| panic!("{e:#}"));
     let modobj = build("modobj", &k);
     let busyp = build("busy", &k);
-    let binfmt = klp_harness::image_module(&k, "fs/binfmt_misc").unwrap();
+    let binfmt = klp_harness::image_module(&k, "binfmt_misc").unwrap();
     let log = boot(
         &k,
         &[&busy, &modobj, &busyp, &binfmt],

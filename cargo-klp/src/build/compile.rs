@@ -22,28 +22,11 @@ pub(super) fn short_hash(flags: &[String]) -> String {
     format!("{:08x}", h as u32)
 }
 
-/// The per-user cache the kernel objects are compiled in: `$KLP_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/klp-rs`, else `~/.cache/klp-rs`. Every patch crate shares it, so `core`
-/// and `alloc`, rebuilt with a kernel's flags, are rebuilt once per user, not per crate.
+/// The per-user cache the kernel objects are compiled in ([`klp_vm::cache_dir`]). Every patch
+/// crate shares it, so `core` and `alloc`, rebuilt with a kernel's flags, are rebuilt once
+/// per user, not per crate.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    // cargo and rustc resolve a relative path from different directories; XDG says to
-    // ignore a relative XDG_CACHE_HOME.
-    let klp = var("KLP_CACHE_DIR").and_then(|d| std::path::absolute(d).ok());
-    klp.or_else(|| {
-        var("XDG_CACHE_HOME")
-            .filter(|d| d.is_absolute())
-            .map(|d| d.join("klp-rs"))
-    })
-    .or_else(|| {
-        var("HOME")
-            .filter(|d| d.is_absolute())
-            .map(|d| d.join(".cache").join("klp-rs"))
-    })
+    klp_vm::cache_dir()
 }
 
 /// What tells this crate's object apart in the shared cache: where its manifest is, and a

@@ -67,12 +67,16 @@ impl Cpio {
     }
 }
 
+/// The line `/init` prints before the script starts.
+pub const START: &str = "@@@ start";
+
 /// What `/init` runs: mount the pseudo file systems, run the test, say how it ended, power off.
 const INIT: &str = r#"#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+echo "@@@ start"
 sh /test.sh
 echo "@@@ exit $?"
 poweroff -f
@@ -156,5 +160,10 @@ mod tests {
         assert_eq!(&data[6 + 6 * 8..6 + 7 * 8], b"00000003");
         assert_eq!(data.len() % 4, 0);
         assert!(data.windows(10).any(|w| w == b"TRAILER!!!"));
+    }
+
+    #[test]
+    fn init_prints_the_start_marker_the_log_looks_for() {
+        assert!(INIT.contains(&format!("echo \"{START}\"\nsh /test.sh")));
     }
 }

@@ -1,9 +1,12 @@
-//! Debian kernels for the tests: resolve the newest ABI of a series from apt, fetch its
-//! headers and image packages, and unpack them under the target dir (nothing is installed
-//! system-wide). Each kernel's directory is complete when its `.complete` marker exists.
+//! Kernels: resolve what `--kernel` names (the newest ABI of a Debian series from apt, or an
+//! exact ABI), fetch its headers and image packages, and unpack them under a cache directory
+//! (nothing is installed system-wide); or take a local image and build tree as they are.
+//! Each fetched kernel's directory is complete when its `.complete` marker exists.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -41,20 +44,151 @@ impl Series {
             Series::V6_12 => "6.12",
         }
     }
+
+    /// The series an exact Debian ABI belongs to.
+    fn of_release(release: &str) -> Option<Series> {
+        if release.starts_with("6.1.0-") {
+            Some(Series::V6_1)
+        } else if release.starts_with("6.12.") {
+            Some(Series::V6_12)
+        } else {
+            None
+        }
+    }
+}
+
+/// A Debian kernel as `--kernel` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSpec {
+    /// The newest ABI of a series that apt offers: `debian:6.1`, `debian:6.12`.
+    Newest(Series),
+    /// An exact ABI: `debian:6.1.0-56-amd64`, `debian:6.12.117+deb12-amd64`.
+    Release(String),
+}
+
+impl FromStr for KernelSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let usage = "use debian:6.1 or debian:6.12 (the newest ABI apt offers), or an exact \
+                     Debian ABI such as debian:6.1.0-56-amd64";
+        let Some(rest) = s
+            .strip_prefix("debian:")
+            .or_else(|| s.strip_prefix("debian12:"))
+        else {
+            bail!("unknown kernel `{s}`: {usage}");
+        };
+        match rest {
+            "6.1" => return Ok(KernelSpec::Newest(Series::V6_1)),
+            "6.12" => return Ok(KernelSpec::Newest(Series::V6_12)),
+            _ => {}
+        }
+        let plain = rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c));
+        if !plain || !rest.ends_with("-amd64") || Series::of_release(rest).is_none() {
+            bail!(
+                "unknown kernel `{s}`: {usage} (klp-rs is proven on Debian 12's 6.1 and 6.12 \
+                 amd64 kernels)"
+            );
+        }
+        Ok(KernelSpec::Release(rest.to_string()))
+    }
+}
+
+impl fmt::Display for KernelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelSpec::Newest(s) => write!(f, "debian:{}", s.name()),
+            KernelSpec::Release(r) => write!(f, "debian:{r}"),
+        }
+    }
 }
 
 /// An unpacked kernel: build tree, bootable image and modules.
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    pub series: Series,
     /// The ABI name, e.g. `6.1.0-56-amd64`.
     pub release: String,
     /// KDIR for `cargo klp build`.
     pub kdir: PathBuf,
-    /// The uncompressed kernel (qemu boots it through its PVH entry).
+    /// What qemu boots: the uncompressed kernel of a fetched one (through its PVH entry,
+    /// which skips decompressing under TCG), or a local image as given (`vmlinux` or
+    /// `bzImage`).
     pub vmlinux: PathBuf,
     /// `lib/modules/<release>` of the image.
     pub modules: PathBuf,
+}
+
+impl Kernel {
+    /// A kernel the user has: an image qemu boots and its build tree (the release is the
+    /// tree's `include/config/kernel.release`); its modules in `modules`, else
+    /// `/lib/modules/<release>`.
+    pub fn local(image: &Path, kdir: &Path, modules: Option<&Path>) -> Result<Kernel> {
+        let file = kdir.join("include/config/kernel.release");
+        let release = std::fs::read_to_string(&file)
+            .with_context(|| {
+                format!(
+                    "{} is not a prepared kernel build tree (no {})",
+                    kdir.display(),
+                    file.display()
+                )
+            })?
+            .trim()
+            .to_string();
+        if !image.is_file() {
+            bail!("{}: no such kernel image", image.display());
+        }
+        Ok(Kernel {
+            kdir: kdir.to_path_buf(),
+            vmlinux: image.to_path_buf(),
+            modules: modules
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| Path::new("/lib/modules").join(&release)),
+            release,
+        })
+    }
+
+    /// A module of the kernel's image by name (`binfmt_misc`), decompressed if the image
+    /// ships it compressed, written to `dir/<name>.ko`.
+    pub fn image_module(&self, name: &str, dir: &Path) -> Result<PathBuf> {
+        let file = name.replace('-', "_");
+        let mut found = None;
+        let mut dirs = vec![self.modules.join("kernel")];
+        while let Some(d) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.filter_map(|e| e.ok()) {
+                let p = e.path();
+                let n = e.file_name().to_string_lossy().replace('-', "_");
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if [".ko", ".ko.xz", ".ko.zst"]
+                    .iter()
+                    .any(|ext| n.strip_suffix(ext) == Some(&file))
+                {
+                    found = Some(p);
+                }
+            }
+        }
+        let src = found.with_context(|| {
+            format!(
+                "no module `{name}` in the kernel's image ({})",
+                self.modules.display()
+            )
+        })?;
+        let data = std::fs::read(&src).with_context(|| src.display().to_string())?;
+        let plain = match src.extension().and_then(|e| e.to_str()) {
+            Some("xz") => xz_decompress(&data).with_context(|| src.display().to_string())?,
+            Some("zst") => zstd_decompress(&data).with_context(|| src.display().to_string())?,
+            _ => data,
+        };
+        std::fs::create_dir_all(dir)?;
+        let out = dir.join(format!("{file}.ko"));
+        std::fs::write(&out, plain)?;
+        Ok(out)
+    }
 }
 
 /// Compares Debian-ish version strings by their numeric runs.
@@ -73,8 +207,16 @@ fn apt(args: &[&str]) -> Result<String> {
     )
 }
 
+/// The release a spec names: the newest of a series that apt offers, or the exact one.
+pub fn resolve(spec: &KernelSpec) -> Result<String> {
+    match spec {
+        KernelSpec::Newest(series) => newest(*series),
+        KernelSpec::Release(r) => Ok(r.clone()),
+    }
+}
+
 /// The newest release of a series that apt offers.
-pub fn resolve(series: Series) -> Result<String> {
+fn newest(series: Series) -> Result<String> {
     let out = apt(&["search", "--names-only", series.headers_pattern()])?;
     out.lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -176,21 +318,27 @@ pub fn xz_decompress(data: &[u8]) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Decompresses a zstd stream.
+fn zstd_decompress(data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut dec =
+        ruzstd::decoding::StreamingDecoder::new(data).map_err(|e| anyhow!("zstd: {e}"))?;
+    std::io::copy(&mut dec, &mut out)?;
+    Ok(out)
+}
+
 /// Finds the compressed payload in a bzImage and decompresses it: xz on 6.1, zstd on 6.12.
 fn vmlinux_from_bzimage(bz: &[u8]) -> Result<Vec<u8>> {
     const XZ: &[u8] = b"\xfd7zXZ\x00";
     const ZSTD: &[u8] = b"\x28\xb5\x2f\xfd";
     let find = |magic: &[u8]| bz.windows(magic.len()).position(|w| w == magic);
-    let mut out = Vec::new();
-    if let Some(off) = find(XZ) {
-        out = xz_decompress(&bz[off..])?;
+    let out = if let Some(off) = find(XZ) {
+        xz_decompress(&bz[off..])?
     } else if let Some(off) = find(ZSTD) {
-        let mut dec = ruzstd::decoding::StreamingDecoder::new(&bz[off..])
-            .map_err(|e| anyhow!("zstd: {e}"))?;
-        std::io::copy(&mut dec, &mut out)?;
+        zstd_decompress(&bz[off..])?
     } else {
         bail!("no xz or zstd payload in the kernel image");
-    }
+    };
     if !out.starts_with(b"\x7fELF") {
         bail!(
             "the decompressed kernel is not an ELF file ({} bytes)",
@@ -200,25 +348,48 @@ fn vmlinux_from_bzimage(bz: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Fetches and unpacks the newest kernel of `series` under `cache`, unless already there.
-pub fn ensure(series: Series, cache: &Path) -> Result<Kernel> {
-    let release = resolve(series)?;
-    let dir = cache.join(&release);
+/// `include /usr/src/` made relative to the including Makefile (make reads it with `-C` on
+/// the tree, or with `-f` and its path).
+const RELATIVE_INCLUDE: &str = "include $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)/";
+
+/// Where a release is unpacked under `cache`, and whether it is complete.
+fn unpacked(release: &str, cache: &Path) -> (Kernel, bool) {
+    let dir = cache.join(release);
     let root = dir.join("root");
     let kernel = Kernel {
-        series,
         kdir: root.join(format!("usr/src/linux-headers-{release}")),
         vmlinux: dir.join("vmlinux"),
         modules: root.join(format!("lib/modules/{release}")),
-        release: release.clone(),
+        release: release.to_string(),
     };
-    if dir.join(".complete").exists() {
+    (kernel, dir.join(".complete").exists())
+}
+
+/// The kernel `spec` names if it is already unpacked under `cache`; nothing is fetched.
+pub fn cached(spec: &KernelSpec, cache: &Path) -> Result<Option<Kernel>> {
+    let (kernel, complete) = unpacked(&resolve(spec)?, cache);
+    Ok(complete.then_some(kernel))
+}
+
+/// Fetches and unpacks the kernel `spec` names under `cache`, unless already there;
+/// `fetching` is told the release before a download starts.
+pub fn ensure(spec: &KernelSpec, cache: &Path, fetching: &dyn Fn(&str)) -> Result<Kernel> {
+    let release = resolve(spec)?;
+    let (kernel, complete) = unpacked(&release, cache);
+    if complete {
         return Ok(kernel);
     }
-    eprintln!("    Fetching Debian kernel {release} (headers and image)");
+    let dir = cache.join(&release);
+    let root = dir.join("root");
+    fetching(&release);
     let debs = dir.join("debs");
     std::fs::create_dir_all(&debs)?;
-    let pkgs = packages(&release)?;
+    let pkgs = packages(&release).with_context(|| {
+        format!(
+            "apt offers no kernel {release} (`apt-cache search linux-headers` lists those it \
+             has; `apt-get update` refreshes the list)"
+        )
+    })?;
     run(
         Command::new("apt-get")
             .arg("download")
@@ -237,15 +408,13 @@ pub fn ensure(series: Series, cache: &Path) -> Result<Kernel> {
             "dpkg-deb -x",
         )?;
     }
-    // The headers' Makefile includes the common headers by absolute path.
+    // The headers' Makefile includes the common headers by absolute path; make it relative
+    // to the Makefile itself, so that the cache can move.
     let makefile = kernel.kdir.join("Makefile");
     let text = std::fs::read_to_string(&makefile)?;
     std::fs::write(
         &makefile,
-        text.replace(
-            "include /usr/src/",
-            &format!("include {}/usr/src/", root.display()),
-        ),
+        text.replace("include /usr/src/", RELATIVE_INCLUDE),
     )?;
     let bz = std::fs::read(root.join(format!("boot/vmlinuz-{release}")))?;
     std::fs::write(&kernel.vmlinux, vmlinux_from_bzimage(&bz)?)?;

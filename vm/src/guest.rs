@@ -11,6 +11,24 @@ use anyhow::{bail, Context, Result};
 use crate::initramfs;
 use crate::kernels::Kernel;
 
+/// How to boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootOptions {
+    /// Virtual CPUs (qemu's TCG runs them on threads of their own).
+    pub cpus: u32,
+    /// Boot to power-off; past it the VM is killed and the run fails.
+    pub timeout: Duration,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions {
+            cpus: 1,
+            timeout: Duration::from_secs(180),
+        }
+    }
+}
+
 /// What a boot printed.
 #[derive(Debug, Clone)]
 pub struct GuestLog {
@@ -19,6 +37,28 @@ pub struct GuestLog {
 }
 
 impl GuestLog {
+    /// The script's exit status.
+    pub fn status(&self) -> Option<i32> {
+        self.serial
+            .lines()
+            .find_map(|l| l.trim_end().split_once("@@@ exit ")?.1.parse().ok())
+    }
+
+    /// What the script printed: the console from its start to its end, kernel messages
+    /// included; a `section NAME` marker shows as `--- NAME`.
+    pub fn script_output(&self) -> Vec<String> {
+        self.serial
+            .lines()
+            .skip_while(|l| !l.trim_end().ends_with(initramfs::START))
+            .skip(1)
+            .take_while(|l| !l.contains("@@@ exit "))
+            .map(|l| match l.trim_end().strip_prefix("@@@ section ") {
+                Some(name) => format!("--- {name}"),
+                None => l.trim_end().to_string(),
+            })
+            .collect()
+    }
+
     /// Lines of a section the script started with `section NAME`, up to the next marker.
     pub fn section(&self, name: &str) -> Vec<String> {
         let start = format!("@@@ section {name}");
@@ -57,13 +97,14 @@ const TROUBLE: [&str; 6] = [
 
 /// Boots `kernel`, runs `script` (after the helpers in [`initramfs::GUEST_LIB`]) with
 /// `modules` in `/mod`, and returns the console output. Fails on a timeout, an oops or
-/// panic, or a script that did not finish, with the whole log in the error.
+/// panic, or a script that did not finish, with the whole log in the error; a script that
+/// finished with an error status is not a failure here ([`GuestLog::status`]).
 pub fn boot(
     kernel: &Kernel,
     modules: &[&Path],
     script: &str,
     work: &Path,
-    cpus: u32,
+    opts: BootOptions,
 ) -> Result<GuestLog> {
     std::fs::create_dir_all(work)?;
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -81,7 +122,7 @@ pub fn boot(
             "-m",
             "512",
             "-smp",
-            &cpus.to_string(),
+            &opts.cpus.to_string(),
             "-nographic",
             "-no-reboot",
             "-kernel",
@@ -101,7 +142,7 @@ pub fn boot(
         let _ = stdout.read_to_end(&mut buf);
         buf
     });
-    let limit = Duration::from_secs(180);
+    let limit = opts.timeout;
     let status = loop {
         if let Some(s) = child.try_wait()? {
             break Some(s);
