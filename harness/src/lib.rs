@@ -293,3 +293,24 @@ pub fn image_modules(kernel: &Kernel) -> Result<Vec<PathBuf>> {
     files.sort();
     Ok(files)
 }
+
+/// The `cargo-klp` binary of this workspace, built once per process (`cargo test` of one
+/// package does not build other packages' binaries).
+pub fn cargo_klp_binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            run(
+                Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                    .args(["build", "-q", "-p", "cargo-klp", "--bin", "cargo-klp"])
+                    .current_dir(workspace()),
+                "cargo build -p cargo-klp",
+                Output::Captured,
+            )
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(target_dir().join("debug/cargo-klp"))
+}

@@ -1,12 +1,14 @@
-//! `cargo klp new`: the crate it writes passes its own tests as it is, outside this
-//! workspace, and builds into a module whose tables say what its source declares; bad
-//! requests leave nothing behind.
+//! A patch author's first hour, through the command line as a user types it: `cargo klp new`
+//! in a directory outside this workspace, the crate's own host test, then `cargo klp run` in
+//! the real 6.1 and 6.12 kernels. Bad requests leave nothing behind.
+//!
+//! What the guest must print comes from the template's source (its replacement function
+//! counts reads; set 1's hooks and the shadow type's `Drop` print), not from a run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cargo_klp::new::{new_crate, Runtime};
-use klp_harness::Series;
 
 fn scratch(what: &str) -> PathBuf {
     let dir = klp_harness::target_dir().join("klp-new-test").join(what);
@@ -15,7 +17,27 @@ fn scratch(what: &str) -> PathBuf {
     dir
 }
 
-fn locked(dir: &std::path::Path) {
+/// A directory outside the workspace, as a user's crate is, removed when dropped.
+struct Outside(PathBuf);
+
+impl Outside {
+    fn new(what: &str) -> Outside {
+        let dir = std::env::temp_dir().join(format!("klp-new-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Outside(dir)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The versions this workspace is tested with, so that nothing resolves anew (and no
+/// network is needed): a new crate's dependencies are a subset.
+fn locked(dir: &Path) {
     std::fs::copy(
         klp_harness::workspace().join("Cargo.lock"),
         dir.join("Cargo.lock"),
@@ -27,21 +49,69 @@ fn runtime() -> Runtime {
     Runtime::Path(klp_harness::workspace().join("klp-runtime"))
 }
 
-#[test]
-fn a_new_crate_passes_its_own_tests_and_builds_a_module() {
-    let dir = new_crate("first_fix", &scratch("first_fix"), &runtime()).unwrap();
-    // The versions this workspace is tested with, so that the test resolves nothing anew
-    // (and needs no network): the new crate's dependencies are a subset.
-    locked(&dir);
-    // Its own target dir (it is not in this workspace), kept between runs.
-    let target = klp_harness::target_dir()
+/// Host builds of new crates share one target dir, kept between runs.
+fn shared_target() -> PathBuf {
+    klp_harness::target_dir()
         .join("klp-new-test")
-        .join("target");
+        .join("target")
+}
+
+/// Runs the `cargo-klp` binary in `dir`; returns (exit code, stdout, stderr).
+fn cargo_klp(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let exe = klp_harness::cargo_klp_binary().unwrap_or_else(|e| panic!("{e:#}"));
+    let out = Command::new(exe)
+        .arg("klp")
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", shared_target())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Kernel log lines the module printed, without the time stamp and the module's prefix.
+fn module_lines<'a>(stdout: &'a str, module: &str) -> Vec<&'a str> {
+    let prefix = format!("{module}: ");
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once("] ")?.1.strip_prefix(&prefix))
+        .collect()
+}
+
+const SCRIPT: &str = r#"section before; cat /proc/cmdline
+section load; load $PATCH || exit 10
+section patched; cat /proc/cmdline; cat /proc/cmdline
+section disable; disable $PATCH
+section after; cat /proc/cmdline
+section unload; rmmod $PATCH || exit 11
+section log; dmesg | grep "$PATCH: "
+"#;
+
+#[test]
+fn a_new_crate_passes_its_host_test_and_runs_in_both_kernels() {
+    let home = Outside::new("first");
+    let runtime = klp_harness::workspace().join("klp-runtime");
+    let (code, _, err) = cargo_klp(
+        &home.0,
+        &[
+            "new",
+            "first_fix",
+            "--runtime-path",
+            runtime.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let dir = home.0.join("first_fix");
+    locked(&dir);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
-        .args(["test", "-q", "--manifest-path"])
-        .arg(dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
+        .args(["test", "-q"])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", shared_target())
         .output()
         .unwrap();
     assert!(
@@ -50,47 +120,166 @@ fn a_new_crate_passes_its_own_tests_and_builds_a_module() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let k = klp_harness::kernel(Series::V6_1).unwrap_or_else(|e| panic!("{e:#}"));
-    let shell = cargo_klp::status::Shell::new(false);
-    let opts = cargo_klp::build::BuildOptions {
-        manifest_path: Some(dir.join("Cargo.toml")),
-        kdir: Some(k.kdir.clone()),
-        out: Some(dir.join("out")),
-        ..Default::default()
-    };
-    let built = cargo_klp::build::build(&shell, &opts).unwrap_or_else(|e| panic!("{e:#}"));
-    let r = cargo_klp::inspect::inspect(&built.ko).unwrap();
-    assert_eq!(r.name.as_deref(), Some("klp_first_fix"));
-    assert_eq!(r.replace, Some(true));
-    let vmlinux = &r.objects[0];
-    assert_eq!(
-        vmlinux
-            .functions
-            .iter()
-            .map(|f| f.old.as_str())
-            .collect::<Vec<_>>(),
-        ["cmdline_proc_show"]
-    );
-    assert_eq!(
-        r.shadow_types
-            .iter()
-            .map(|t| (t.id, t.owner))
-            .collect::<Vec<_>>(),
-        [(0x100, 1)]
-    );
+    std::fs::write(dir.join("try.sh"), SCRIPT).unwrap();
 
-    // A second new crate, elsewhere: its first build finds core and alloc, rebuilt with this
-    // kernel's flags, in the per-user cache the first one filled.
-    let dir = new_crate("second_fix", &scratch("second_fix"), &runtime()).unwrap();
-    locked(&dir);
-    let opts = cargo_klp::build::BuildOptions {
-        manifest_path: Some(dir.join("Cargo.toml")),
-        ..opts
-    };
-    let second = cargo_klp::build::build(&shell, &opts).unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(!second.core_rebuilt, "core was rebuilt for a second crate");
-    let r = cargo_klp::inspect::inspect(&second.ko).unwrap();
-    assert_eq!(r.name.as_deref(), Some("klp_second_fix"));
+    // 6.1 by its series (the newest ABI apt offers), 6.12 by its exact ABI.
+    let k612 = klp_harness::kernel(klp_harness::Series::V6_12).unwrap_or_else(|e| panic!("{e:#}"));
+    for kernel in ["debian:6.1".to_string(), format!("debian:{}", k612.release)] {
+        let (code, out, err) = cargo_klp(&dir, &["run", "--kernel", &kernel, "--script", "try.sh"]);
+        assert_eq!(code, 0, "{kernel}:\n{out}\n{err}");
+        let section = |name: &str| -> Vec<&str> {
+            out.lines()
+                .skip_while(|l| *l != format!("--- {name}"))
+                .skip(1)
+                .take_while(|l| !l.starts_with("--- "))
+                .filter(|l| !l.starts_with('['))
+                .collect()
+        };
+        let original = "console=ttyS0 panic=-1 oops=panic quiet";
+        assert_eq!(section("before"), [original], "{kernel}:\n{out}");
+        assert_eq!(
+            section("patched"),
+            [
+                "patched by first_fix (read 1 times)",
+                "patched by first_fix (read 2 times)"
+            ],
+            "{kernel}:\n{out}"
+        );
+        assert_eq!(section("after"), [original], "{kernel}:\n{out}");
+        // The user's hooks and the shadow type's Drop, as the kernel logged them (the
+        // runtime's own step lines, `set 1 ...` and `shadow 0x100: ...`, left out).
+        let said: Vec<&str> = module_lines(&out, "klp_first_fix")
+            .into_iter()
+            .filter(|l| l.starts_with("first_fix: "))
+            .filter(|l| !l.starts_with("first_fix: set 1 ") && !l.starts_with("first_fix: shadow "))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "first_fix: set up on vmlinux",
+                "first_fix: torn down on vmlinux",
+                "first_fix: reads freed after 2",
+            ],
+            "{kernel}:\n{out}"
+        );
+        assert!(err.contains("script exit status 0"), "{err}");
+    }
+
+    // The default script: load, the kernel's livepatch state, disable, unload.
+    let (code, out, err) = cargo_klp(&dir, &["run", "--kernel", "debian:6.1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for line in [
+        "insmod klp_first_fix rc=0",
+        "patch klp_first_fix enabled=1 transition=0",
+        "disable klp_first_fix rc=0",
+        "rmmod klp_first_fix rc=0",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no `{line}` in:\n{out}");
+    }
+
+    // The script's status is the command's; a panic in the guest fails with its log.
+    std::fs::write(dir.join("three.sh"), "exit 3\n").unwrap();
+    let (code, _, err) = cargo_klp(
+        &dir,
+        &["run", "--kernel", "debian:6.1", "--script", "three.sh"],
+    );
+    assert_eq!(code, 3, "{err}");
+    std::fs::write(dir.join("crash.sh"), "echo c > /proc/sysrq-trigger\n").unwrap();
+    let (code, _, err) = cargo_klp(
+        &dir,
+        &["run", "--kernel", "debian:6.1", "--script", "crash.sh"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the kernel reported trouble (`Kernel panic`)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sysrq: Trigger a crash"),
+        "the log is not in the error:\n{err}"
+    );
+}
+
+#[test]
+fn run_loads_an_older_version_and_a_module_of_the_image_first() {
+    let k = klp_harness::kernel(klp_harness::Series::V6_1).unwrap_or_else(|e| panic!("{e:#}"));
+    let p1 = klp_harness::build_patch("p1", &k).unwrap_or_else(|e| panic!("{e:#}"));
+    let ws = klp_harness::workspace();
+    let (code, out, err) = cargo_klp(
+        &ws,
+        &[
+            "run",
+            "-p",
+            "p4",
+            "--kernel",
+            "debian:6.1",
+            "--with",
+            p1.to_str().unwrap(),
+            "--module",
+            "binfmt_misc",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut lines = out.lines().filter(|l| !l.starts_with('['));
+    // In order: the image's module, the old version, the new one replacing it (the kernel's
+    // sysfs then lists only the new one), both unloaded.
+    for line in [
+        "insmod binfmt_misc rc=0",
+        "insmod klp_v1 rc=0",
+        "insmod klp_v4 rc=0",
+        "--- livepatch",
+        "patch klp_v4 enabled=1 transition=0",
+        "--- unload",
+        "disable klp_v4 rc=0",
+        "rmmod klp_v4 rc=0",
+        "rmmod klp_v1 rc=0",
+    ] {
+        assert!(
+            lines.any(|l| l == line),
+            "no `{line}` (in this order) in:\n{out}"
+        );
+    }
+    assert!(!out.contains("patch klp_v1 enabled"), "{out}");
+}
+
+#[test]
+fn a_second_new_crate_builds_without_rebuilding_core() {
+    let k = klp_harness::kernel(klp_harness::Series::V6_1).unwrap_or_else(|e| panic!("{e:#}"));
+    let shell = cargo_klp::status::Shell::new(false);
+    let mut core_rebuilt = Vec::new();
+    for name in ["warm_fix", "second_fix"] {
+        let dir = new_crate(name, &scratch(name), &runtime()).unwrap();
+        locked(&dir);
+        let opts = cargo_klp::build::BuildOptions {
+            manifest_path: Some(dir.join("Cargo.toml")),
+            kdir: Some(k.kdir.clone()),
+            out: Some(dir.join("out")),
+            ..Default::default()
+        };
+        let built = cargo_klp::build::build(&shell, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+        let r = cargo_klp::inspect::inspect(&built.ko).unwrap();
+        assert_eq!(r.name.as_deref(), Some(format!("klp_{name}").as_str()));
+        assert_eq!(r.replace, Some(true));
+        assert_eq!(
+            r.objects[0]
+                .functions
+                .iter()
+                .map(|f| f.old.as_str())
+                .collect::<Vec<_>>(),
+            ["cmdline_proc_show"]
+        );
+        assert_eq!(
+            r.shadow_types
+                .iter()
+                .map(|t| (t.id, t.owner))
+                .collect::<Vec<_>>(),
+            [(0x100, 1)]
+        );
+        core_rebuilt.push(built.core_rebuilt);
+    }
+    // The first may have filled the per-user cache; the second finds core and alloc, rebuilt
+    // with this kernel's flags, there.
+    assert!(!core_rebuilt[1], "core was rebuilt for a second crate");
 }
 
 #[test]

@@ -32,19 +32,8 @@ fn path_without(hidden: &str, dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// The `cargo-klp` binary, built once per test process (`cargo test` of this package alone
-/// does not build other packages' binaries).
 fn cargo_klp() -> PathBuf {
-    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["build", "-q", "-p", "cargo-klp", "--bin", "cargo-klp"])
-            .current_dir(klp_harness::workspace())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    assert!(built, "cannot build the cargo-klp binary");
-    klp_harness::target_dir().join("debug/cargo-klp")
+    klp_harness::cargo_klp_binary().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn hidden_tool_is_named(series: Series, hidden: &str, expected: &[&str]) {
