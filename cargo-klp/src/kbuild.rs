@@ -104,7 +104,15 @@ pub fn kbuild_file(module: &str) -> String {
          quiet_cmd_rustobj = RUSTOBJ $@\n      cmd_rustobj = cp $< $@\n\
          \n\
          $(obj)/{module}_rust.o: $(RUST_OBJ) FORCE\n\t$(call if_changed,rustobj)\n\
-         targets += {module}_rust.o\n"
+         targets += {module}_rust.o\n\
+         \n\
+         # cargo klp starts Kbuild while rustc runs: the object appears once it has been\n\
+         # checked, with \"ok\" in KLP_RS_READY; anything else, or cargo klp gone, stops the build.\n\
+         ifdef KLP_RS_READY\n\
+         $(RUST_OBJ):\n\
+         \t@while [ ! -s $(KLP_RS_READY) ]; do kill -0 $(KLP_RS_PID) 2>/dev/null || exit 1; sleep 0.02; done; \\\n\
+         \t[ \"$$(cat $(KLP_RS_READY))\" = ok ]\n\
+         endif\n"
     )
 }
 

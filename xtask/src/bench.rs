@@ -85,6 +85,7 @@ fn c_module(dir: &Path, message: &str) -> Result<()> {
 
 pub fn bench() -> Result<()> {
     build_bench()?;
+    run_bench()?;
     inspect_bench()
 }
 
@@ -173,12 +174,22 @@ fn build_bench() -> Result<()> {
     // First build in this target dir: includes rebuilding core and alloc (once per kernel
     // config, like preparing the kernel tree itself).
     let first = timed("first cargo klp build", || klp(&opts))?;
-    // A second, brand-new crate: its first build finds core and alloc in the shared cache.
+    // A brand-new crate from `cargo klp new`: its first build finds core and alloc in the
+    // shared cache.
     let second_dir = work.join("second");
     if second_dir.exists() {
         std::fs::remove_dir_all(&second_dir)?;
     }
-    patch_crate(&second_dir, "second crate")?;
+    cargo_klp::new::new_crate(
+        "second",
+        &second_dir,
+        &cargo_klp::new::Runtime::Path(workspace().join("klp-runtime")),
+    )?;
+    // The workspace's versions: nothing to resolve, no network.
+    std::fs::copy(
+        workspace().join("Cargo.lock"),
+        second_dir.join("Cargo.lock"),
+    )?;
     let second_opts = cargo_klp::build::BuildOptions {
         manifest_path: Some(second_dir.join("Cargo.toml")),
         ..opts.clone()
@@ -260,7 +271,7 @@ fn build_bench() -> Result<()> {
         s(first)
     );
     println!(
-        "  first build of a second crate (core cached)      {}  ({:.2}x the first)",
+        "  first build of a `cargo klp new` crate (cached)  {}  ({:.2}x the first)",
         s(second),
         ratio(second, first)
     );
@@ -298,6 +309,53 @@ fn build_bench() -> Result<()> {
         "  incremental: cargo klp / C module = {:.2}x",
         ratio(klp_incr, c_incr)
     );
+    let new = ratio(second, c_clean);
+    println!(
+        "  new crate's first build / C module clean = {new:.2}x (target <= 1.5x) {}",
+        verdict(new <= 1.5)
+    );
+    Ok(())
+}
+
+/// `cargo klp run`'s boot with the default script (load, sysfs, disable, unload, log)
+/// against the floor: the same kernel and initramfs booted without the patch, the script
+/// doing nothing. Boot to power-off, median of three each, alternating.
+fn run_bench() -> Result<()> {
+    let kernel = fetch_kernel(Series::V6_1)?;
+    let ko = klp_harness::build_patch("cmdline", &kernel)?;
+    let work = target_dir().join("klp-bench").join("vm");
+    let script = format!(
+        "PATCH=klp_cmdline\nWITH=\"\"\nMODULES=\"\"\n{}",
+        cargo_klp::run::DEFAULT_SCRIPT
+    );
+    let boot = |modules: &[&Path], script: &str| {
+        klp_vm::boot(
+            &kernel,
+            modules,
+            script,
+            &work,
+            klp_vm::BootOptions::default(),
+        )
+        .map(|log| log.elapsed)
+    };
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        ours.push(boot(&[&ko], &script)?);
+        floor.push(boot(&[], "true")?);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    };
+    let (ours, floor) = (median(&mut ours), median(&mut floor));
+    let r = ours / floor;
+    println!(
+        "\ncargo klp run vs a bare boot, Debian {} under qemu TCG (boot to power-off, median of 3)",
+        kernel.release
+    );
+    println!("  default script with klp_cmdline (load, disable, unload)  {ours:>6.2}s");
+    println!("  same kernel and initramfs, no patch, empty script       {floor:>6.2}s");
+    println!("  ratio = {r:.2}x (target <= 1.2x) {}", verdict(r <= 1.2));
     Ok(())
 }
 

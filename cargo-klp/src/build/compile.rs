@@ -140,7 +140,7 @@ pub(super) struct Compiled {
     pub core_rebuilt: bool,
 }
 
-/// Compiles the crate into one object for the kernel.
+/// Compiles the crate into one object for the kernel, at `object`.
 pub(super) fn compile(
     shell: &Shell,
     opts: &BuildOptions,
@@ -148,7 +148,7 @@ pub(super) fn compile(
     cache_root: &Path,
     target_dir: &Path,
     tree: &KernelTree,
-    staging: &Path,
+    object: &Path,
 ) -> Result<Compiled> {
     let mut flags = tree.config.rustflags();
     flags.extend(opts.extra_rustflags.iter().cloned());
@@ -233,10 +233,9 @@ pub(super) fn compile(
             cache.display()
         );
     }
-    let object = staging.join(format!("{}.rust.o", pkg.name.replace('-', "_")));
-    std::fs::copy(&emitted, &object)?;
+    std::fs::copy(&emitted, object)?;
     Ok(Compiled {
-        object,
+        object: object.to_path_buf(),
         core_rebuilt,
     })
 }

@@ -139,25 +139,9 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         .clone()
         .or_else(default_cache_dir)
         .unwrap_or_else(|| target_dir.join("klp"));
-    let Compiled {
-        object,
-        core_rebuilt,
-    } = compile(shell, opts, &pkg, &cache_root, &target_dir, &tree, &staging)?;
-
-    shell.status(
-        "Checking",
-        format!(
-            "{} (objtool, relocations, symbols, tables)",
-            object.display()
-        ),
-    );
-    objtool(shell, &tree, &object, &staging)?;
-    validate(shell, &object, &tree, &settings.license, &crate_name)?;
-
-    shell.status(
-        "Linking",
-        format!("{}.ko (Kbuild, {})", settings.name, tree.dir.display()),
-    );
+    // The Kbuild directory is written first, so that the C init compiles while rustc runs:
+    // it does not depend on the Rust object, and on a crate's first build it is half of
+    // Kbuild's time.
     let kb = staging.join("kbuild");
     std::fs::create_dir_all(&kb)?;
     write_if_changed(&kb.join("Kbuild"), &kbuild::kbuild_file(&settings.name))?;
@@ -168,14 +152,84 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         &kbuild::modinfo_header(&settings),
     )?;
     write_if_changed(&kb.join("klp_rs.lds"), &kbuild::link_script(&crate_name))?;
+    // Kbuild starts now and compiles the C init while rustc runs (on a crate's first build
+    // that is half of Kbuild's time); the Rust object's rule waits until the object has been
+    // checked (kbuild::kbuild_file). The object and the go-ahead from a previous build go
+    // first, so that make cannot take them for this build's.
+    let object = staging.join(format!("{}.rust.o", pkg.name.replace('-', "_")));
+    let ready = staging.join("rust.ready");
+    for stale in [&object, &ready] {
+        match std::fs::remove_file(stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", stale.display()))
+            }
+            _ => {}
+        }
+    }
     let mut make = Command::new("make");
     make.arg("-C")
         .arg(&tree.dir)
         .arg(format!("M={}", kb.display()))
-        .arg(format!("RUST_OBJ={}", object.display()));
-    make.arg(if shell.verbose { "V=1" } else { "-s" })
+        .arg(format!("RUST_OBJ={}", object.display()))
+        .arg(format!("KLP_RS_READY={}", ready.display()))
+        .arg(format!("KLP_RS_PID={}", std::process::id()))
+        .arg("-j2")
+        .arg(if shell.verbose { "V=1" } else { "-s" })
         .arg("modules");
-    let out = run(shell, &mut make, "Kbuild (make modules)")?;
+    shell.command(&make);
+    let kbuild = make
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run make (Kbuild)")?;
+    let checked =
+        compile(shell, opts, &pkg, &cache_root, &target_dir, &tree, &object).and_then(|compiled| {
+            shell.status(
+                "Checking",
+                format!(
+                    "{} (objtool, relocations, symbols, tables)",
+                    compiled.object.display()
+                ),
+            );
+            objtool(shell, &tree, &compiled.object, &staging)?;
+            validate(
+                shell,
+                &compiled.object,
+                &tree,
+                &settings.license,
+                &crate_name,
+            )?;
+            Ok(compiled)
+        });
+    // Kbuild goes on only with "ok"; on anything else its rule fails and make stops, so no
+    // make is left running in the directory after an error.
+    let go = if checked.is_ok() { "ok" } else { "stop" };
+    let signalled = std::fs::write(&ready, go);
+    let kbuild = kbuild.wait_with_output().context("make (Kbuild)")?;
+    let Compiled {
+        object,
+        core_rebuilt,
+    } = checked?;
+    signalled.with_context(|| format!("cannot write {}", ready.display()))?;
+    shell.status(
+        "Linking",
+        format!("{}.ko (Kbuild, {})", settings.name, tree.dir.display()),
+    );
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&kbuild.stdout),
+        String::from_utf8_lossy(&kbuild.stderr)
+    );
+    if shell.verbose && !out.trim().is_empty() {
+        eprintln!("{}", out.trim_end());
+    }
+    if !kbuild.status.success() {
+        bail!(
+            "Kbuild (make modules) failed ({}):\n{}",
+            kbuild.status,
+            out.trim_end()
+        );
+    }
     if let Some(w) = out
         .lines()
         .find(|l| l.contains("objtool") && l.contains("warning"))
