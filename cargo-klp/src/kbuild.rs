@@ -107,11 +107,12 @@ pub fn kbuild_file(module: &str) -> String {
          targets += {module}_rust.o\n\
          \n\
          # cargo klp starts Kbuild while rustc runs: the object appears once it has been\n\
-         # checked, with \"ok\" in KLP_RS_READY; anything else, or cargo klp gone, stops the build.\n\
+         # checked; KLP_RS_PENDING goes then, and KLP_RS_READY says \"ok\". Anything else, or\n\
+         # cargo klp gone, stops the build.\n\
          ifdef KLP_RS_READY\n\
          $(RUST_OBJ):\n\
-         \t@while [ ! -s $(KLP_RS_READY) ]; do kill -0 $(KLP_RS_PID) 2>/dev/null || exit 1; sleep 0.02; done; \\\n\
-         \t[ \"$$(cat $(KLP_RS_READY))\" = ok ]\n\
+         \t@while [ -e $(KLP_RS_PENDING) ]; do kill -0 $(KLP_RS_PID) 2>/dev/null || exit 1; sleep 0.02; done; \\\n\
+         \t[ \"$$(cat $(KLP_RS_READY) 2>/dev/null)\" = ok ]\n\
          endif\n"
     )
 }

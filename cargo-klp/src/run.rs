@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use klp_vm::kernels::Fetch;
 use klp_vm::{BootOptions, Kernel, KernelSpec};
 
 use crate::build::{self, BuildOptions};
@@ -53,11 +54,13 @@ section livepatch
 lpstate
 section unload
 disable "$PATCH" || failed 1
-rmmod "$PATCH"; r=$?; echo "rmmod $PATCH rc=$r"; [ $r = 0 ] || failed $r
+unload "$PATCH" || failed 1
 for m in $WITH; do
   # A replaced patch is disabled already; a stacked one is disabled here.
-  [ -d "/sys/kernel/livepatch/$m" ] && disable "$m"
-  rmmod "$m"; r=$?; echo "rmmod $m rc=$r"; [ $r = 0 ] || failed $r
+  if [ "$(cat "/sys/kernel/livepatch/$m/enabled" 2>/dev/null)" = 1 ]; then
+    disable "$m" || failed 1
+  fi
+  unload "$m" || failed 1
 done
 section dmesg
 dmesg | tail -n +$((before + 1))
@@ -77,15 +80,30 @@ pub fn kernel(shell: &Shell, choice: &KernelChoice) -> Result<Kernel> {
                 return Ok(k);
             }
             tools::check_vm(klp_vm::FETCH_TOOLS)?;
-            klp_vm::kernels::ensure(spec, &cache, &|release| {
-                shell.status(
-                    "Fetching",
-                    format!(
-                        "Debian kernel {release} (headers and image) into {}",
-                        cache.display()
-                    ),
-                )
-            })
+            let progress = std::cell::RefCell::new(None);
+            let kernel = klp_vm::kernels::ensure(spec, &cache, &|step| match step {
+                Fetch::Release(release) => {
+                    shell.status(
+                        "Fetching",
+                        format!(
+                            "Debian kernel {release} (headers and image) into {}",
+                            cache.display()
+                        ),
+                    );
+                    *progress.borrow_mut() = Some(shell.progress("Fetching"));
+                }
+                step => {
+                    if let Some(p) = progress.borrow().as_ref() {
+                        p.set(match step {
+                            Fetch::Downloading(pkgs) => format!("downloading {}", pkgs.join(" ")),
+                            Fetch::Unpacking(deb) => format!("unpacking {deb}"),
+                            _ => "decompressing the kernel image".to_string(),
+                        });
+                    }
+                }
+            });
+            drop(progress);
+            kernel
         }
         KernelChoice::Local {
             image,
@@ -95,19 +113,16 @@ pub fn kernel(shell: &Shell, choice: &KernelChoice) -> Result<Kernel> {
     }
 }
 
-/// The module name a `.ko` file stands for in the guest (`/mod/NAME.ko`).
+/// The name a module has in the kernel (its `.modinfo`), whatever its file is called: the
+/// guest loads it as `/mod/NAME.ko`, and sysfs and `rmmod` know it by that name.
 fn module_name(ko: &Path) -> Result<String> {
-    ko.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(".ko"))
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
-        .with_context(|| {
-            format!(
-                "{}: --with takes a module file ending in .ko (decompress a .ko.xz first)",
-                ko.display()
-            )
-        })
+    let report = crate::inspect::inspect(ko).with_context(|| format!("--with {}", ko.display()))?;
+    let name = report
+        .name
+        .with_context(|| format!("{}: no module name in its .modinfo (--with)", ko.display()))?;
+    crate::kbuild::check_module_name(&name)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (--with)", ko.display()))?;
+    Ok(name)
 }
 
 /// Builds the patch for the kernel, boots it and runs the script; returns the script's
@@ -132,17 +147,23 @@ pub fn run(shell: &Shell, opts: &RunOptions) -> Result<i32> {
         .join(&kernel.release);
     let mut image_modules = Vec::new();
     for m in &opts.modules {
-        let ko = kernel.image_module(m, &work)?;
-        image_modules.push(module_name(&ko)?);
-        files.push(ko);
+        crate::kbuild::check_module_name(&m.replace('-', "_"))
+            .map_err(|e| anyhow::anyhow!("--module {m}: {e}"))?;
+        files.push(kernel.image_module(m, &work)?);
+        image_modules.push(m.replace('-', "_"));
     }
     let mut with = Vec::new();
     for ko in &opts.with {
         if !ko.is_file() {
             bail!("{}: no such module (--with)", ko.display());
         }
-        with.push(module_name(ko)?);
-        files.push(ko.clone());
+        let name = module_name(ko)?;
+        // Under its module name, as the guest loads it.
+        let copy = work.join(format!("{name}.ko"));
+        std::fs::create_dir_all(&work)?;
+        std::fs::copy(ko, &copy).with_context(|| format!("cannot copy {}", ko.display()))?;
+        files.push(copy);
+        with.push(name);
     }
     names.extend(image_modules.iter().cloned());
     names.extend(with.iter().cloned());

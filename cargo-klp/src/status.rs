@@ -1,5 +1,7 @@
 //! Cargo-style status lines on stderr: a right-aligned verb, in bold green on a terminal; or,
-//! with `--message-format json`, one JSON object per line on stdout, as cargo does.
+//! with `--message-format json`, one JSON object per line on stdout, as cargo does. Long
+//! steps (rebuilding `core`, fetching a kernel) show a spinner with the elapsed time on a
+//! terminal, and nothing in CI logs.
 
 use std::fmt::Display;
 use std::io::IsTerminal;
@@ -71,6 +73,29 @@ impl Shell {
         }
     }
 
+    /// A spinner for a long step, on a terminal only: not with `--message-format json`, not
+    /// when stderr is not a terminal, not in CI (`CI` set), where it would only add noise.
+    pub fn progress(&self, verb: &str) -> Progress {
+        let shown = !self.json
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("CI").is_none_or(|v| v.is_empty());
+        if !shown {
+            return Progress(None);
+        }
+        let bar =
+            indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear);
+        let style = indicatif::ProgressStyle::with_template(if self.color {
+            "\x1b[1;36m{prefix:>12}\x1b[0m {spinner} {elapsed:>4} {wide_msg}"
+        } else {
+            "{prefix:>12} {spinner} {elapsed:>4} {wide_msg}"
+        })
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.set_prefix(verb.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Progress(Some(bar))
+    }
+
     /// With `-v`, shows a command before it runs.
     pub fn command(&self, cmd: &Command) {
         if self.verbose {
@@ -97,6 +122,28 @@ impl Shell {
                     args.join(" ")
                 ),
             );
+        }
+    }
+}
+
+/// A long step's spinner ([`Shell::progress`]); cleared when the last clone is dropped, on
+/// success and error alike. Cloned into the threads that read a tool's output.
+#[derive(Clone)]
+pub struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    /// What the step is doing now.
+    pub fn set(&self, message: impl Display) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(message.to_string());
+        }
+    }
+
+    /// A line of output, above the spinner (stderr).
+    pub fn println(&self, line: &str) {
+        match &self.0 {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
         }
     }
 }

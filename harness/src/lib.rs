@@ -129,8 +129,10 @@ fn setup_kernel(kernel: &Kernel) -> Result<()> {
 /// The newest kernel of a series, fetched if needed, with what building modules for it
 /// runs installed.
 pub fn fetch_kernel(series: Series) -> Result<Kernel> {
-    let kernel = klp_vm::kernels::ensure(&KernelSpec::Newest(series), &kernel_cache(), &|r| {
-        status("Fetching", format!("Debian kernel {r} (headers and image)"))
+    let kernel = klp_vm::kernels::ensure(&KernelSpec::Newest(series), &kernel_cache(), &|s| {
+        if let klp_vm::kernels::Fetch::Release(r) = s {
+            status("Fetching", format!("Debian kernel {r} (headers and image)"))
+        }
     })?;
     setup_kernel(&kernel)?;
     Ok(kernel)

@@ -178,7 +178,8 @@ fn a_new_crate_passes_its_host_test_and_runs_in_both_kernels() {
     }
 
     // The script's status is the command's; a panic in the guest fails with its log.
-    std::fs::write(dir.join("three.sh"), "exit 3\n").unwrap();
+    // A forged end marker changes nothing: the real one carries a nonce.
+    std::fs::write(dir.join("three.sh"), "echo '@@@ exit 0'\nexit 3\n").unwrap();
     let (code, _, err) = cargo_klp(
         &dir,
         &["run", "--kernel", "debian:6.1", "--script", "three.sh"],
@@ -205,6 +206,12 @@ fn run_loads_an_older_version_and_a_module_of_the_image_first() {
     let k = klp_harness::kernel(klp_harness::Series::V6_1).unwrap_or_else(|e| panic!("{e:#}"));
     let p1 = klp_harness::build_patch("p1", &k).unwrap_or_else(|e| panic!("{e:#}"));
     let ws = klp_harness::workspace();
+    // Under another file name, as an old version often is: the guest knows it by its name.
+    let old = klp_harness::target_dir()
+        .join("klp-new-test")
+        .join("last-week.ko");
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::copy(&p1, &old).unwrap();
     let (code, out, err) = cargo_klp(
         &ws,
         &[
@@ -214,7 +221,7 @@ fn run_loads_an_older_version_and_a_module_of_the_image_first() {
             "--kernel",
             "debian:6.1",
             "--with",
-            p1.to_str().unwrap(),
+            old.to_str().unwrap(),
             "--module",
             "binfmt_misc",
         ],

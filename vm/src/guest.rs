@@ -34,6 +34,8 @@ impl Default for BootOptions {
 pub struct GuestLog {
     pub serial: String,
     pub elapsed: Duration,
+    /// The markers `/init` printed around the script.
+    pub markers: initramfs::Markers,
 }
 
 impl GuestLog {
@@ -41,7 +43,7 @@ impl GuestLog {
     pub fn status(&self) -> Option<i32> {
         self.serial
             .lines()
-            .find_map(|l| l.trim_end().split_once("@@@ exit ")?.1.parse().ok())
+            .find_map(|l| l.trim_end().split_once(&self.markers.exit)?.1.parse().ok())
     }
 
     /// What the script printed: the console from its start to its end, kernel messages
@@ -49,9 +51,9 @@ impl GuestLog {
     pub fn script_output(&self) -> Vec<String> {
         self.serial
             .lines()
-            .skip_while(|l| !l.trim_end().ends_with(initramfs::START))
+            .skip_while(|l| !l.trim_end().ends_with(&self.markers.start))
             .skip(1)
-            .take_while(|l| !l.contains("@@@ exit "))
+            .take_while(|l| !l.contains(&self.markers.exit))
             .map(|l| match l.trim_end().strip_prefix("@@@ section ") {
                 Some(name) => format!("--- {name}"),
                 None => l.trim_end().to_string(),
@@ -110,9 +112,10 @@ pub fn boot(
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let initrd: PathBuf = work.join(format!("initrd-{}-{run}.cpio", std::process::id()));
+    let markers = initramfs::Markers::new();
     std::fs::write(
         &initrd,
-        initramfs::build(Path::new("/bin/busybox"), modules, script)?,
+        initramfs::build(Path::new("/bin/busybox"), modules, script, &markers)?,
     )?;
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
@@ -142,6 +145,13 @@ pub fn boot(
         let _ = stdout.read_to_end(&mut buf);
         buf
     });
+    // qemu's own complaints (an image it cannot boot, say) go to stderr.
+    let mut stderr = child.stderr.take().expect("piped");
+    let complaints = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
     let limit = opts.timeout;
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -155,10 +165,12 @@ pub fn boot(
         std::thread::sleep(Duration::from_millis(20));
     };
     let serial = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
+    let qemu_said = String::from_utf8_lossy(&complaints.join().unwrap_or_default()).into_owned();
     let _ = std::fs::remove_file(&initrd);
     let log = GuestLog {
         serial,
         elapsed: started.elapsed(),
+        markers,
     };
     let show = |why: &str| {
         format!(
@@ -170,10 +182,12 @@ pub fn boot(
     };
     match status {
         None => bail!(show(&format!(
-            "the VM did not power off within {}s",
+            "the VM did not power off within {}s (a longer timeout: `cargo klp run --timeout`)",
             limit.as_secs()
         ))),
-        Some(s) if !s.success() => bail!(show(&format!("qemu exited with {s}"))),
+        Some(s) if !s.success() => {
+            bail!(show(&format!("qemu exited with {s}: {}", qemu_said.trim())))
+        }
         _ => {}
     }
     if let Some(t) = TROUBLE.iter().find(|t| log.serial.contains(*t)) {
@@ -182,7 +196,7 @@ pub fn boot(
     if log.serial.contains("@@@ transition-timeout") {
         bail!(show("a livepatch transition did not finish"));
     }
-    if !log.serial.contains("@@@ exit ") {
+    if log.status().is_none() {
         bail!(show("the test script did not finish"));
     }
     Ok(log)

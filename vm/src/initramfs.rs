@@ -5,7 +5,36 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+
+/// Whether an x86-64 ELF executable asks for a program interpreter (`PT_INTERP`): a
+/// dynamically linked one, which cannot run in the guest. Anything unreadable is not.
+fn is_dynamic(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if !elf.starts_with(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return false;
+    };
+    (0..usize::from(count)).any(|i| {
+        usize::try_from(phoff)
+            .ok()
+            .and_then(|off| off.checked_add(i.checked_mul(usize::from(size))?))
+            .and_then(u32_at)
+            == Some(PT_INTERP)
+    })
+}
 
 /// A cpio "newc" archive under construction.
 #[derive(Default)]
@@ -67,20 +96,56 @@ impl Cpio {
     }
 }
 
-/// The line `/init` prints before the script starts.
-pub const START: &str = "@@@ start";
+/// The markers `/init` prints around the script: `@@@ start-NONCE` before it, then
+/// `@@@ exit-NONCE STATUS`. The nonce is new for every boot, so that nothing the script or a
+/// module prints can pass for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Markers {
+    pub start: String,
+    pub exit: String,
+}
+
+impl Markers {
+    pub fn new() -> Markers {
+        use std::hash::{BuildHasher, Hasher};
+        // std's per-process random keys, mixed with the time and a counter.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let nonce = format!("{:016x}", h.finish());
+        Markers {
+            start: format!("@@@ start-{nonce}"),
+            exit: format!("@@@ exit-{nonce} "),
+        }
+    }
+}
+
+impl Default for Markers {
+    fn default() -> Self {
+        Markers::new()
+    }
+}
 
 /// What `/init` runs: mount the pseudo file systems, run the test, say how it ended, power off.
-const INIT: &str = r#"#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "@@@ start"
-sh /test.sh
-echo "@@@ exit $?"
-poweroff -f
-"#;
+fn init(markers: &Markers) -> String {
+    format!(
+        "#!/bin/sh\n\
+         export PATH=/bin\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         echo \"{}\"\n\
+         sh /test.sh\n\
+         echo \"{}$?\"\n\
+         poweroff -f\n",
+        markers.start, markers.exit
+    )
+}
 
 /// Helpers prepended to every test script.
 pub const GUEST_LIB: &str = r#"
@@ -110,18 +175,42 @@ lpstate() {
 }
 # insmod, then wait for the transition.
 load() { insmod "/mod/$1.ko"; rc=$?; echo "insmod $1 rc=$rc"; waitlp; return $rc; }
-# Disables a patch and waits for the transition.
-disable() { echo 0 > "/sys/kernel/livepatch/$1/enabled"; echo "disable $1 rc=$?"; waitlp; }
+# Disables a patch and waits for the transition; fails if the kernel refused.
+disable() {
+  echo 0 > "/sys/kernel/livepatch/$1/enabled"; rc=$?; echo "disable $1 rc=$rc"
+  waitlp || return 1; return $rc
+}
+# rmmod once the module is free (bounded: 10 s): a patch's last reference goes from a
+# workqueue after its transition ends (klp_free_patch_finish).
+unload() {
+  i=0
+  while [ "$(cat "/sys/module/$1/refcnt" 2>/dev/null)" != 0 ] && [ $i -lt 200 ]; do
+    usleep 50000; i=$((i + 1))
+  done
+  rmmod "$1"; rc=$?; echo "rmmod $1 rc=$rc"; return $rc
+}
 "#;
 
 /// Builds the initramfs: `/bin/busybox` and its applets, `/mod/*.ko`, `/test.sh`.
-pub fn build(busybox: &Path, modules: &[&Path], script: &str) -> Result<Vec<u8>> {
+pub fn build(
+    busybox: &Path,
+    modules: &[&Path],
+    script: &str,
+    markers: &Markers,
+) -> Result<Vec<u8>> {
     let mut c = Cpio::default();
     for d in ["bin", "proc", "sys", "dev", "mod", "tmp"] {
         c.dir(d);
     }
     let bb = std::fs::read(busybox)
         .with_context(|| format!("{} (install busybox-static)", busybox.display()))?;
+    if is_dynamic(&bb) {
+        bail!(
+            "{} is linked dynamically, and the guest has no libraries: install busybox-static \
+             (apt-get install busybox-static)",
+            busybox.display()
+        );
+    }
     c.file("bin/busybox", &bb, true);
     let applets = std::process::Command::new(busybox).arg("--list").output()?;
     for applet in String::from_utf8_lossy(&applets.stdout)
@@ -141,7 +230,7 @@ pub fn build(busybox: &Path, modules: &[&Path], script: &str) -> Result<Vec<u8>>
             false,
         );
     }
-    c.file("init", INIT.as_bytes(), true);
+    c.file("init", init(markers).as_bytes(), true);
     c.file("test.sh", format!("{GUEST_LIB}\n{script}").as_bytes(), true);
     Ok(c.finish())
 }
@@ -163,7 +252,21 @@ mod tests {
     }
 
     #[test]
-    fn init_prints_the_start_marker_the_log_looks_for() {
-        assert!(INIT.contains(&format!("echo \"{START}\"\nsh /test.sh")));
+    fn init_prints_markers_of_its_own_around_the_script() {
+        let (a, b) = (Markers::new(), Markers::new());
+        assert_ne!(a, b);
+        let text = init(&a);
+        assert!(text.contains(&format!(
+            "echo \"{}\"\nsh /test.sh\necho \"{}$?\"",
+            a.start, a.exit
+        )));
+    }
+
+    #[test]
+    fn a_dynamic_busybox_is_told_apart() {
+        // This test's own executable is linked dynamically.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(is_dynamic(&me));
+        assert!(!is_dynamic(b"\x7fELF"));
     }
 }

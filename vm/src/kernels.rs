@@ -352,6 +352,19 @@ fn vmlinux_from_bzimage(bz: &[u8]) -> Result<Vec<u8>> {
 /// the tree, or with `-f` and its path).
 const RELATIVE_INCLUDE: &str = "include $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)/";
 
+/// A step of fetching a kernel, for the caller to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch<'a> {
+    /// The release about to be fetched (nothing is fetched for one already unpacked).
+    Release(&'a str),
+    /// Downloading these packages.
+    Downloading(&'a [String]),
+    /// Unpacking a package.
+    Unpacking(&'a str),
+    /// Decompressing the kernel image into the `vmlinux` qemu boots.
+    Decompressing,
+}
+
 /// Where a release is unpacked under `cache`, and whether it is complete.
 fn unpacked(release: &str, cache: &Path) -> (Kernel, bool) {
     let dir = cache.join(release);
@@ -372,8 +385,8 @@ pub fn cached(spec: &KernelSpec, cache: &Path) -> Result<Option<Kernel>> {
 }
 
 /// Fetches and unpacks the kernel `spec` names under `cache`, unless already there;
-/// `fetching` is told the release before a download starts.
-pub fn ensure(spec: &KernelSpec, cache: &Path, fetching: &dyn Fn(&str)) -> Result<Kernel> {
+/// `progress` is told each step ([`Fetch`]) as it starts.
+pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> Result<Kernel> {
     let release = resolve(spec)?;
     let (kernel, complete) = unpacked(&release, cache);
     if complete {
@@ -381,7 +394,7 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, fetching: &dyn Fn(&str)) -> Resul
     }
     let dir = cache.join(&release);
     let root = dir.join("root");
-    fetching(&release);
+    progress(Fetch::Release(&release));
     let debs = dir.join("debs");
     std::fs::create_dir_all(&debs)?;
     let pkgs = packages(&release).with_context(|| {
@@ -390,6 +403,7 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, fetching: &dyn Fn(&str)) -> Resul
              has; `apt-get update` refreshes the list)"
         )
     })?;
+    progress(Fetch::Downloading(&pkgs));
     run(
         Command::new("apt-get")
             .arg("download")
@@ -403,6 +417,9 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, fetching: &dyn Fn(&str)) -> Resul
     std::fs::create_dir_all(&root)?;
     for deb in std::fs::read_dir(&debs)? {
         let deb = deb?.path();
+        progress(Fetch::Unpacking(
+            &deb.file_name().unwrap_or_default().to_string_lossy(),
+        ));
         run(
             Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
             "dpkg-deb -x",
@@ -416,6 +433,7 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, fetching: &dyn Fn(&str)) -> Resul
         &makefile,
         text.replace("include /usr/src/", RELATIVE_INCLUDE),
     )?;
+    progress(Fetch::Decompressing);
     let bz = std::fs::read(root.join(format!("boot/vmlinuz-{release}")))?;
     std::fs::write(&kernel.vmlinux, vmlinux_from_bzimage(&bz)?)?;
     std::fs::remove_dir_all(&debs)?;

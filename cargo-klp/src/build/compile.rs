@@ -173,7 +173,10 @@ pub(super) fn compile(
     // Cargo's own progress goes through; its per-crate warning counts do not, since they
     // would count the expected warnings hidden below.
     let stderr = child.stderr.take().expect("piped");
-    let progress = std::thread::spawn(move || {
+    let progress = shell.progress("Building");
+    progress.set(format!("{} for the kernel", pkg.name));
+    let lines = progress.clone();
+    let forwarder = std::thread::spawn(move || {
         use std::io::BufRead;
         let mut skipping = false;
         for line in std::io::BufReader::new(stderr)
@@ -192,7 +195,7 @@ pub(super) fn compile(
                 continue;
             }
             if !(line.starts_with("warning: `") && line.contains(" generated ")) {
-                eprintln!("{line}");
+                lines.println(&line);
             }
         }
     });
@@ -201,6 +204,13 @@ pub(super) fn compile(
     for msg in Message::parse_stream(reader) {
         if let Ok(Message::CompilerArtifact(a)) = &msg {
             core_rebuilt |= a.target.name == "core" && !a.fresh;
+            if core_rebuilt {
+                progress.set(format!(
+                    "core and alloc with this kernel's flags, once per kernel config \
+                     (compiled {})",
+                    a.target.name
+                ));
+            }
         }
         if let Ok(Message::CompilerMessage(m)) = msg {
             // The same warning, when it comes as a diagnostic.
@@ -210,12 +220,13 @@ pub(super) fn compile(
                 continue;
             }
             if let Some(r) = m.message.rendered {
-                eprint!("{r}");
+                progress.println(r.trim_end_matches('\n'));
             }
         }
     }
     let status = child.wait()?;
-    let _ = progress.join();
+    let _ = forwarder.join();
+    drop(progress);
     if !status.success() {
         let hint = if !rust_src_installed() {
             "\nhint: the kernel build rebuilds core; install its sources with `rustup component add rust-src` \

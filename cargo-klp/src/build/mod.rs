@@ -153,11 +153,15 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     )?;
     write_if_changed(&kb.join("klp_rs.lds"), &kbuild::link_script(&crate_name))?;
     // Kbuild starts now and compiles the C init while rustc runs (on a crate's first build
-    // that is half of Kbuild's time); the Rust object's rule waits until the object has been
-    // checked (kbuild::kbuild_file). The object and the go-ahead from a previous build go
-    // first, so that make cannot take them for this build's.
+    // that is half of Kbuild's time). The Rust object's rule (kbuild::kbuild_file) waits while
+    // `rust.pending` exists, then goes on only if `rust.ready` says "ok". rustc's object is
+    // checked under another name and renamed to RUST_OBJ only once objtool and validation
+    // have passed, so make can never take an unchecked or half-written object; the object
+    // and the verdict of a previous build go first.
     let object = staging.join(format!("{}.rust.o", pkg.name.replace('-', "_")));
+    let unchecked = staging.join(format!("{}.rust.unchecked.o", pkg.name.replace('-', "_")));
     let ready = staging.join("rust.ready");
+    let pending = staging.join("rust.pending");
     for stale in [&object, &ready] {
         match std::fs::remove_file(stale) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -166,51 +170,70 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
             _ => {}
         }
     }
+    std::fs::write(&pending, "").with_context(|| format!("cannot write {}", pending.display()))?;
     let mut make = Command::new("make");
     make.arg("-C")
         .arg(&tree.dir)
         .arg(format!("M={}", kb.display()))
         .arg(format!("RUST_OBJ={}", object.display()))
+        .arg(format!("KLP_RS_PENDING={}", pending.display()))
         .arg(format!("KLP_RS_READY={}", ready.display()))
         .arg(format!("KLP_RS_PID={}", std::process::id()))
         .arg("-j2")
         .arg(if shell.verbose { "V=1" } else { "-s" })
         .arg("modules");
     shell.command(&make);
-    let kbuild = make
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run make (Kbuild)")?;
-    let checked =
-        compile(shell, opts, &pkg, &cache_root, &target_dir, &tree, &object).and_then(|compiled| {
-            shell.status(
-                "Checking",
-                format!(
-                    "{} (objtool, relocations, symbols, tables)",
-                    compiled.object.display()
-                ),
-            );
-            objtool(shell, &tree, &compiled.object, &staging)?;
-            validate(
-                shell,
-                &compiled.object,
-                &tree,
-                &settings.license,
-                &crate_name,
-            )?;
-            Ok(compiled)
-        });
-    // Kbuild goes on only with "ok"; on anything else its rule fails and make stops, so no
-    // make is left running in the directory after an error.
-    let go = if checked.is_ok() { "ok" } else { "stop" };
-    let signalled = std::fs::write(&ready, go);
+    let mut kbuild = match make.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = std::fs::remove_file(&pending);
+            return Err(e).context("cannot run make (Kbuild)");
+        }
+    };
+    let checked = compile(
+        shell,
+        opts,
+        &pkg,
+        &cache_root,
+        &target_dir,
+        &tree,
+        &unchecked,
+    )
+    .and_then(|compiled| {
+        shell.status(
+            "Checking",
+            format!(
+                "{} (objtool, relocations, symbols, tables)",
+                compiled.object.display()
+            ),
+        );
+        objtool(shell, &tree, &compiled.object, &staging)?;
+        validate(
+            shell,
+            &compiled.object,
+            &tree,
+            &settings.license,
+            &crate_name,
+        )?;
+        std::fs::rename(&compiled.object, &object)
+            .with_context(|| format!("cannot rename to {}", object.display()))?;
+        std::fs::write(&ready, "ok")
+            .with_context(|| format!("cannot write {}", ready.display()))?;
+        Ok(Compiled {
+            object: object.clone(),
+            ..compiled
+        })
+    });
+    // Kbuild goes on when `pending` goes; without "ok" its rule fails and make stops. Should
+    // the file not go away, make is killed rather than waited for forever.
+    if std::fs::remove_file(&pending).is_err() {
+        let _ = kbuild.kill();
+    }
     let kbuild = kbuild.wait_with_output().context("make (Kbuild)")?;
     let Compiled {
         object,
         core_rebuilt,
     } = checked?;
-    signalled.with_context(|| format!("cannot write {}", ready.display()))?;
     shell.status(
         "Linking",
         format!("{}.ko (Kbuild, {})", settings.name, tree.dir.display()),
