@@ -74,6 +74,13 @@ fn check_name(name: &str) -> Result<()> {
              with a letter (the module is named klp_{name}, and module names are C identifiers)"
         );
     }
+    if name == "previous_version" {
+        // Its tables would merge with those of the test that stands for the previous version.
+        bail!(
+            "`previous_version` is the name of the new crate's upgrade test (a patch of its \
+             own); choose another name"
+        );
+    }
     Ok(())
 }
 
@@ -84,6 +91,10 @@ fn write_files(dir: &Path, name: &str, runtime: &Runtime) -> Result<()> {
         ("Cargo.toml", manifest(name, runtime)),
         ("src/lib.rs", LIB_RS.replace("{name}", name)),
         ("tests/sim.rs", SIM_RS.replace("{name}", name)),
+        (
+            "tests/previous_version.rs",
+            PREVIOUS_VERSION_RS.replace("{name}", name),
+        ),
         ("README.md", README_MD.replace("{name}", name)),
         (".gitignore", "/target\n".into()),
     ];
@@ -225,14 +236,79 @@ fn a_failed_load_leaves_nothing_behind() {
 }
 "#;
 
+const PREVIOUS_VERSION_RS: &str = r#"//! Upgrade and downgrade in the simulator. This file is a patch of its own, standing for the
+//! version your fleet runs now: edit it to match that version (its functions, callback sets
+//! and shadow types). A replace runs exactly the callback sets only one of the two patches
+//! has: here set 1, which only {name} has.
+
+use core::ffi::{c_int, c_void};
+
+use klp_runtime::bindings::{seq_print, SeqFile};
+use klp_runtime::klp_func;
+use klp_runtime::sim::{store, Kernel};
+
+// The previous version's tables; in the simulator its patch is named after this file,
+// `previous_version`.
+klp_runtime::patch!();
+
+/// The previous version's replacement function: no callback sets, no shadow state.
+#[klp_func(name = "cmdline_proc_show")]
+pub extern "C" fn previous_cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> c_int {
+    // SAFETY: `m` is the seq_file the kernel passes to this show function.
+    unsafe { seq_print(m, format_args!("patched by the previous version\n")) };
+    0
+}
+
+fn read_cmdline() -> String {
+    let mut m = SeqFile::new();
+    {name}::cmdline_proc_show(&mut m, std::ptr::null_mut());
+    m.text().to_string()
+}
+
+#[test]
+fn upgrade_then_downgrade() {
+    let mut k = Kernel::new();
+    // The fleet today.
+    k.insmod(&KLP_PATCH).unwrap();
+    assert!(k.messages().is_empty());
+
+    // The upgrade: {name} replaces it. Set 1 is only in {name}: its pre_patch runs.
+    k.insmod(&{name}::KLP_PATCH).unwrap();
+    assert_eq!(k.enabled_patch(), Some("{name}"));
+    assert_eq!(k.messages(), ["{name}: set up on vmlinux"]);
+    assert_eq!(read_cmdline(), "patched by {name} (read 1 times)\n");
+    assert_eq!(read_cmdline(), "patched by {name} (read 2 times)\n");
+    // The replaced module is unloaded, as it would be before it is loaded again.
+    k.rmmod("previous_version").unwrap();
+    k.clear_log();
+
+    // The downgrade: the previous version replaces {name}. Set 1 leaves: its
+    // post_unpatch runs, then its shadow type is freed, and Drop says so.
+    k.insmod(&KLP_PATCH).unwrap();
+    assert_eq!(k.enabled_patch(), Some("previous_version"));
+    assert_eq!(
+        k.messages(),
+        [
+            "{name}: torn down on vmlinux",
+            "{name}: reads freed after 2",
+        ]
+    );
+    assert_eq!(store::count(0x100), 0);
+}
+"#;
+
 const README_MD: &str = r#"# {name}
 
 A live patch written with klp-rs.
 
-1. Test it on the host, in the simulator: `cargo test`
-2. Build the module for a kernel (its headers: `--kdir`, default the running kernel's):
-   `cargo klp build --kdir /lib/modules/$(uname -r)/build`
-3. See what is in it, or what replacing an older version will run:
-   `cargo klp inspect target/klp/klp_{name}.ko`,
-   `cargo klp inspect target/klp/klp_{name}.ko --against OLD.ko`
+1. Test it on the host, in the simulator: `cargo test` (`tests/previous_version.rs` stands
+   for the version your fleet runs now: make it match, and the test shows what the upgrade
+   and the downgrade run).
+2. Run it in the exact kernel your fleet runs, booted under qemu:
+   `cargo klp run --kernel debian:6.1` (or `debian:6.12`, or an exact ABI; `--with OLD.ko`
+   loads the version it replaces first; `--script FILE` runs your own checks).
+3. See what replacing the older version will run: `cargo klp inspect
+   target/klp/klp_{name}.ko --against OLD.ko`
+4. Build what ships, signed: `cargo klp build --kernel debian:6.1 --sign KEY CERT` (or
+   `--kdir DIR` for a kernel tree you have).
 "#;

@@ -300,6 +300,13 @@ fn an_existing_directory_or_a_bad_name_is_refused_and_nothing_is_written() {
     assert!(e.contains("already exists"), "{e}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 
+    let dir = dir.with_file_name("previous_version");
+    let e = new_crate("previous_version", &dir, &runtime())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("choose another name"), "{e}");
+    assert!(!dir.exists());
+
     let dir = dir.with_file_name("Bad-Name");
     let e = new_crate("Bad-Name", &dir, &runtime())
         .unwrap_err()
