@@ -365,17 +365,21 @@ pub enum Fetch<'a> {
     Decompressing,
 }
 
-/// Where a release is unpacked under `cache`, and whether it is complete.
-fn unpacked(release: &str, cache: &Path) -> (Kernel, bool) {
-    let dir = cache.join(release);
+/// The layout of a release unpacked in `dir`.
+fn layout(release: &str, dir: &Path) -> Kernel {
     let root = dir.join("root");
-    let kernel = Kernel {
+    Kernel {
         kdir: root.join(format!("usr/src/linux-headers-{release}")),
         vmlinux: dir.join("vmlinux"),
         modules: root.join(format!("lib/modules/{release}")),
         release: release.to_string(),
-    };
-    (kernel, dir.join(".complete").exists())
+    }
+}
+
+/// Where a release is unpacked under `cache`, and whether it is complete.
+fn unpacked(release: &str, cache: &Path) -> (Kernel, bool) {
+    let dir = cache.join(release);
+    (layout(release, &dir), dir.join(".complete").exists())
 }
 
 /// The kernel `spec` names if it is already unpacked under `cache`; nothing is fetched.
@@ -385,19 +389,51 @@ pub fn cached(spec: &KernelSpec, cache: &Path) -> Result<Option<Kernel>> {
 }
 
 /// Fetches and unpacks the kernel `spec` names under `cache`, unless already there;
-/// `progress` is told each step ([`Fetch`]) as it starts.
+/// `progress` is told each step ([`Fetch`]) as it starts. The kernel is unpacked in a
+/// directory of this process's own and renamed into place when complete, so that two
+/// processes fetching the same kernel at once do not unpack over each other: the first to
+/// finish wins, the other's copy is dropped.
 pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> Result<Kernel> {
     let release = resolve(spec)?;
     let (kernel, complete) = unpacked(&release, cache);
     if complete {
         return Ok(kernel);
     }
-    let dir = cache.join(&release);
-    let root = dir.join("root");
     progress(Fetch::Release(&release));
+    let partial = cache.join(format!(".{release}.partial-{}", std::process::id()));
+    let fetched = fetch_into(&release, &partial, progress);
+    if let Err(e) = fetched {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    let dir = cache.join(&release);
+    if unpacked(&release, cache).1 {
+        // Another process finished first.
+        let _ = std::fs::remove_dir_all(&partial);
+        return Ok(kernel);
+    }
+    if dir.exists() {
+        // What a process that died halfway left, before fetches were atomic.
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove the incomplete {}", dir.display()))?;
+    }
+    if let Err(e) = std::fs::rename(&partial, &dir) {
+        let _ = std::fs::remove_dir_all(&partial);
+        if !unpacked(&release, cache).1 {
+            return Err(e).with_context(|| format!("cannot move the kernel to {}", dir.display()));
+        }
+    }
+    Ok(kernel)
+}
+
+/// Downloads and unpacks `release` into `dir` (headers, image, the decompressed `vmlinux`),
+/// marking it complete last.
+fn fetch_into(release: &str, dir: &Path, progress: &dyn Fn(Fetch<'_>)) -> Result<()> {
+    let Kernel { kdir, vmlinux, .. } = layout(release, dir);
+    let root = dir.join("root");
     let debs = dir.join("debs");
     std::fs::create_dir_all(&debs)?;
-    let pkgs = packages(&release).with_context(|| {
+    let pkgs = packages(release).with_context(|| {
         format!(
             "apt offers no kernel {release} (`apt-cache search linux-headers` lists those it \
              has; `apt-get update` refreshes the list)"
@@ -427,7 +463,7 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> 
     }
     // The headers' Makefile includes the common headers by absolute path; make it relative
     // to the Makefile itself, so that the cache can move.
-    let makefile = kernel.kdir.join("Makefile");
+    let makefile = kdir.join("Makefile");
     let text = std::fs::read_to_string(&makefile)?;
     std::fs::write(
         &makefile,
@@ -435,11 +471,12 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> 
     )?;
     progress(Fetch::Decompressing);
     let bz = std::fs::read(root.join(format!("boot/vmlinuz-{release}")))?;
-    std::fs::write(&kernel.vmlinux, vmlinux_from_bzimage(&bz)?)?;
+    std::fs::write(&vmlinux, vmlinux_from_bzimage(&bz)?)?;
     std::fs::remove_dir_all(&debs)?;
     std::fs::write(dir.join(".complete"), "")?;
-    Ok(kernel)
+    Ok(())
 }
+
 
 #[cfg(test)]
 mod tests {
