@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod elf;
+pub mod funcs;
 pub mod inspect;
 pub mod kbuild;
 pub mod kconfig;
@@ -151,7 +152,9 @@ fn run(cli: Cargo) -> anyhow::Result<ExitCode> {
             let mut opts = build_options(a);
             if let Some(spec) = opts.1 {
                 let k = run::kernel(&shell, &run::KernelChoice::Debian(spec))?;
-                opts.0.kdir = Some(k.kdir);
+                opts.0.kdir = Some(k.kdir.clone());
+                // With the image at hand, the patched functions are checked in the kernel.
+                opts.0.target = Some(k);
             }
             let built = build::build(&shell, &opts.0)?;
             if shell.is_json() {
@@ -241,6 +244,7 @@ fn build_options(a: BuildArgs) -> (build::BuildOptions, Option<klp_vm::KernelSpe
             .unwrap_or_default(),
         alloc_faults: a.alloc_faults,
         cache_dir: None,
+        target: None,
     };
     (opts, a.kernel)
 }

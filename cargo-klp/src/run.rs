@@ -133,6 +133,7 @@ pub fn run(shell: &Shell, opts: &RunOptions) -> Result<i32> {
     let kernel = kernel(shell, &opts.kernel)?;
     let build_opts = BuildOptions {
         kdir: Some(kernel.kdir.clone()),
+        target: Some(kernel.clone()),
         ..opts.build.clone()
     };
     let built = build::build(shell, &build_opts)?;

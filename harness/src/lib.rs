@@ -215,6 +215,8 @@ fn build_variant(
         package: Some(package.to_string()),
         kdir: Some(kernel.kdir.clone()),
         out: Some(out_dir),
+        // Every module the suite builds has its replaced functions checked in the kernel.
+        target: Some(kernel.clone()),
         ..Default::default()
     };
     configure(&mut opts);

@@ -42,6 +42,7 @@ on_both_kernels!(
     every_failed_allocation_is_a_clean_error,
     no_runtime_entry_point_reaches_the_panic_handler,
     a_target_module_loading_during_a_replace_transition,
+    functions_the_kernel_cannot_patch_are_refused_before_linking,
 );
 
 fn kernel(series: Series) -> Kernel {
@@ -657,6 +658,44 @@ fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series
     }
     assert!(
         !out.join("klp_broken.ko").exists(),
+        "a refused build must leave no module behind"
+    );
+}
+
+/// Expected from the livepatch core's rules (`klp_find_object_symbol`, ftrace's list) and
+/// the kernels' sources: `do_syscall_64` is `noinstr`, `c_start` is static in several files,
+/// there is one `cmdline_proc_show`, binfmt_misc has no `bm_no_such_function`.
+fn functions_the_kernel_cannot_patch_are_refused_before_linking(series: Series) {
+    let k = kernel(series);
+    let out = klp_harness::target_dir()
+        .join("klp")
+        .join(format!("badfuncs-{}", k.release));
+    let _ = std::fs::remove_dir_all(&out);
+    let opts = cargo_klp::build::BuildOptions {
+        manifest_path: Some(klp_harness::workspace().join("Cargo.toml")),
+        package: Some("badfuncs".into()),
+        kdir: Some(k.kdir.clone()),
+        out: Some(out.clone()),
+        target: Some(k.clone()),
+        ..Default::default()
+    };
+    let err = cargo_klp::build::build(&cargo_klp::status::Shell::new(false), &opts).unwrap_err();
+    let msg = format!("{err:#}");
+    let r = &k.release;
+    for want in [
+        format!("`klp_rs_no_such_function` in vmlinux: {r} has no such function"),
+        format!("`do_syscall_64` in vmlinux: {r} cannot patch it: ftrace has no call site"),
+        "`c_start` in vmlinux: ".to_string(),
+        "symbols of this name, and the kernel refuses an ambiguous one; say which with `sympos = N`"
+            .to_string(),
+        format!("`cmdline_proc_show` in vmlinux: sympos = 2 but {r} has only 1 symbol(s)"),
+        format!("`bm_no_such_function` in binfmt_misc: {r} has no such function"),
+    ] {
+        assert!(msg.contains(&want), "`{want}` not in:\n{msg}");
+    }
+    assert_eq!(msg.matches("\n  - ").count(), 5, "{msg}");
+    assert!(
+        !out.join("klp_badfuncs.ko").exists(),
         "a refused build must leave no module behind"
     );
 }

@@ -477,7 +477,6 @@ fn fetch_into(release: &str, dir: &Path, progress: &dyn Fn(Fetch<'_>)) -> Result
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,9 @@ pub struct BuildOptions {
     /// Where kernel objects are compiled (default: [`default_cache_dir`], else the crate's
     /// target dir).
     pub cache_dir: Option<PathBuf>,
+    /// The kernel the module is for, bootable: the functions the patch replaces are checked
+    /// in it ([`crate::funcs`]) before the module is linked.
+    pub target: Option<klp_vm::Kernel>,
 }
 
 /// What a build produced.
@@ -76,6 +79,41 @@ fn run(shell: &Shell, cmd: &mut Command, what: &str) -> Result<String> {
         bail!("{what} failed ({}):\n{}", out.status, text.trim_end());
     }
     Ok(text)
+}
+
+/// Checks the functions the object's tables replace in the booted target kernel.
+fn check_funcs(
+    shell: &Shell,
+    kernel: &klp_vm::Kernel,
+    object: &Path,
+    staging: &Path,
+) -> Result<()> {
+    let data = std::fs::read(object)?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("{}: not an object file", object.display()))?;
+    // validate() has read the tables already; unreadable ones were refused there.
+    let Ok(Some(patch)) = crate::elf::read_patch(&file) else {
+        return Ok(());
+    };
+    let wanted: Vec<crate::funcs::Wanted> = patch
+        .funcs
+        .iter()
+        .map(|f| crate::funcs::Wanted {
+            object: f.object.as_str().to_string(),
+            name: f.old_name.to_string(),
+            sympos: f.sympos,
+        })
+        .collect();
+    let problems = crate::funcs::check_in_kernel(shell, kernel, &wanted, &staging.join("vm"))?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "the patch replaces functions Linux {} cannot patch:\n  - {}",
+            kernel.release,
+            problems.join("\n  - ")
+        )
+    }
 }
 
 /// Writes `text` unless the file already holds it, so make sees no change.
@@ -215,6 +253,9 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
             &settings.license,
             &crate_name,
         )?;
+        if let Some(kernel) = &opts.target {
+            check_funcs(shell, kernel, &compiled.object, &staging)?;
+        }
         std::fs::rename(&compiled.object, &object)
             .with_context(|| format!("cannot rename to {}", object.display()))?;
         std::fs::write(&ready, "ok")
