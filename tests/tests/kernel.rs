@@ -664,7 +664,8 @@ fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series
 
 /// Expected from the livepatch core's rules (`klp_find_object_symbol`, ftrace's list) and
 /// the kernels' sources: `do_syscall_64` is `noinstr`, `c_start` is static in several files,
-/// there is one `cmdline_proc_show`, binfmt_misc has no `bm_no_such_function`.
+/// there is one `cmdline_proc_show`, binfmt_misc and ext4 (loaded with what it depends on)
+/// have no such functions, 8250 is built in (modules.builtin), module names use `_`.
 fn functions_the_kernel_cannot_patch_are_refused_before_linking(series: Series) {
     let k = kernel(series);
     let out = klp_harness::target_dir()
@@ -690,10 +691,13 @@ fn functions_the_kernel_cannot_patch_are_refused_before_linking(series: Series) 
             .to_string(),
         format!("`cmdline_proc_show` in vmlinux: sympos = 2 but {r} has only 1 symbol(s)"),
         format!("`bm_no_such_function` in binfmt_misc: {r} has no such function"),
+        format!("`ext4_no_such_function` in ext4: {r} has no such function"),
+        format!("module 8250 is built into {r}'s vmlinux: use object = \"vmlinux\""),
+        "object `snd-dummy`: the kernel names modules with `_` (`snd_dummy`)".to_string(),
     ] {
         assert!(msg.contains(&want), "`{want}` not in:\n{msg}");
     }
-    assert_eq!(msg.matches("\n  - ").count(), 5, "{msg}");
+    assert_eq!(msg.matches("\n  - ").count(), 8, "{msg}");
     assert!(
         !out.join("klp_badfuncs.ko").exists(),
         "a refused build must leave no module behind"

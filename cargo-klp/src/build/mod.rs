@@ -104,14 +104,17 @@ fn check_funcs(
             sympos: f.sympos,
         })
         .collect();
-    let problems = crate::funcs::check_in_kernel(shell, kernel, &wanted, &staging.join("vm"))?;
-    if problems.is_empty() {
+    let verdict = crate::funcs::check_in_kernel(shell, kernel, &wanted, &staging.join("vm"))?;
+    for w in &verdict.warnings {
+        shell.warn(w);
+    }
+    if verdict.problems.is_empty() {
         Ok(())
     } else {
         bail!(
             "the patch replaces functions Linux {} cannot patch:\n  - {}",
             kernel.release,
-            problems.join("\n  - ")
+            verdict.problems.join("\n  - ")
         )
     }
 }
