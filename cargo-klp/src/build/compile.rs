@@ -14,7 +14,7 @@ use super::*;
 /// A short stable hash (FNV-1a) of some strings: of the codegen flags, so that objects built
 /// with different flags (a 6.1 and a 6.12 kernel) keep separate cargo caches instead of
 /// rebuilding `core` in turn; of a crate's key, to name its object.
-pub(super) fn short_hash(flags: &[String]) -> String {
+pub(crate) fn short_hash(flags: &[String]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in flags.join(" ").bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);

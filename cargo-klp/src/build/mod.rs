@@ -9,6 +9,7 @@ mod kernel_tree;
 mod manifest;
 mod validate;
 
+pub(crate) use compile::short_hash;
 pub use compile::{crate_key, default_cache_dir, kernel_rustc_command, object_cache};
 pub use kernel_tree::KernelTree;
 

@@ -1,0 +1,228 @@
+//! Asking the booted kernel: the guest run, its answers kept per kernel image in the
+//! per-user cache, and the module objects loaded with what they depend on.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::{check, key, parse, plain_name, script, Answers, Verdict, Wanted};
+
+/// The answers kept for a kernel (none yet if the file is missing or unreadable).
+fn load_cache(file: &Path) -> Answers {
+    std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Keeps the answers, written whole to a file of this writer's own and renamed into place
+/// (two writers: the last one's answers stay, each file whole).
+fn store_cache(file: &Path, answers: &Answers) -> Result<()> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = file.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(answers)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))
+}
+
+/// The cache file of a kernel: its release and a short hash of its image's size and time,
+/// so that another build under the same release name is asked anew.
+fn cache_file(dir: &Path, kernel: &klp_vm::Kernel) -> PathBuf {
+    let meta = std::fs::metadata(&kernel.vmlinux).ok();
+    let stamp = meta.map_or(String::new(), |m| {
+        let time = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{time}", m.len())
+    });
+    dir.join(format!(
+        "{}-{}.json",
+        kernel.release,
+        crate::build::short_hash(&[stamp])
+    ))
+}
+
+/// A module of the image and those it depends on (its `.modinfo` `depends`), in load order.
+fn with_dependencies(kernel: &klp_vm::Kernel, name: &str, work: &Path) -> Result<Vec<PathBuf>> {
+    fn visit(
+        kernel: &klp_vm::Kernel,
+        name: &str,
+        work: &Path,
+        order: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let file = work.join(format!("{}.ko", name.replace('-', "_")));
+        if order.contains(&file) {
+            return Ok(());
+        }
+        let ko = kernel.image_module(name, work)?;
+        let depends = crate::inspect::inspect(&ko)
+            .map(|r| r.depends)
+            .unwrap_or_default();
+        for d in depends {
+            visit(kernel, &d, work, order)?;
+        }
+        order.push(ko);
+        Ok(())
+    }
+    let mut order = Vec::new();
+    visit(kernel, name, work, &mut order)?;
+    Ok(order)
+}
+
+/// Whether the kernel's image lists `module` as built into vmlinux (`modules.builtin`).
+fn built_in(kernel: &klp_vm::Kernel, module: &str) -> bool {
+    std::fs::read_to_string(kernel.modules.join("modules.builtin")).is_ok_and(|list| {
+        list.lines().any(|l| {
+            Path::new(l)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_suffix(".ko"))
+                .is_some_and(|f| f.replace('-', "_") == module)
+        })
+    })
+}
+
+/// The lines of a section and the count the guest printed for it; `None` if they disagree or
+/// either is missing (the console broke a line, or the script did not get there).
+fn counted(log: &klp_vm::GuestLog, section: &str) -> Option<Vec<String>> {
+    let lines = log.section(section);
+    let said = format!("@@@ lines {section} ");
+    let count: usize = log
+        .serial
+        .lines()
+        .find_map(|l| l.trim_end().split_once(&said)?.1.trim().parse().ok())?;
+    (lines.len() == count).then_some(lines)
+}
+
+/// Asks the booted kernel about every wanted name it has not answered yet (one boot per
+/// object), keeps the answers, and returns the verdict. A module object that cannot be
+/// loaded in the VM (not in the image, or its init fails there) is a warning, and its
+/// functions go unchecked.
+pub fn check_in_kernel(
+    shell: &crate::status::Shell,
+    kernel: &klp_vm::Kernel,
+    wanted: &[Wanted],
+    work: &Path,
+) -> Result<Verdict> {
+    let mut verdict = Verdict::default();
+    let mut asked: Vec<Wanted> = Vec::new();
+    for w in wanted {
+        if !plain_name(&w.name) {
+            verdict.problems.push(format!(
+                "#[klp_func] `{}` in {}: not a kernel symbol name (letters, digits, `_`, `.`)",
+                w.name, w.object
+            ));
+        } else if w.object.contains('-') {
+            verdict.problems.push(format!(
+                "#[klp_func] `{}`: object `{}`: the kernel names modules with `_` (`{}`), and \
+                 would wait for this one forever",
+                w.name,
+                w.object,
+                w.object.replace('-', "_")
+            ));
+        } else if w.object != klp_runtime::abi::VMLINUX && built_in(kernel, &w.object) {
+            verdict.problems.push(format!(
+                "#[klp_func] `{}`: module {} is built into {}'s vmlinux: use object = \"vmlinux\"",
+                w.name, w.object, kernel.release
+            ));
+        } else {
+            asked.push(w.clone());
+        }
+    }
+    let cache_dir = klp_vm::cache_dir()
+        .unwrap_or_else(|| work.to_path_buf())
+        .join("functions");
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("cannot create {}", cache_dir.display()))?;
+    let cache = cache_file(&cache_dir, kernel);
+    let mut answers = load_cache(&cache);
+    let mut objects: Vec<String> = asked.iter().map(|w| w.object.clone()).collect();
+    objects.sort_unstable();
+    objects.dedup();
+    let mut unchecked: Vec<String> = Vec::new();
+    for object in &objects {
+        let object = object.as_str();
+        let mut names: Vec<&str> = asked
+            .iter()
+            .filter(|w| w.object == object && !answers.contains_key(&key(object, &w.name)))
+            .map(|w| w.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            continue;
+        }
+        let module = (object != klp_runtime::abi::VMLINUX).then_some(object);
+        let files = match module {
+            Some(m) => match with_dependencies(kernel, m, work) {
+                Ok(files) => files,
+                Err(e) => {
+                    verdict.warnings.push(format!(
+                        "module {m}: {e:#}; the functions the patch replaces in it were not \
+                         checked against the kernel"
+                    ));
+                    unchecked.push(object.to_string());
+                    continue;
+                }
+            },
+            None => Vec::new(),
+        };
+        let loads: Vec<String> = files
+            .iter()
+            .filter_map(|f| Some(f.file_stem()?.to_str()?.to_string()))
+            .collect();
+        let loads: Vec<&str> = loads.iter().map(String::as_str).collect();
+        shell.status(
+            "Checking",
+            format!(
+                "{} function(s) in {object} against Linux {} (kallsyms, ftrace; booted once, \
+                 then cached)",
+                names.len(),
+                kernel.release
+            ),
+        );
+        let files: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
+        let log = klp_vm::boot(
+            kernel,
+            &files,
+            &script(&loads, &names),
+            work,
+            klp_vm::BootOptions::default(),
+        )?;
+        if let Some(m) = log.serial.lines().find_map(|l| {
+            l.split_once("@@@ insmod failed ")
+                .map(|(_, m)| m.trim().to_string())
+        }) {
+            verdict.warnings.push(format!(
+                "module {m} from the image did not load in a bare VM (its hardware may be \
+                 missing); the functions the patch replaces in {object} were not checked \
+                 against the kernel"
+            ));
+            unchecked.push(object.to_string());
+            continue;
+        }
+        let (Some(kallsyms), Some(traceable)) =
+            (counted(&log, "kallsyms"), counted(&log, "traceable"))
+        else {
+            anyhow::bail!(
+                "the kernel's answer about {object} came back garbled on the console (a kernel \
+                 message?); build again:\n{}",
+                log.serial
+            );
+        };
+        answers.extend(parse(object, module, &names, &kallsyms, &traceable));
+        if let Err(e) = store_cache(&cache, &answers) {
+            verdict
+                .warnings
+                .push(format!("the answers were not kept for next time: {e:#}"));
+        }
+    }
+    asked.retain(|w| !unchecked.contains(&w.object));
+    let checked = check(&kernel.release, &asked, &answers);
+    verdict.problems.extend(checked.problems);
+    verdict.warnings.extend(checked.warnings);
+    Ok(verdict)
+}
