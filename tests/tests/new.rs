@@ -122,11 +122,40 @@ fn a_new_crate_passes_its_host_test_and_runs_in_both_kernels() {
     );
     std::fs::write(dir.join("try.sh"), SCRIPT).unwrap();
 
-    // 6.1 by its series (the newest ABI apt offers), 6.12 by its exact ABI.
+    // 6.1 by its series (the newest ABI apt offers), 6.12 by its exact ABI, and 6.1 again as
+    // a kernel the user has: its image, build tree and modules given by path.
+    let k61 = klp_harness::kernel(klp_harness::Series::V6_1).unwrap_or_else(|e| panic!("{e:#}"));
     let k612 = klp_harness::kernel(klp_harness::Series::V6_12).unwrap_or_else(|e| panic!("{e:#}"));
-    for kernel in ["debian:6.1".to_string(), format!("debian:{}", k612.release)] {
-        let (code, out, err) = cargo_klp(&dir, &["run", "--kernel", &kernel, "--script", "try.sh"]);
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let kernels: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--kernel".into(), "debian:6.1".into()], &k61.release),
+        (
+            vec!["--kernel".into(), format!("debian:{}", k612.release)],
+            &k612.release,
+        ),
+        (
+            vec![
+                "--image".into(),
+                path(&k61.vmlinux),
+                "--kdir".into(),
+                path(&k61.kdir),
+                "--modules-dir".into(),
+                path(&k61.modules),
+            ],
+            // The release the tree's UTS_RELEASE names (Debian's kernel.release file says 6.1.N).
+            &k61.release,
+        ),
+    ];
+    for (kernel, release) in kernels {
+        let mut args = vec!["run", "--script", "try.sh"];
+        args.extend(kernel.iter().map(String::as_str));
+        let (code, out, err) = cargo_klp(&dir, &args);
+        let kernel = kernel.join(" ");
         assert_eq!(code, 0, "{kernel}:\n{out}\n{err}");
+        assert!(
+            err.contains(&format!("Booting Linux {release} ")),
+            "{kernel}:\n{err}"
+        );
         let section = |name: &str| -> Vec<&str> {
             out.lines()
                 .skip_while(|l| *l != format!("--- {name}"))

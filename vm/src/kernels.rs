@@ -57,6 +57,20 @@ impl Series {
     }
 }
 
+/// The release a kernel build tree is for: its `UTS_RELEASE`, the name `uname -r` and the
+/// modules' vermagic carry (Debian's `include/config/kernel.release` holds the upstream
+/// version instead); the directory's name if the tree lacks it.
+pub fn tree_release(kdir: &Path) -> String {
+    std::fs::read_to_string(kdir.join("include/generated/utsrelease.h"))
+        .ok()
+        .and_then(|h| h.split('"').nth(1).map(str::to_string))
+        .unwrap_or_else(|| {
+            kdir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+}
+
 /// A Debian kernel as `--kernel` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelSpec {
@@ -122,20 +136,17 @@ pub struct Kernel {
 
 impl Kernel {
     /// A kernel the user has: an image qemu boots and its build tree (the release is the
-    /// tree's `include/config/kernel.release`); its modules in `modules`, else
-    /// `/lib/modules/<release>`.
+    /// tree's [`tree_release`]); its modules in `modules`, else `/lib/modules/<release>`.
     pub fn local(image: &Path, kdir: &Path, modules: Option<&Path>) -> Result<Kernel> {
-        let file = kdir.join("include/config/kernel.release");
-        let release = std::fs::read_to_string(&file)
-            .with_context(|| {
-                format!(
-                    "{} is not a prepared kernel build tree (no {})",
-                    kdir.display(),
-                    file.display()
-                )
-            })?
-            .trim()
-            .to_string();
+        let file = kdir.join("include/generated/utsrelease.h");
+        if !file.is_file() {
+            bail!(
+                "{} is not a prepared kernel build tree (no {})",
+                kdir.display(),
+                file.display()
+            );
+        }
+        let release = tree_release(kdir);
         if !image.is_file() {
             bail!("{}: no such kernel image", image.display());
         }

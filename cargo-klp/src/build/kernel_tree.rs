@@ -49,16 +49,7 @@ impl KernelTree {
                 dir.display()
             );
         }
-        // UTS_RELEASE is the name the module's vermagic carries (Debian's kernel.release file
-        // holds the upstream version instead).
-        let release = std::fs::read_to_string(dir.join("include/generated/utsrelease.h"))
-            .ok()
-            .and_then(|h| h.split('"').nth(1).map(str::to_string))
-            .unwrap_or_else(|| {
-                dir.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            });
+        let release = klp_vm::kernels::tree_release(&dir);
         Ok(KernelTree {
             dir,
             config,
