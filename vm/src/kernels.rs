@@ -219,11 +219,55 @@ fn apt(args: &[&str]) -> Result<String> {
 }
 
 /// The release a spec names: the newest of a series that apt offers, or the exact one.
-pub fn resolve(spec: &KernelSpec) -> Result<String> {
-    match spec {
-        KernelSpec::Newest(series) => newest(*series),
-        KernelSpec::Release(r) => Ok(r.clone()),
+/// The answer for a series is kept under `cache` until apt's lists change (asking apt costs
+/// most of a second).
+pub fn resolve(spec: &KernelSpec, cache: &Path) -> Result<String> {
+    let series = match spec {
+        KernelSpec::Newest(series) => *series,
+        KernelSpec::Release(r) => return Ok(r.clone()),
+    };
+    let kept = cache.join(format!(".newest-{}", series.name()));
+    let stamp = apt_lists_stamp();
+    if let Some(stamp) = &stamp {
+        if let Ok(text) = std::fs::read_to_string(&kept) {
+            if let Some((s, release)) = text.trim().split_once(' ') {
+                if s == stamp && Series::of_release(release) == Some(series) {
+                    return Ok(release.to_string());
+                }
+            }
+        }
     }
+    let release = newest(series)?;
+    if let Some(stamp) = stamp {
+        // Kept whole or not at all; a failure only costs asking apt next time.
+        let tmp = kept.with_extension(format!("tmp-{}", std::process::id()));
+        if std::fs::create_dir_all(cache).is_ok()
+            && std::fs::write(&tmp, format!("{stamp} {release}\n")).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, &kept);
+        }
+    }
+    Ok(release)
+}
+
+/// When apt's package lists last changed (`apt-get update`), as the newest modification
+/// time of the list files and their directory, in nanoseconds; `None` if unreadable.
+fn apt_lists_stamp() -> Option<String> {
+    let dir = Path::new("/var/lib/apt/lists");
+    let time = |m: std::fs::Metadata| {
+        m.modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_nanos())
+    };
+    let mut newest = time(std::fs::metadata(dir).ok()?)?;
+    for e in std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()) {
+        if let Some(t) = e.metadata().ok().and_then(time) {
+            newest = newest.max(t);
+        }
+    }
+    Some(newest.to_string())
 }
 
 /// The newest release of a series that apt offers.
@@ -395,7 +439,7 @@ fn unpacked(release: &str, cache: &Path) -> (Kernel, bool) {
 
 /// The kernel `spec` names if it is already unpacked under `cache`; nothing is fetched.
 pub fn cached(spec: &KernelSpec, cache: &Path) -> Result<Option<Kernel>> {
-    let (kernel, complete) = unpacked(&resolve(spec)?, cache);
+    let (kernel, complete) = unpacked(&resolve(spec, cache)?, cache);
     Ok(complete.then_some(kernel))
 }
 
@@ -405,7 +449,7 @@ pub fn cached(spec: &KernelSpec, cache: &Path) -> Result<Option<Kernel>> {
 /// processes fetching the same kernel at once do not unpack over each other: the first to
 /// finish wins, the other's copy is dropped.
 pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> Result<Kernel> {
-    let release = resolve(spec)?;
+    let release = resolve(spec, cache)?;
     let (kernel, complete) = unpacked(&release, cache);
     if complete {
         return Ok(kernel);
