@@ -240,7 +240,11 @@ pub fn resolve(spec: &KernelSpec, cache: &Path) -> Result<String> {
     let release = newest(series)?;
     if let Some(stamp) = stamp {
         // Kept whole or not at all; a failure only costs asking apt next time.
-        let tmp = kept.with_extension(format!("tmp-{}", std::process::id()));
+        let tmp = cache.join(format!(
+            ".newest-{}.tmp-{}",
+            series.name(),
+            std::process::id()
+        ));
         if std::fs::create_dir_all(cache).is_ok()
             && std::fs::write(&tmp, format!("{stamp} {release}\n")).is_ok()
         {
@@ -444,40 +448,44 @@ pub fn cached(spec: &KernelSpec, cache: &Path) -> Result<Option<Kernel>> {
 }
 
 /// Fetches and unpacks the kernel `spec` names under `cache`, unless already there;
-/// `progress` is told each step ([`Fetch`]) as it starts. The kernel is unpacked in a
-/// directory of this process's own and renamed into place when complete, so that two
-/// processes fetching the same kernel at once do not unpack over each other: the first to
-/// finish wins, the other's copy is dropped.
+/// `progress` is told each step ([`Fetch`]) as it starts. One process at a time fetches a
+/// release (a lock file beside it; the others wait, then find it complete); it unpacks into
+/// a partial directory, renamed into place when complete, so a process killed halfway
+/// leaves nothing that passes for a kernel, and the next fetch clears what it left.
 pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> Result<Kernel> {
     let release = resolve(spec, cache)?;
     let (kernel, complete) = unpacked(&release, cache);
     if complete {
         return Ok(kernel);
     }
+    std::fs::create_dir_all(cache)
+        .with_context(|| format!("cannot create the kernel cache {}", cache.display()))?;
+    let lock_file = cache.join(format!(".{release}.lock"));
+    let lock = std::fs::File::create(&lock_file)
+        .with_context(|| format!("cannot create {}", lock_file.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_file.display()))?;
+    if unpacked(&release, cache).1 {
+        // Another process fetched it while this one waited.
+        return Ok(kernel);
+    }
     progress(Fetch::Release(&release));
-    let partial = cache.join(format!(".{release}.partial-{}", std::process::id()));
-    let fetched = fetch_into(&release, &partial, progress);
-    if let Err(e) = fetched {
+    let dir = cache.join(&release);
+    let partial = cache.join(format!(".{release}.partial"));
+    for leftover in [&partial, &dir] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(leftover).with_context(|| {
+                format!("cannot remove what a fetch left: {}", leftover.display())
+            })?;
+        }
+    }
+    if let Err(e) = fetch_into(&release, &partial, progress) {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
     }
-    let dir = cache.join(&release);
-    if unpacked(&release, cache).1 {
-        // Another process finished first.
-        let _ = std::fs::remove_dir_all(&partial);
-        return Ok(kernel);
-    }
-    if dir.exists() {
-        // What a process that died halfway left, before fetches were atomic.
-        std::fs::remove_dir_all(&dir)
-            .with_context(|| format!("cannot remove the incomplete {}", dir.display()))?;
-    }
-    if let Err(e) = std::fs::rename(&partial, &dir) {
-        let _ = std::fs::remove_dir_all(&partial);
-        if !unpacked(&release, cache).1 {
-            return Err(e).with_context(|| format!("cannot move the kernel to {}", dir.display()));
-        }
-    }
+    std::fs::rename(&partial, &dir)
+        .with_context(|| format!("cannot move the kernel to {}", dir.display()))?;
+    // The lock is released when `lock` is dropped.
     Ok(kernel)
 }
 

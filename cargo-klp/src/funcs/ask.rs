@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{check, key, parse, plain_name, script, Answers, Verdict, Wanted};
+use super::{check, key, parse, plain_name, script, Answers, Found, Verdict, Wanted};
+
+/// The name under which the answers remember that a module object did not load in a bare
+/// VM (no symbol is named with `*`).
+const UNLOADABLE: &str = "*unloadable*";
 
 /// The answers kept for a kernel (none yet if the file is missing or unreadable).
 fn load_cache(file: &Path) -> Answers {
@@ -51,24 +55,34 @@ fn with_dependencies(kernel: &klp_vm::Kernel, name: &str, work: &Path) -> Result
         kernel: &klp_vm::Kernel,
         name: &str,
         work: &Path,
+        visiting: &mut Vec<String>,
         order: &mut Vec<PathBuf>,
     ) -> Result<()> {
-        let file = work.join(format!("{}.ko", name.replace('-', "_")));
+        let plain = name.replace('-', "_");
+        let file = work.join(format!("{plain}.ko"));
         if order.contains(&file) {
             return Ok(());
         }
+        if visiting.contains(&plain) {
+            anyhow::bail!(
+                "its dependencies form a cycle ({} -> {plain})",
+                visiting.join(" -> ")
+            );
+        }
+        visiting.push(plain);
         let ko = kernel.image_module(name, work)?;
         let depends = crate::inspect::inspect(&ko)
             .map(|r| r.depends)
             .unwrap_or_default();
         for d in depends {
-            visit(kernel, &d, work, order)?;
+            visit(kernel, &d, work, visiting, order)?;
         }
+        visiting.pop();
         order.push(ko);
         Ok(())
     }
     let mut order = Vec::new();
-    visit(kernel, name, work, &mut order)?;
+    visit(kernel, name, work, &mut Vec::new(), &mut order)?;
     Ok(order)
 }
 
@@ -132,12 +146,19 @@ pub fn check_in_kernel(
             asked.push(w.clone());
         }
     }
-    let cache_dir = klp_vm::cache_dir()
+    let mut cache_dir = klp_vm::cache_dir()
         .unwrap_or_else(|| work.to_path_buf())
         .join("functions");
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("cannot create {}", cache_dir.display()))?;
+    if let Err(e) = std::fs::create_dir_all(&cache_dir) {
+        verdict.warnings.push(format!(
+            "cannot create {} ({e}); the kernel's answers are not kept for next time",
+            cache_dir.display()
+        ));
+        cache_dir = work.to_path_buf();
+    }
     let cache = cache_file(&cache_dir, kernel);
+    // Whether qemu and a static busybox are here, asked once, when a boot is needed.
+    let mut can_boot: Option<bool> = None;
     let mut answers = load_cache(&cache);
     let mut objects: Vec<String> = asked.iter().map(|w| w.object.clone()).collect();
     objects.sort_unstable();
@@ -153,6 +174,28 @@ pub fn check_in_kernel(
         names.sort_unstable();
         names.dedup();
         if names.is_empty() {
+            continue;
+        }
+        let unchecked_because = |why: &str| {
+            format!(
+                "{why}; the functions the patch replaces in {object} were not checked against \
+                 Linux {}",
+                kernel.release
+            )
+        };
+        if answers.contains_key(&key(object, UNLOADABLE)) {
+            verdict.warnings.push(unchecked_because(&format!(
+                "module {object} did not load in a bare VM when last tried"
+            )));
+            unchecked.push(object.to_string());
+            continue;
+        }
+        if !*can_boot.get_or_insert_with(|| crate::tools::check_vm(klp_vm::BOOT_TOOLS).is_ok()) {
+            let missing = crate::tools::check_vm(klp_vm::BOOT_TOOLS)
+                .err()
+                .map_or(String::new(), |e| e.to_string());
+            verdict.warnings.push(unchecked_because(&missing));
+            unchecked.push(object.to_string());
             continue;
         }
         let module = (object != klp_runtime::abi::VMLINUX).then_some(object);
@@ -185,25 +228,43 @@ pub fn check_in_kernel(
             ),
         );
         let files: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
-        let log = klp_vm::boot(
+        let booted = klp_vm::boot(
             kernel,
             &files,
             &script(&loads, &names),
             work,
             klp_vm::BootOptions::default(),
-        )?;
-        if let Some(m) = log.serial.lines().find_map(|l| {
-            l.split_once("@@@ insmod failed ")
-                .map(|(_, m)| m.trim().to_string())
-        }) {
-            verdict.warnings.push(format!(
-                "module {m} from the image did not load in a bare VM (its hardware may be \
-                 missing); the functions the patch replaces in {object} were not checked \
-                 against the kernel"
-            ));
+        );
+        let failed_load = match &booted {
+            // A module's init that warns or oopses in a bare VM: the module, not the patch.
+            Err(e) if module.is_some() => Some(format!(
+                "module {object} (or one it depends on) made the kernel complain when loaded \
+                 in a bare VM: {}",
+                format!("{e:#}").lines().next().unwrap_or_default()
+            )),
+            Err(_) => None,
+            Ok(log) => log.serial.lines().find_map(|l| {
+                l.split_once("@@@ insmod failed ").map(|(_, m)| {
+                    format!(
+                        "module {} did not load in a bare VM (its hardware may be missing)",
+                        m.trim()
+                    )
+                })
+            }),
+        };
+        if let Some(why) = failed_load {
+            verdict.warnings.push(unchecked_because(&why));
             unchecked.push(object.to_string());
+            // Remembered, so that the next build does not boot to learn it again.
+            answers.insert(key(object, UNLOADABLE), Found::default());
+            if let Err(e) = store_cache(&cache, &answers) {
+                verdict
+                    .warnings
+                    .push(format!("the answers were not kept for next time: {e:#}"));
+            }
             continue;
         }
+        let log = booted?;
         let (Some(kallsyms), Some(traceable)) =
             (counted(&log, "kallsyms"), counted(&log, "traceable"))
         else {
