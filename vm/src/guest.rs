@@ -115,7 +115,13 @@ pub fn boot(
     let markers = initramfs::Markers::new();
     std::fs::write(
         &initrd,
-        initramfs::build(Path::new("/bin/busybox"), modules, script, &markers)?,
+        initramfs::build(
+            Path::new("/bin/busybox"),
+            modules,
+            script,
+            &markers,
+            opts.timeout,
+        )?,
     )?;
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")

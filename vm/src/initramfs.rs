@@ -131,8 +131,10 @@ impl Default for Markers {
     }
 }
 
-/// What `/init` runs: mount the pseudo file systems, run the test, say how it ended, power off.
-fn init(markers: &Markers) -> String {
+/// What `/init` runs: mount the pseudo file systems, run the test (bounded by `limit`
+/// seconds, so that a guest whose host process died still powers off), say how it ended,
+/// power off.
+fn init(markers: &Markers, limit: u64) -> String {
     format!(
         "#!/bin/sh\n\
          export PATH=/bin\n\
@@ -140,7 +142,7 @@ fn init(markers: &Markers) -> String {
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs devtmpfs /dev\n\
          echo \"{}\"\n\
-         sh /test.sh\n\
+         timeout -s KILL {limit} sh /test.sh\n\
          echo \"{}$?\"\n\
          poweroff -f\n",
         markers.start, markers.exit
@@ -197,6 +199,7 @@ pub fn build(
     modules: &[&Path],
     script: &str,
     markers: &Markers,
+    limit: std::time::Duration,
 ) -> Result<Vec<u8>> {
     let mut c = Cpio::default();
     for d in ["bin", "proc", "sys", "dev", "mod", "tmp"] {
@@ -230,7 +233,11 @@ pub fn build(
             false,
         );
     }
-    c.file("init", init(markers).as_bytes(), true);
+    c.file(
+        "init",
+        init(markers, limit.as_secs().max(1)).as_bytes(),
+        true,
+    );
     c.file("test.sh", format!("{GUEST_LIB}\n{script}").as_bytes(), true);
     Ok(c.finish())
 }
@@ -255,9 +262,9 @@ mod tests {
     fn init_prints_markers_of_its_own_around_the_script() {
         let (a, b) = (Markers::new(), Markers::new());
         assert_ne!(a, b);
-        let text = init(&a);
+        let text = init(&a, 180);
         assert!(text.contains(&format!(
-            "echo \"{}\"\nsh /test.sh\necho \"{}$?\"",
+            "echo \"{}\"\ntimeout -s KILL 180 sh /test.sh\necho \"{}$?\"",
             a.start, a.exit
         )));
     }
