@@ -319,7 +319,8 @@ fn build_bench() -> Result<()> {
 
 /// `cargo klp run`'s boot with the default script (load, sysfs, disable, unload, log)
 /// against the floor: the same kernel and initramfs booted without the patch, the script
-/// doing nothing. Boot to power-off, median of three each, alternating.
+/// doing nothing. Boot to power-off, median of five each, alternating (TCG boots vary by
+/// about half a second).
 fn run_bench() -> Result<()> {
     let kernel = fetch_kernel(Series::V6_1)?;
     let ko = klp_harness::build_patch("cmdline", &kernel)?;
@@ -339,7 +340,7 @@ fn run_bench() -> Result<()> {
         .map(|log| log.elapsed)
     };
     let (mut ours, mut floor) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..5 {
         ours.push(boot(&[&ko], &script)?);
         floor.push(boot(&[], "true")?);
     }
@@ -350,7 +351,7 @@ fn run_bench() -> Result<()> {
     let (ours, floor) = (median(&mut ours), median(&mut floor));
     let r = ours / floor;
     println!(
-        "\ncargo klp run vs a bare boot, Debian {} under qemu TCG (boot to power-off, median of 3)",
+        "\ncargo klp run vs a bare boot, Debian {} under qemu TCG (boot to power-off, median of 5)",
         kernel.release
     );
     println!("  default script with klp_cmdline (load, disable, unload)  {ours:>6.2}s");
