@@ -149,14 +149,13 @@ fn run(cli: Cargo) -> anyhow::Result<ExitCode> {
     match cmd {
         Klp::Build(a) => {
             let shell = shell(&a);
-            let mut opts = build_options(a);
-            if let Some(spec) = opts.1 {
-                let k = run::kernel(&shell, &run::KernelChoice::Debian(spec))?;
-                opts.0.kdir = Some(k.kdir.clone());
+            let (mut opts, spec) = build_options(a);
+            if let Some(spec) = spec {
                 // With the image at hand, the patched functions are checked in the kernel.
-                opts.0.target = Some(k);
+                let k = run::kernel(&shell, &run::KernelChoice::Debian(spec))?;
+                opts = opts.for_kernel(&k);
             }
-            let built = build::build(&shell, &opts.0)?;
+            let built = build::build(&shell, &opts)?;
             if shell.is_json() {
                 shell.emit(&serde_json::json!({
                     "reason": "klp-artifact",

@@ -67,15 +67,23 @@ dmesg | tail -n +$((before + 1))
 exit $status
 "#;
 
+/// The script the guest runs: the variables naming the modules (`$PATCH`, `$WITH`,
+/// `$MODULES`), then `script`.
+pub fn guest_script(patch: &str, with: &[String], modules: &[String], script: &str) -> String {
+    format!(
+        "PATCH={patch}\nWITH=\"{}\"\nMODULES=\"{}\"\n{script}",
+        with.join(" "),
+        modules.join(" ")
+    )
+}
+
 /// Finds (fetching on first use) or opens the kernel.
 pub fn kernel(shell: &Shell, choice: &KernelChoice) -> Result<Kernel> {
     match choice {
         KernelChoice::Debian(spec) => {
-            let cache = klp_vm::cache_dir()
-                .context(
-                    "no cache directory for kernels: set KLP_CACHE_DIR, XDG_CACHE_HOME or HOME",
-                )?
-                .join("kernels");
+            let cache = klp_vm::kernel_cache_dir().context(
+                "no cache directory for kernels: set KLP_CACHE_DIR, XDG_CACHE_HOME or HOME",
+            )?;
             if let Some(k) = klp_vm::kernels::cached(spec, &cache)? {
                 return Ok(k);
             }
@@ -131,12 +139,7 @@ fn module_name(ko: &Path) -> Result<String> {
 pub fn run(shell: &Shell, opts: &RunOptions) -> Result<i32> {
     tools::check_vm(klp_vm::BOOT_TOOLS)?;
     let kernel = kernel(shell, &opts.kernel)?;
-    let build_opts = BuildOptions {
-        kdir: Some(kernel.kdir.clone()),
-        target: Some(kernel.clone()),
-        ..opts.build.clone()
-    };
-    let built = build::build(shell, &build_opts)?;
+    let built = build::build(shell, &opts.build.clone().for_kernel(&kernel))?;
 
     let mut names = vec![built.module.clone()];
     let mut files = vec![built.ko.clone()];
@@ -178,12 +181,7 @@ pub fn run(shell: &Shell, opts: &RunOptions) -> Result<i32> {
             .with_context(|| format!("cannot read the script {}", f.display()))?,
         None => DEFAULT_SCRIPT.to_string(),
     };
-    let script = format!(
-        "PATCH={}\nWITH=\"{}\"\nMODULES=\"{}\"\n{script}",
-        built.module,
-        with.join(" "),
-        image_modules.join(" ")
-    );
+    let script = guest_script(&built.module, &with, &image_modules, &script);
     shell.status(
         "Booting",
         format!(

@@ -45,9 +45,7 @@ pub fn target_dir() -> PathBuf {
 /// Where kernels are unpacked: the per-user cache `cargo klp` uses, so that `cargo klp run`
 /// and `cargo klp build --kernel` find the kernels the suite fetched.
 fn kernel_cache() -> PathBuf {
-    klp_vm::cache_dir()
-        .unwrap_or_else(|| target_dir().join("klp-cache"))
-        .join("kernels")
+    klp_vm::kernel_cache_dir().unwrap_or_else(|| target_dir().join("klp-cache").join("kernels"))
 }
 
 fn status(verb: &str, msg: impl std::fmt::Display) {
@@ -213,12 +211,11 @@ fn build_variant(
     let mut opts = cargo_klp::build::BuildOptions {
         manifest_path: Some(workspace().join("Cargo.toml")),
         package: Some(package.to_string()),
-        kdir: Some(kernel.kdir.clone()),
         out: Some(out_dir),
-        // Every module the suite builds has its replaced functions checked in the kernel.
-        target: Some(kernel.clone()),
         ..Default::default()
-    };
+    }
+    // Every module the suite builds has its replaced functions checked in the kernel.
+    .for_kernel(kernel);
     configure(&mut opts);
     let shell = cargo_klp::status::Shell::new(false);
     let out = cargo_klp::build::build(&shell, &opts)

@@ -675,11 +675,10 @@ fn functions_the_kernel_cannot_patch_are_refused_before_linking(series: Series) 
     let opts = cargo_klp::build::BuildOptions {
         manifest_path: Some(klp_harness::workspace().join("Cargo.toml")),
         package: Some("badfuncs".into()),
-        kdir: Some(k.kdir.clone()),
         out: Some(out.clone()),
-        target: Some(k.clone()),
         ..Default::default()
-    };
+    }
+    .for_kernel(&k);
     let err = cargo_klp::build::build(&cargo_klp::status::Shell::new(false), &opts).unwrap_err();
     let msg = format!("{err:#}");
     let r = &k.release;

@@ -39,6 +39,11 @@ pub fn cache_dir() -> Option<PathBuf> {
     })
 }
 
+/// Where kernels are unpacked: `kernels/` in the per-user [`cache_dir`].
+pub fn kernel_cache_dir() -> Option<PathBuf> {
+    cache_dir().map(|d| d.join("kernels"))
+}
+
 /// A program this crate runs, with the Debian package that provides it and why it is needed,
 /// for the caller to check before it starts (`cargo klp` names the package when one is missing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -325,10 +325,8 @@ fn run_bench() -> Result<()> {
     let kernel = fetch_kernel(Series::V6_1)?;
     let ko = klp_harness::build_patch("cmdline", &kernel)?;
     let work = target_dir().join("klp-bench").join("vm");
-    let script = format!(
-        "PATCH=klp_cmdline\nWITH=\"\"\nMODULES=\"\"\n{}",
-        cargo_klp::run::DEFAULT_SCRIPT
-    );
+    let script =
+        cargo_klp::run::guest_script("klp_cmdline", &[], &[], cargo_klp::run::DEFAULT_SCRIPT);
     let boot = |modules: &[&Path], script: &str| {
         klp_vm::boot(
             &kernel,

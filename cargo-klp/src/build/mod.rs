@@ -48,6 +48,18 @@ pub struct BuildOptions {
     pub target: Option<klp_vm::Kernel>,
 }
 
+impl BuildOptions {
+    /// Builds for `kernel`: its build tree, and the functions the patch replaces checked in
+    /// it.
+    pub fn for_kernel(self, kernel: &klp_vm::Kernel) -> BuildOptions {
+        BuildOptions {
+            kdir: Some(kernel.kdir.clone()),
+            target: Some(kernel.clone()),
+            ..self
+        }
+    }
+}
+
 /// What a build produced.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -68,6 +80,12 @@ fn run(shell: &Shell, cmd: &mut Command, what: &str) -> Result<String> {
         .stdout(Stdio::piped())
         .output()
         .with_context(|| format!("cannot run {what}"))?;
+    finished(shell, out, what)
+}
+
+/// A finished command's output and error text, shown with `-v`; an error with the text if
+/// it failed.
+fn finished(shell: &Shell, out: std::process::Output, what: &str) -> Result<String> {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -82,30 +100,14 @@ fn run(shell: &Shell, cmd: &mut Command, what: &str) -> Result<String> {
     Ok(text)
 }
 
-/// Checks the functions the object's tables replace in the booted target kernel.
+/// Checks the functions the patch replaces in the booted target kernel.
 fn check_funcs(
     shell: &Shell,
     kernel: &klp_vm::Kernel,
-    object: &Path,
+    replaced: &[crate::funcs::Wanted],
     staging: &Path,
 ) -> Result<()> {
-    let data = std::fs::read(object)?;
-    let file = object::File::parse(&*data)
-        .with_context(|| format!("{}: not an object file", object.display()))?;
-    // validate() has read the tables already; unreadable ones were refused there.
-    let Ok(Some(patch)) = crate::elf::read_patch(&file) else {
-        return Ok(());
-    };
-    let wanted: Vec<crate::funcs::Wanted> = patch
-        .funcs
-        .iter()
-        .map(|f| crate::funcs::Wanted {
-            object: f.object.as_str().to_string(),
-            name: f.old_name.to_string(),
-            sympos: f.sympos,
-        })
-        .collect();
-    let verdict = crate::funcs::check_in_kernel(shell, kernel, &wanted, &staging.join("vm"))?;
+    let verdict = crate::funcs::check_in_kernel(shell, kernel, replaced, &staging.join("vm"))?;
     for w in &verdict.warnings {
         shell.warn(w);
     }
@@ -200,8 +202,9 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     // checked under another name and renamed to RUST_OBJ only once objtool and validation
     // have passed, so make can never take an unchecked or half-written object; the object
     // and the verdict of a previous build go first.
-    let object = staging.join(format!("{}.rust.o", pkg.name.replace('-', "_")));
-    let unchecked = staging.join(format!("{}.rust.unchecked.o", pkg.name.replace('-', "_")));
+    let stem = pkg.name.replace('-', "_");
+    let object = staging.join(format!("{stem}.rust.o"));
+    let unchecked = staging.join(format!("{stem}.rust.unchecked.o"));
     let ready = staging.join("rust.ready");
     let pending = staging.join("rust.pending");
     for stale in [&object, &ready] {
@@ -250,7 +253,7 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
             ),
         );
         objtool(shell, &tree, &compiled.object, &staging)?;
-        validate(
+        let replaced = validate(
             shell,
             &compiled.object,
             &tree,
@@ -258,7 +261,7 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
             &crate_name,
         )?;
         if let Some(kernel) = &opts.target {
-            check_funcs(shell, kernel, &compiled.object, &staging)?;
+            check_funcs(shell, kernel, &replaced, &staging)?;
         }
         std::fs::rename(&compiled.object, &object)
             .with_context(|| format!("cannot rename to {}", object.display()))?;
@@ -283,21 +286,7 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         "Linking",
         format!("{}.ko (Kbuild, {})", settings.name, tree.dir.display()),
     );
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&kbuild.stdout),
-        String::from_utf8_lossy(&kbuild.stderr)
-    );
-    if shell.verbose && !out.trim().is_empty() {
-        eprintln!("{}", out.trim_end());
-    }
-    if !kbuild.status.success() {
-        bail!(
-            "Kbuild (make modules) failed ({}):\n{}",
-            kbuild.status,
-            out.trim_end()
-        );
-    }
+    let out = finished(shell, kbuild, "Kbuild (make modules)")?;
     if let Some(w) = out
         .lines()
         .find(|l| l.contains("objtool") && l.contains("warning"))

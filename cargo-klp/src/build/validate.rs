@@ -12,14 +12,15 @@ use crate::status::Shell;
 use super::*;
 
 /// Everything the module loader, modpost and the livepatch core would trip over, found
-/// before linking, each with the fix.
+/// before linking, each with the fix. Returns the functions the tables replace (none when
+/// the tables are of a format this cargo-klp cannot read), for the check in the kernel.
 pub(super) fn validate(
     shell: &Shell,
     path: &Path,
     tree: &KernelTree,
     license: &str,
     crate_name: &str,
-) -> Result<()> {
+) -> Result<Vec<crate::funcs::Wanted>> {
     let data = std::fs::read(path)?;
     let file = object::File::parse(&*data)
         .with_context(|| format!("{}: not an object file", path.display()))?;
@@ -87,8 +88,18 @@ pub(super) fn validate(
         ));
     }
 
+    let mut replaced = Vec::new();
     match elf::read_patch(&file) {
         Ok(Some(patch)) => {
+            replaced = patch
+                .funcs
+                .iter()
+                .map(|f| crate::funcs::Wanted {
+                    object: f.object.as_str().to_string(),
+                    name: f.old_name.to_string(),
+                    sympos: f.sympos,
+                })
+                .collect();
             for e in klp_runtime::check::check(&patch) {
                 problems.push(e.to_string());
             }
@@ -116,7 +127,7 @@ pub(super) fn validate(
     }
 
     if problems.is_empty() {
-        Ok(())
+        Ok(replaced)
     } else {
         bail!(
             "the kernel object is not loadable as it is:\n  - {}",

@@ -157,8 +157,8 @@ pub fn check_in_kernel(
         cache_dir = work.to_path_buf();
     }
     let cache = cache_file(&cache_dir, kernel);
-    // Whether qemu and a static busybox are here, asked once, when a boot is needed.
-    let mut can_boot: Option<bool> = None;
+    // What of qemu and a static busybox is missing, asked once, when a boot is needed.
+    let mut missing_tools: Option<Option<String>> = None;
     let mut answers = load_cache(&cache);
     let mut objects: Vec<String> = asked.iter().map(|w| w.object.clone()).collect();
     objects.sort_unstable();
@@ -190,11 +190,13 @@ pub fn check_in_kernel(
             unchecked.push(object.to_string());
             continue;
         }
-        if !*can_boot.get_or_insert_with(|| crate::tools::check_vm(klp_vm::BOOT_TOOLS).is_ok()) {
-            let missing = crate::tools::check_vm(klp_vm::BOOT_TOOLS)
+        let missing = missing_tools.get_or_insert_with(|| {
+            crate::tools::check_vm(klp_vm::BOOT_TOOLS)
                 .err()
-                .map_or(String::new(), |e| e.to_string());
-            verdict.warnings.push(unchecked_because(&missing));
+                .map(|e| e.to_string())
+        });
+        if let Some(missing) = missing {
+            verdict.warnings.push(unchecked_because(missing));
             unchecked.push(object.to_string());
             continue;
         }
