@@ -8,6 +8,7 @@ pub mod funcs;
 pub mod inspect;
 pub mod kbuild;
 pub mod kconfig;
+pub mod klp_rela;
 pub mod new;
 pub mod run;
 pub mod status;

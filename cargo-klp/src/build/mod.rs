@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::kbuild;
+use crate::klp_rela;
 use crate::status::Shell;
 use crate::tools;
 
@@ -100,14 +101,16 @@ fn finished(shell: &Shell, out: std::process::Output, what: &str) -> Result<Stri
     Ok(text)
 }
 
-/// Checks the functions the patch replaces in the booted target kernel.
-fn check_funcs(
+/// Checks the functions the patch replaces and the symbols it uses in the booted target
+/// kernel.
+fn check_in_kernel(
     shell: &Shell,
     kernel: &klp_vm::Kernel,
-    replaced: &[crate::funcs::Wanted],
+    needs: &Needs,
     staging: &Path,
 ) -> Result<()> {
-    let verdict = crate::funcs::check_in_kernel(shell, kernel, replaced, &staging.join("vm"))?;
+    let verdict =
+        crate::funcs::check_in_kernel(shell, kernel, &needs.wanted(), &staging.join("vm"))?;
     for w in &verdict.warnings {
         shell.warn(w);
     }
@@ -115,7 +118,7 @@ fn check_funcs(
         Ok(())
     } else {
         bail!(
-            "the patch replaces functions Linux {} cannot patch:\n  - {}",
+            "the patch needs what Linux {} does not have:\n  - {}",
             kernel.release,
             verdict.problems.join("\n  - ")
         )
@@ -253,15 +256,30 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
             ),
         );
         objtool(shell, &tree, &compiled.object, &staging)?;
-        let replaced = validate(
+        let needs = validate(
             shell,
             &compiled.object,
             &tree,
             &settings.license,
             &crate_name,
         )?;
-        if let Some(kernel) = &opts.target {
-            check_funcs(shell, kernel, &replaced, &staging)?;
+        match &opts.target {
+            Some(kernel) => check_in_kernel(shell, kernel, &needs, &staging)?,
+            None if !needs.livepatch_symbols.is_empty() => shell.warn(format!(
+                "the kernel symbols the patch uses without an export ({}) were not checked \
+                 against a booted kernel: build with --kernel to learn before insmod whether \
+                 they exist and are unambiguous there",
+                needs
+                    .livepatch_symbols
+                    .values()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            None => {}
+        }
+        if !needs.livepatch_symbols.is_empty() {
+            klp_rela::prepare_object(&compiled.object, &needs.livepatch_symbols)?;
         }
         std::fs::rename(&compiled.object, &object)
             .with_context(|| format!("cannot rename to {}", object.display()))?;
@@ -294,6 +312,17 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         bail!("objtool warned while Kbuild linked the module:\n{w}");
     }
     let built = kb.join(format!("{}.ko", settings.name));
+    let relocated = klp_rela::convert_module(&built)?;
+    if !relocated.is_empty() {
+        shell.status(
+            "Relocating",
+            format!(
+                "{} reference(s) to unexported kernel symbols into {} klp relocation section(s)",
+                relocated.iter().map(|c| c.relocations).sum::<usize>(),
+                relocated.len()
+            ),
+        );
+    }
 
     if let Some((key, cert)) = &opts.sign {
         shell.status(

@@ -1,26 +1,58 @@
 //! What the kernel object must satisfy before it is linked (undefined symbols, IBT landing
 //! pads, sections), and objtool over it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
 use crate::elf;
+use crate::funcs::{Role, Wanted};
+use crate::klp_rela::KlpSym;
 use crate::status::Shell;
 
 use super::*;
 
+/// What the object needs of the kernel, for the check in the booted kernel.
+#[derive(Debug, Default)]
+pub(super) struct Needs {
+    /// The functions the tables replace (none when the tables are of a format this cargo-klp
+    /// cannot read).
+    pub replaced: Vec<Wanted>,
+    /// The kernel symbols the code uses that no export list has, by their name in the
+    /// object: they are reached through livepatch relocations ([`crate::klp_rela`]).
+    pub livepatch_symbols: BTreeMap<String, KlpSym>,
+}
+
+impl Needs {
+    /// Every symbol to check in the kernel.
+    pub fn wanted(&self) -> Vec<Wanted> {
+        let used = self.livepatch_symbols.values().map(|s| Wanted {
+            object: s.object.clone(),
+            name: s.name.clone(),
+            sympos: s.sympos,
+            role: Role::Used,
+        });
+        self.replaced.iter().cloned().chain(used).collect()
+    }
+}
+
+/// A Rust symbol (legacy `_ZN` or v0 `_R` mangling): the kernel has none, so an undefined one
+/// is a dependency that was not linked in.
+fn rust_mangled(sym: &str) -> bool {
+    sym.starts_with("_ZN") || sym.starts_with("_R")
+}
+
 /// Everything the module loader, modpost and the livepatch core would trip over, found
-/// before linking, each with the fix. Returns the functions the tables replace (none when
-/// the tables are of a format this cargo-klp cannot read), for the check in the kernel.
+/// before linking, each with the fix. Returns what the object needs of the kernel.
 pub(super) fn validate(
     shell: &Shell,
     path: &Path,
     tree: &KernelTree,
     license: &str,
     crate_name: &str,
-) -> Result<Vec<crate::funcs::Wanted>> {
+) -> Result<Needs> {
     let data = std::fs::read(path)?;
     let file = object::File::parse(&*data)
         .with_context(|| format!("{}: not an object file", path.display()))?;
@@ -56,6 +88,7 @@ pub(super) fn validate(
 
     let exports = tree.exports()?;
     let gpl = license.contains("GPL");
+    let mut needs = Needs::default();
     let mut missing = Vec::new();
     for sym in elf::undefined_symbols(&file) {
         // The bounds the link script defines for each table section.
@@ -75,29 +108,51 @@ pub(super) fn validate(
                  set license = \"GPL\" in [package.metadata.klp]"
             )),
             Some(_) => {}
-            None => missing.push(sym),
+            None if rust_mangled(sym) => missing.push(sym),
+            // `#[klp_extern]` names the symbol as the kernel will.
+            None if sym.starts_with(crate::klp_rela::SYM_PREFIX) => match KlpSym::parse(sym) {
+                Some(klp) => {
+                    needs.livepatch_symbols.insert(sym.to_string(), klp);
+                }
+                None => problems.push(format!(
+                    "undefined symbol `{sym}` is not a livepatch symbol the kernel can read \
+                     (.klp.sym.<object>.<name>,<sympos>); declare kernel symbols with \
+                     #[klp_extern] instead of writing such names by hand"
+                )),
+            },
+            // Not exported: a kernel symbol of vmlinux, reached through a livepatch
+            // relocation if the kernel has exactly one of that name (checked in the kernel).
+            None => {
+                needs.livepatch_symbols.insert(
+                    sym.to_string(),
+                    KlpSym {
+                        object: klp_runtime::abi::VMLINUX.to_string(),
+                        name: sym.to_string(),
+                        sympos: 0,
+                    },
+                );
+            }
         }
     }
     if !missing.is_empty() {
         problems.push(format!(
-            "{} undefined symbol(s) not exported by {}: {}\n  (a `core`/`alloc` symbol means it was not \
-             linked in; anything else must be a kernel export, or be reached through a function the kernel exports)",
+            "{} Rust symbol(s) undefined: {}\n  (a `core`/`alloc` symbol means it was not linked \
+             in; another crate's means the patch calls code the module does not carry)",
             missing.len(),
-            tree.dir.join("Module.symvers").display(),
             missing.join(", ")
         ));
     }
 
-    let mut replaced = Vec::new();
     match elf::read_patch(&file) {
         Ok(Some(patch)) => {
-            replaced = patch
+            needs.replaced = patch
                 .funcs
                 .iter()
-                .map(|f| crate::funcs::Wanted {
+                .map(|f| Wanted {
                     object: f.object.as_str().to_string(),
                     name: f.old_name.to_string(),
                     sympos: f.sympos,
+                    role: Role::Replaced,
                 })
                 .collect();
             for e in klp_runtime::check::check(&patch) {
@@ -127,7 +182,7 @@ pub(super) fn validate(
     }
 
     if problems.is_empty() {
-        Ok(replaced)
+        Ok(needs)
     } else {
         bail!(
             "the kernel object is not loadable as it is:\n  - {}",

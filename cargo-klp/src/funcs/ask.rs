@@ -126,21 +126,22 @@ pub fn check_in_kernel(
     for w in wanted {
         if !plain_name(&w.name) {
             verdict.problems.push(format!(
-                "#[klp_func] `{}` in {}: not a kernel symbol name (letters, digits, `_`, `.`)",
-                w.name, w.object
+                "{}: not a kernel symbol name (letters, digits, `_`, `.`)",
+                w.describe()
             ));
         } else if w.object.contains('-') {
             verdict.problems.push(format!(
-                "#[klp_func] `{}`: object `{}`: the kernel names modules with `_` (`{}`), and \
-                 would wait for this one forever",
-                w.name,
-                w.object,
+                "{}: the kernel names modules with `_` (`{}`), and would wait for this one \
+                 forever",
+                w.describe(),
                 w.object.replace('-', "_")
             ));
         } else if w.object != klp_runtime::abi::VMLINUX && built_in(kernel, &w.object) {
             verdict.problems.push(format!(
-                "#[klp_func] `{}`: module {} is built into {}'s vmlinux: use object = \"vmlinux\"",
-                w.name, w.object, kernel.release
+                "{}: module {} is built into {}'s vmlinux: use object = \"vmlinux\"",
+                w.describe(),
+                w.object,
+                kernel.release
             ));
         } else {
             asked.push(w.clone());
@@ -178,8 +179,8 @@ pub fn check_in_kernel(
         }
         let unchecked_because = |why: &str| {
             format!(
-                "{why}; the functions the patch replaces in {object} were not checked against \
-                 Linux {}",
+                "{why}; the symbols the patch replaces or uses in {object} were not checked \
+                 against Linux {}",
                 kernel.release
             )
         };
@@ -206,8 +207,8 @@ pub fn check_in_kernel(
                 Ok(files) => files,
                 Err(e) => {
                     verdict.warnings.push(format!(
-                        "module {m}: {e:#}; the functions the patch replaces in it were not \
-                         checked against the kernel"
+                        "module {m}: {e:#}; the symbols the patch replaces or uses in it were \
+                         not checked against the kernel"
                     ));
                     unchecked.push(object.to_string());
                     continue;
@@ -223,7 +224,7 @@ pub fn check_in_kernel(
         shell.status(
             "Checking",
             format!(
-                "{} function(s) in {object} against Linux {} (kallsyms, ftrace; booted once, \
+                "{} symbol(s) in {object} against Linux {} (kallsyms, ftrace; booted once, \
                  then cached)",
                 names.len(),
                 kernel.release

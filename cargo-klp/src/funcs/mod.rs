@@ -1,5 +1,6 @@
 //! Whether the functions a patch replaces exist in the target kernel and can be patched there,
-//! as that kernel itself says: its `/proc/kallsyms` and ftrace's
+//! and whether the kernel symbols it uses through livepatch relocations ([`crate::klp_rela`])
+//! exist there and are unambiguous, as that kernel itself says: its `/proc/kallsyms` and ftrace's
 //! `available_filter_functions`, read in the kernel booted under qemu (a module object's
 //! after loading the module from the kernel's image). The headers cannot say this: a function
 //! may be static, inlined into its callers, `notrace` or `noinstr`. What a kernel answered is
@@ -8,7 +9,8 @@
 //! The rules are the livepatch core's: `klp_find_object_symbol` counts every kallsyms entry
 //! of the name in the object, in kallsyms order; `sympos = 0` needs exactly one, `sympos = N`
 //! needs at least N; then `klp_patch_func` attaches ftrace, which needs the function in
-//! ftrace's list.
+//! ftrace's list. A livepatch symbol is found by the same `klp_find_object_symbol`
+//! (`klp_resolve_symbols`).
 
 mod ask;
 
@@ -18,13 +20,37 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A function the patch replaces.
+/// A kernel symbol the patch needs: a function it replaces, or a symbol it uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
     /// `vmlinux` or a module's name.
     pub object: String,
     pub name: String,
     pub sympos: u32,
+    pub role: Role,
+}
+
+/// What the patch does with a [`Wanted`] symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A `#[klp_func]` replaces it: it must be a function ftrace can attach to.
+    Replaced,
+    /// The patch's code calls or reads it through a livepatch relocation: it must exist,
+    /// and be the only one of its name unless `sympos` says which.
+    Used,
+}
+
+impl Wanted {
+    /// How messages name it.
+    fn describe(&self) -> String {
+        match self.role {
+            Role::Replaced => format!("#[klp_func] `{}` in {}", self.name, self.object),
+            Role::Used => format!(
+                "kernel symbol `{}` of {} (used by the patch, not exported)",
+                self.name, self.object
+            ),
+        }
+    }
 }
 
 /// What the kernel says about one name in one object.
@@ -69,9 +95,13 @@ pub fn check(release: &str, wanted: &[Wanted], answers: &Answers) -> Verdict {
         let Some(found) = answers.get(&key(&w.object, &w.name)) else {
             continue;
         };
-        let what = format!("#[klp_func] `{}` in {}", w.name, w.object);
+        let what = w.describe();
         let symbols = found.types.chars().count();
         let functions = found.functions();
+        if w.role == Role::Used {
+            v.problems.extend(check_used(release, w, found));
+            continue;
+        }
         if functions == 0 {
             v.problems.push(format!(
                 "{what}: {release} has no such function (not in its kallsyms): it is misspelled, \
@@ -118,6 +148,54 @@ pub fn check(release: &str, wanted: &[Wanted], answers: &Answers) -> Verdict {
         }
     }
     v
+}
+
+/// The problem with a used symbol, if any: the kernel resolves it by name and position
+/// among every kallsyms entry of that name in the object, whatever their type.
+fn check_used(release: &str, w: &Wanted, found: &Found) -> Option<String> {
+    let what = w.describe();
+    let symbols = found.types.chars().count();
+    let candidates = || {
+        found
+            .types
+            .chars()
+            .enumerate()
+            .map(|(i, t)| {
+                let kind = if is_text(t) { "function" } else { "data" };
+                format!("sympos = {} ({kind}, kallsyms type `{t}`)", i + 1)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let object_arg = if w.object == klp_runtime::abi::VMLINUX {
+        String::new()
+    } else {
+        format!("object = \"{}\", ", w.object)
+    };
+    if symbols == 0 {
+        Some(format!(
+            "{what}: {release} has no symbol of this name in {} (not in its kallsyms): it is \
+             misspelled, inlined everywhere, or in a module: declare it in \
+             `#[klp_extern(object = \"<module>\")] extern \"C\" {{ ... }}`",
+            w.object
+        ))
+    } else if w.sympos == 0 && symbols > 1 {
+        Some(format!(
+            "{what}: {release} has {symbols} symbols of this name and the kernel refuses an \
+             ambiguous one; say which in kallsyms order with \
+             `#[klp_extern({object_arg}sympos = N)]` on an extern block of its own. \
+             Candidates: {}",
+            candidates()
+        ))
+    } else if w.sympos as usize > symbols {
+        Some(format!(
+            "{what}: sympos = {} but {release} has only {symbols} symbol(s) of this name: {}",
+            w.sympos,
+            candidates()
+        ))
+    } else {
+        None
+    }
 }
 
 /// The guest script that answers for `names` of one object: the matching kallsyms lines,
@@ -209,7 +287,42 @@ mod tests {
             object: "vmlinux".into(),
             name: name.into(),
             sympos,
+            role: Role::Replaced,
         }
+    }
+
+    fn used(name: &str, sympos: u32) -> Wanted {
+        Wanted {
+            role: Role::Used,
+            ..wanted(name, sympos)
+        }
+    }
+
+    #[test]
+    fn a_used_symbol_must_be_found_as_klp_find_object_symbol_finds_it() {
+        let mut a = Answers::new();
+        a.insert(key("vmlinux", "saved_command_line"), found("D", 0));
+        a.insert(key("vmlinux", "gone"), Found::default());
+        a.insert(key("vmlinux", "twice"), found("td", 1));
+        let v = check(
+            "6.12.117+deb12-amd64",
+            &[
+                used("saved_command_line", 0),
+                used("gone", 0),
+                used("twice", 0),
+                used("twice", 2),
+                used("twice", 3),
+            ],
+            &a,
+        );
+        let p = &v.problems;
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(p[0].contains("`gone` of vmlinux") && p[0].contains("no symbol of this name"));
+        assert!(p[1].contains("has 2 symbols of this name"));
+        assert!(p[1].contains("`#[klp_extern(sympos = N)]`"));
+        assert!(p[1].contains("sympos = 1 (function, kallsyms type `t`), sympos = 2 (data"));
+        assert!(p[2].contains("sympos = 3 but 6.12.117+deb12-amd64 has only 2"));
+        assert!(v.warnings.is_empty());
     }
 
     fn found(types: &str, traceable: u32) -> Found {
