@@ -30,6 +30,32 @@ pub fn klp_func(args: TokenStream, item: TokenStream) -> TokenStream {
         .into()
 }
 
+/// Declares kernel symbols the kernel does not export, for the patch to call or read: a
+/// static function, a variable, or a module's. `cargo klp build` checks each against the
+/// booted target kernel and reaches it through a livepatch relocation, which the livepatch
+/// core resolves when the module (or, for a module's symbol, that module) loads.
+///
+/// Keys: `object = "vmlinux"` (default) or a module name; `sympos = N` (which of several
+/// symbols of the same name, in kallsyms order; default 0, meaning the name is unique; a
+/// block with `sympos` declares one item). A plain `extern "C"` block works too for unique
+/// vmlinux symbols. On the host, the items keep their plain names: the test defines them.
+///
+/// ```ignore
+/// #[klp_extern(object = "binfmt_misc")]
+/// extern "C" {
+///     fn bm_status_read(file: *mut c_void, buf: *mut u8, n: usize, pos: *mut i64) -> isize;
+///     // A static function the compiler renamed: its kernel name in `link_name`.
+///     #[link_name = "load_misc_binary.isra.0"]
+///     fn load_misc_binary(bprm: *mut c_void) -> c_int;
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn klp_extern(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::external::expand(args.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
 /// Declares a callback set on an inline module whose `pub fn`s are its hooks: any of
 /// `pre_patch` (returns `klp_runtime::Result`; an error vetoes the patch), `post_patch`,
 /// `pre_unpatch`, `post_unpatch`. Each takes `&klp_runtime::Object` or nothing. Other

@@ -43,7 +43,13 @@ on_both_kernels!(
     no_runtime_entry_point_reaches_the_panic_handler,
     a_target_module_loading_during_a_replace_transition,
     functions_the_kernel_cannot_patch_are_refused_before_linking,
+    cmdline_string_reads_a_symbol_the_kernel_does_not_export,
+    kernel_symbols_the_kernel_cannot_resolve_are_refused_before_linking,
 );
+
+#[path = "kernel/symbols.rs"]
+mod symbols;
+use symbols::*;
 
 fn kernel(series: Series) -> Kernel {
     klp_harness::kernel(series).unwrap_or_else(|e| panic!("{e:#}"))
@@ -645,8 +651,9 @@ fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series
     let msg = format!("{err:#}");
     let file = "tests/fixtures/broken/src/lib.rs";
     for want in [
-        "1 undefined symbol(s) not exported by".to_string(),
-        "klp_rs_test_not_exported_anywhere".to_string(),
+        "kernel symbol `ext4_sync_fs` of module ext4: the patch has no #[klp_func] or \
+         #[klp_callbacks] for ext4, so the livepatch core would never resolve it"
+            .to_string(),
         format!("callback set id 4 is declared twice: at broken::first ({file}:10) and at broken::second ({file}:15)"),
         "owned by callback set 7, which this patch does not declare".to_string(),
         "vmlinux:cmdline_proc_show (sympos 0) is patched twice".to_string(),

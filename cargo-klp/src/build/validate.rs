@@ -155,6 +155,25 @@ pub(super) fn validate(
                     role: Role::Replaced,
                 })
                 .collect();
+            // A module's livepatch relocations are applied when the livepatch core sets up
+            // that object of the patch (`klp_init_object_loaded`); for an object the patch
+            // does not have, never, and the code would call or read address zero.
+            let objects: Vec<&str> = patch
+                .funcs
+                .iter()
+                .map(|f| f.object.as_str())
+                .chain(patch.sets.iter().map(|s| s.object.as_str()))
+                .collect();
+            for sym in needs.livepatch_symbols.values() {
+                if sym.object != klp_runtime::abi::VMLINUX && !objects.contains(&sym.object.as_str()) {
+                    problems.push(format!(
+                        "kernel symbol `{}` of module {}: the patch has no #[klp_func] or \
+                         #[klp_callbacks] for {}, so the livepatch core would never resolve it; \
+                         use a module's symbols only in code that runs for that module's object",
+                        sym.name, sym.object, sym.object
+                    ));
+                }
+            }
             for e in klp_runtime::check::check(&patch) {
                 problems.push(e.to_string());
             }

@@ -2,6 +2,7 @@
 //! typed handle), hidden in `const _: () = { ... }` so nothing leaks into the user's namespace.
 
 pub mod callbacks;
+pub mod external;
 pub mod func;
 pub mod shadow;
 

@@ -149,3 +149,93 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     prev[b.len()]
 }
+
+/// A module name as the kernel writes it: `_` where the file name has `-`, no `.`
+/// (`klp_resolve_symbols` reads the object up to the first `.`), at most 55 bytes.
+pub fn object_name(cx: &mut Ctxt, object: &syn::LitStr) {
+    let v = object.value();
+    if v.contains('-') {
+        cx.error_spanned_by(
+            object,
+            format!(
+                "the kernel names modules with `_`: write `{}`",
+                v.replace('-', "_")
+            ),
+        );
+    } else if !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || v.len() > 55 {
+        cx.error_spanned_by(
+            object,
+            "an object is `vmlinux` or a module's name (letters, digits, `_`, at most 55)",
+        );
+    }
+}
+
+/// A `#[klp_extern]` block: C ABI, functions and statics only, one item when `sympos`
+/// picks among same-named symbols.
+pub fn kernel_extern_block(
+    cx: &mut Ctxt,
+    block: &syn::ItemForeignMod,
+    sympos: Option<proc_macro2::Span>,
+) {
+    if block.abi.name.as_ref().is_some_and(|n| n.value() != "C") {
+        cx.error_spanned_by(
+            &block.abi,
+            "kernel symbols have the C ABI: write `extern \"C\" { ... }`",
+        );
+    }
+    for item in &block.items {
+        if !matches!(item, syn::ForeignItem::Fn(_) | syn::ForeignItem::Static(_)) {
+            cx.error_spanned_by(
+                item,
+                "a #[klp_extern] block declares kernel functions (`fn`) and variables \
+                 (`static`) only",
+            );
+        }
+    }
+    if let Some(span) = sympos {
+        if block.items.len() != 1 {
+            cx.push(syn::Error::new(
+                span,
+                format!(
+                    "`sympos` picks one symbol among those of the same name: give it a block \
+                     of its own ({} items here)",
+                    block.items.len()
+                ),
+            ));
+        }
+    }
+}
+
+/// The value of `#[link_name = "..."]`, if `attr` is one.
+pub fn link_name(attr: &syn::Attribute) -> Option<syn::LitStr> {
+    let syn::Meta::NameValue(nv) = &attr.meta else {
+        return None;
+    };
+    if !nv.path.is_ident("link_name") {
+        return None;
+    }
+    match &nv.value {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        }) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A name kallsyms can hold, and the livepatch symbol's format can carry (no `,`).
+pub fn kernel_symbol_name(cx: &mut Ctxt, ident: &syn::Ident, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 511
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !ok {
+        cx.error_spanned_by(
+            ident,
+            format!(
+                "`{name}` is not a kernel symbol name (letters, digits, `_`, `.`, at most 511)"
+            ),
+        );
+    }
+}

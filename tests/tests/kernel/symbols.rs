@@ -1,0 +1,86 @@
+//! Kernel symbols the kernel does not export, reached through livepatch relocations
+//! (`cargo_klp::klp_rela`): resolved by the livepatch core in a real kernel, or refused by
+//! the build before anything is linked.
+
+use klp_harness::Series;
+
+use super::{boot, build, kernel};
+
+/// kpatch's `cmdline-string`: the patched `/proc/cmdline` reads the kernel's own
+/// `saved_command_line`, which no kernel exports. Expected: the line the kernel was booted
+/// with (the harness's command line), then the suffix the example's source adds.
+pub fn cmdline_string_reads_a_symbol_the_kernel_does_not_export(series: Series) {
+    let k = kernel(series);
+    let ko = build("cmdline-string", &k);
+    let file = std::fs::read(&ko).unwrap();
+    let elf = object::File::parse(&*file).unwrap();
+    let klp_sections: Vec<String> = object::Object::sections(&elf)
+        .filter_map(|s| object::ObjectSection::name(&s).ok().map(str::to_string))
+        .filter(|n| n.starts_with(".klp.rela.vmlinux."))
+        .collect();
+    assert_eq!(
+        klp_sections.len(),
+        1,
+        "one function reads it: {klp_sections:?}"
+    );
+    let log = boot(
+        &k,
+        &[&ko],
+        "section before; cat /proc/cmdline\n\
+         section load; load klp_cmdline_string\n\
+         section patched; cat /proc/cmdline; lpstate\n\
+         section disable; disable klp_cmdline_string\n\
+         section disabled; cat /proc/cmdline\n\
+         section rmmod; rmmod klp_cmdline_string; echo \"rmmod rc=$?\"\n",
+    );
+    let original = "console=ttyS0 panic=-1 oops=panic quiet";
+    assert_eq!(log.section("before"), [original]);
+    assert_eq!(log.section("load"), ["insmod klp_cmdline_string rc=0"]);
+    assert_eq!(
+        log.section("patched"),
+        [
+            format!("{original} klp_rs=1").as_str(),
+            "patch klp_cmdline_string enabled=1 transition=0"
+        ]
+    );
+    assert_eq!(log.section("disable"), ["disable klp_cmdline_string rc=0"]);
+    assert_eq!(log.section("disabled"), [original]);
+    assert_eq!(log.section("rmmod"), ["rmmod rc=0"]);
+}
+
+/// Expected from `klp_find_object_symbol`'s rule (every kallsyms entry of the name in the
+/// object counts; `sympos = 0` needs exactly one) and the kernels' sources: no kernel has
+/// `klp_rs_no_such_symbol` or binfmt_misc's `bm_no_such_symbol`, and `c_start` is static in
+/// three files of both kernels (arch/x86/kernel/cpu/proc.c, fs/proc/consoles.c,
+/// kernel/... — seq_file `start` functions).
+pub fn kernel_symbols_the_kernel_cannot_resolve_are_refused_before_linking(series: Series) {
+    let k = kernel(series);
+    let out = klp_harness::target_dir()
+        .join("klp")
+        .join(format!("badsyms-{}", k.release));
+    let _ = std::fs::remove_dir_all(&out);
+    let opts = cargo_klp::build::BuildOptions {
+        manifest_path: Some(klp_harness::workspace().join("Cargo.toml")),
+        package: Some("badsyms".into()),
+        out: Some(out.clone()),
+        ..Default::default()
+    }
+    .for_kernel(&k);
+    let err = cargo_klp::build::build(&cargo_klp::status::Shell::new(false), &opts).unwrap_err();
+    let msg = format!("{err:#}");
+    let r = &k.release;
+    for want in [
+        format!("`klp_rs_no_such_symbol` of vmlinux (used by the patch, not exported): {r} has no symbol of this name in vmlinux"),
+        format!("`bm_no_such_symbol` of binfmt_misc (used by the patch, not exported): {r} has no symbol of this name in binfmt_misc"),
+        format!("`c_start` of vmlinux (used by the patch, not exported): {r} has 3 symbols of this name and the kernel refuses an ambiguous one; say which in kallsyms order with `#[klp_extern(sympos = N)]`"),
+        "Candidates: sympos = 1 (function, kallsyms type `t`), sympos = 2 (function, kallsyms type `t`), sympos = 3 (function, kallsyms type `t`)".to_string(),
+        format!("`c_start` of vmlinux (used by the patch, not exported): sympos = 9 but {r} has only 3 symbol(s) of this name"),
+    ] {
+        assert!(msg.contains(&want), "`{want}` not in:\n{msg}");
+    }
+    assert_eq!(msg.matches("\n  - ").count(), 4, "{msg}");
+    assert!(
+        !out.join("klp_badsyms.ko").exists(),
+        "a refused build must leave no module behind"
+    );
+}
