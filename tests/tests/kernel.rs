@@ -45,6 +45,8 @@ on_both_kernels!(
     functions_the_kernel_cannot_patch_are_refused_before_linking,
     cmdline_string_reads_a_symbol_the_kernel_does_not_export,
     kernel_symbols_the_kernel_cannot_resolve_are_refused_before_linking,
+    a_static_function_with_an_ambiguous_name_is_called_by_sympos,
+    a_module_function_calls_a_static_function_of_its_module,
 );
 
 #[path = "kernel/symbols.rs"]

@@ -57,6 +57,31 @@ impl KernelTree {
         })
     }
 
+    /// A header of the kernel's source: in the tree itself, or (Debian's headers) in the
+    /// common tree its Makefile includes.
+    fn source_file(&self, rel: &str) -> Option<String> {
+        if let Ok(text) = std::fs::read_to_string(self.dir.join(rel)) {
+            return Some(text);
+        }
+        let makefile = std::fs::read_to_string(self.dir.join("Makefile")).ok()?;
+        let included = makefile.lines().find_map(|l| l.strip_prefix("include "))?;
+        let here = "$(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)";
+        let parent = self.dir.parent()?.to_str()?;
+        let common = Path::new(&included.trim().replace(here, parent))
+            .parent()?
+            .to_path_buf();
+        std::fs::read_to_string(common.join(rel)).ok()
+    }
+
+    /// Whether the livepatch core clears a module object's livepatch relocations when that
+    /// module goes (`klp_clear_object_relocs` with `clear_relocate_add`; 6.12 has it, 6.1 not). Without
+    /// it, x86's `apply_relocate_add` finds them still written when the module comes again
+    /// and refuses it. `None` when the headers do not say.
+    pub(super) fn clears_module_relocations(&self) -> Option<bool> {
+        self.source_file("include/linux/moduleloader.h")
+            .map(|h| h.contains("clear_relocate_add"))
+    }
+
     /// Exported symbols: name -> (module, export type).
     pub(super) fn exports(&self) -> Result<HashMap<String, (String, String)>> {
         let text = std::fs::read_to_string(self.dir.join("Module.symvers"))?;

@@ -281,6 +281,23 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         if !needs.livepatch_symbols.is_empty() {
             klp_rela::prepare_object(&compiled.object, &needs.livepatch_symbols)?;
         }
+        let mut modules: Vec<&str> = needs
+            .livepatch_symbols
+            .values()
+            .map(|s| s.object.as_str())
+            .filter(|o| *o != klp_runtime::abi::VMLINUX)
+            .collect();
+        modules.dedup();
+        if !modules.is_empty() && tree.clears_module_relocations() == Some(false) {
+            shell.warn(format!(
+                "Linux {} does not clear a module's livepatch relocations when the module is \
+                 unloaded (later kernels clear them: clear_relocate_add): once {} has been unloaded while \
+                 this patch is enabled, the kernel refuses to load it again (\"existing value \
+                 is nonzero\") until the patch is disabled",
+                tree.release,
+                modules.join(", ")
+            ));
+        }
         std::fs::rename(&compiled.object, &object)
             .with_context(|| format!("cannot rename to {}", object.display()))?;
         std::fs::write(&ready, "ok")

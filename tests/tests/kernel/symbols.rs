@@ -84,3 +84,79 @@ pub fn kernel_symbols_the_kernel_cannot_resolve_are_refused_before_linking(serie
         "a refused build must leave no module behind"
     );
 }
+
+/// A static vmlinux function whose name three files share, picked by `sympos = 1`: cpuinfo's
+/// `c_start` (arch/x86/kernel/cpu/proc.c, linked before fs/proc/consoles.c and crypto/proc.c).
+/// Expected from its source: position 0 is the first online CPU's data, and with one CPU
+/// (the harness boots one) position 1 is past the last, NULL.
+pub fn a_static_function_with_an_ambiguous_name_is_called_by_sympos(series: Series) {
+    let k = kernel(series);
+    let ko = build("statics", &k);
+    let log = boot(
+        &k,
+        &[&ko],
+        "section load; load klp_statics\n\
+         section patched; cat /proc/version\n",
+    );
+    assert_eq!(log.section("load"), ["insmod klp_statics rc=0"]);
+    assert_eq!(
+        log.section("patched"),
+        ["cpuinfo c_start: 0 -> cpu 0, 1 -> none"]
+    );
+}
+
+/// binfmt_misc's `status` read, patched, calls binfmt_misc's static `parse_command` through
+/// a `.klp.rela.binfmt_misc.*` section, which the livepatch core applies whenever binfmt_misc
+/// loads: before the patch and after it. Expected from fs/binfmt_misc.c: a count of 0 parses
+/// to 0, 2 bytes from user address 0 fault (-EFAULT, -14), more than 3 are refused (-EINVAL,
+/// -22). A reload after an unload works where the kernel clears the relocations on unload
+/// (6.12: `klp_clear_object_relocs`); 6.1 refuses the reload, as the build warns.
+pub fn a_module_function_calls_a_static_function_of_its_module(series: Series) {
+    let k = kernel(series);
+    let ko = build("modstatic", &k);
+    let binfmt = klp_harness::image_module(&k, "binfmt_misc").unwrap();
+    let status = "mount -t binfmt_misc none /proc/sys/fs/binfmt_misc && \
+                  cat /proc/sys/fs/binfmt_misc/status; umount /proc/sys/fs/binfmt_misc";
+    let log = boot(
+        &k,
+        &[&ko, &binfmt],
+        &format!(
+            "section early; insmod /mod/binfmt_misc.ko; load klp_modstatic; {status}\n\
+             section unload; disable klp_modstatic; unload klp_modstatic; rmmod binfmt_misc; \
+             echo \"rmmod rc=$?\"\n\
+             section late; load klp_modstatic; insmod /mod/binfmt_misc.ko; {status}\n\
+             section reload; rmmod binfmt_misc; insmod /mod/binfmt_misc.ko; \
+             echo \"insmod rc=$?\"\n"
+        ),
+    );
+    let expected = "parse_command: 0 -> 0, 2 -> -14, 4 -> -22";
+    assert_eq!(
+        log.section("early"),
+        ["insmod klp_modstatic rc=0", expected]
+    );
+    assert_eq!(
+        log.section("unload"),
+        [
+            "disable klp_modstatic rc=0",
+            "rmmod klp_modstatic rc=0",
+            "rmmod rc=0"
+        ]
+    );
+    assert_eq!(log.section("late"), ["insmod klp_modstatic rc=0", expected]);
+    let reload = log.section("reload");
+    match series {
+        Series::V6_12 => assert_eq!(reload, ["insmod rc=0"]),
+        Series::V6_1 => {
+            assert_eq!(
+                reload.last().map(String::as_str),
+                Some("insmod rc=8"),
+                "{reload:?}"
+            );
+            assert!(
+                log.serial.contains("existing value is nonzero"),
+                "6.1 refuses the reload in apply_relocate_add:\n{}",
+                log.serial
+            );
+        }
+    }
+}
