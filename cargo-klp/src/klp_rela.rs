@@ -214,7 +214,7 @@ pub fn convert_module(path: &Path) -> Result<Vec<Converted>> {
                     .entry((sym.object.clone(), target.index()))
                     .or_insert_with(|| (target, Vec::new()))
                     .1
-                    .push(r.clone());
+                    .push(*r);
                 false
             }
             None => true,

@@ -17,8 +17,11 @@ extern "C" {
 }
 
 /// Replaces `fs/proc/cmdline.c:cmdline_proc_show`.
+///
+/// # Safety
+/// Called by the kernel (or a test) with a `seq_file` to print into.
 #[klp_func(name = "cmdline_proc_show")]
-extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> c_int {
+pub unsafe extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> c_int {
     // SAFETY: the kernel sets `saved_command_line` at boot, to a NUL-terminated string it
     // never frees.
     let line = unsafe { CStr::from_ptr(saved_command_line) };
