@@ -359,6 +359,12 @@ pub fn relocation_name(r_type: u32) -> String {
         elf::R_X86_64_REX_GOTPCRELX => "R_X86_64_REX_GOTPCRELX".into(),
         elf::R_X86_64_GOTPCRELX => "R_X86_64_GOTPCRELX".into(),
         elf::R_X86_64_TPOFF32 => "R_X86_64_TPOFF32".into(),
+        elf::R_X86_64_64 => "R_X86_64_64".into(),
+        elf::R_X86_64_PC32 => "R_X86_64_PC32".into(),
+        elf::R_X86_64_PLT32 => "R_X86_64_PLT32".into(),
+        elf::R_X86_64_32 => "R_X86_64_32".into(),
+        elf::R_X86_64_32S => "R_X86_64_32S".into(),
+        elf::R_X86_64_PC64 => "R_X86_64_PC64".into(),
         other => format!("type {other}"),
     }
 }

@@ -13,12 +13,14 @@ mod against;
 mod decode;
 mod headline;
 mod load;
+mod relocations;
 mod render;
 #[cfg(test)]
 mod tests;
 
 pub use against::{against, ReplacePlan};
 pub use load::{load, Bytes};
+pub use relocations::KlpRelocation;
 pub use render::{render, render_plan};
 
 use std::path::{Path, PathBuf};
@@ -135,6 +137,8 @@ pub struct Report {
     pub states: Vec<State>,
     pub klp_rela_sections: Vec<String>,
     pub klp_symbols: Vec<String>,
+    /// Each livepatch relocation and what it resolves to.
+    pub klp_relocations: Vec<KlpRelocation>,
     /// What could not be read, with the reason (the rest of the report stands).
     pub warnings: Vec<String>,
 }
@@ -228,6 +232,7 @@ fn head_fields(
         states: vec![],
         klp_rela_sections: head.klp_rela_sections.clone(),
         klp_symbols: vec![],
+        klp_relocations: vec![],
         warnings: vec![],
     }
 }
@@ -258,6 +263,9 @@ fn tables_report<'d>(
                 .map(|n| names.own(n))
         })
         .collect();
+    let (relocations, problems) = relocations::read(data);
+    report.klp_relocations = relocations;
+    report.warnings.extend(problems);
     match elf::read_patch(file) {
         Ok(Some(p)) => {
             report.kind = Kind::KlpRs;

@@ -85,10 +85,28 @@ pub fn render(r: &Report) -> String {
     for st in &r.states {
         lines.push((1, format!("klp_state {:#x} version {}", st.id, st.version)));
     }
-    for k in &r.klp_rela_sections {
-        lines.push((1, k.clone()));
+    if r.klp_relocations.is_empty() {
+        for k in &r.klp_rela_sections {
+            lines.push((1, k.clone()));
+        }
     }
-    if !r.klp_symbols.is_empty() {
+    for k in &r.klp_relocations {
+        let target = match (&k.object, k.sympos) {
+            (Some(o), Some(0)) => format!("{o} {} (the only one)", k.symbol),
+            (Some(o), Some(p)) => format!("{o} {} (sympos {p})", k.symbol),
+            _ => format!("`{}` (not a livepatch symbol)", k.symbol),
+        };
+        lines.push((
+            1,
+            format!(
+                "klp relocation -> {target}, in {} ({}, applied with {})",
+                k.function.as_deref().unwrap_or("?"),
+                k.r_type,
+                k.applied_with
+            ),
+        ));
+    }
+    if !r.klp_symbols.is_empty() && r.klp_relocations.is_empty() {
         lines.push((1, format!("{} .klp.sym symbols", r.klp_symbols.len())));
     }
     for w in &r.warnings {

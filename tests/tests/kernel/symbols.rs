@@ -12,16 +12,33 @@ use super::{boot, build, kernel};
 pub fn cmdline_string_reads_a_symbol_the_kernel_does_not_export(series: Series) {
     let k = kernel(series);
     let ko = build("cmdline-string", &k);
-    let file = std::fs::read(&ko).unwrap();
-    let elf = object::File::parse(&*file).unwrap();
-    let klp_sections: Vec<String> = object::Object::sections(&elf)
-        .filter_map(|s| object::ObjectSection::name(&s).ok().map(str::to_string))
-        .filter(|n| n.starts_with(".klp.rela.vmlinux."))
+    let report = cargo_klp::inspect::inspect(&ko).unwrap();
+    let relocations: Vec<_> = report
+        .klp_relocations
+        .iter()
+        .map(|r| {
+            (
+                r.applied_with.as_str(),
+                r.object.as_deref(),
+                r.symbol.as_str(),
+                r.sympos,
+                r.function
+                    .as_deref()
+                    .and_then(|f| f.split_once('+'))
+                    .map(|f| f.0),
+            )
+        })
         .collect();
     assert_eq!(
-        klp_sections.len(),
-        1,
-        "one function reads it: {klp_sections:?}"
+        relocations,
+        [(
+            "vmlinux",
+            Some("vmlinux"),
+            "saved_command_line",
+            Some(0),
+            Some("cmdline_string::cmdline_proc_show")
+        )],
+        "one read of the symbol, in the one function"
     );
     let log = boot(
         &k,

@@ -1,0 +1,98 @@
+//! The module's livepatch relocations (`crate::klp_rela`), each with what it resolves to:
+//! the kernel object, symbol and sympos the livepatch core will look up, and where in the
+//! patch's code the address goes.
+
+use object::elf;
+use object::read::elf::{ElfFile64, SectionHeader};
+use object::read::{Object, ObjectSection, ObjectSymbol};
+use object::{LittleEndian, SectionIndex, SymbolIndex};
+use serde::Serialize;
+
+use crate::klp_rela::{rela_object, KlpSym};
+
+/// One relocation of a `.klp.rela.<object>.<section>` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KlpRelocation {
+    /// The object whose loading applies it (the section's).
+    pub applied_with: String,
+    /// What the livepatch core resolves: `None` fields when the symbol's name is not one
+    /// it can read (the kernel refuses the module).
+    pub object: Option<String>,
+    pub symbol: String,
+    pub sympos: Option<u32>,
+    /// The patch's function the address is written into, and the offset in it.
+    pub function: Option<String>,
+    pub offset: u64,
+    pub r_type: String,
+}
+
+/// Every livepatch relocation of a 64-bit little-endian ELF file (a `.ko` for x86-64);
+/// problems (a relocation whose symbol is not a livepatch symbol, which the kernel
+/// refuses) as warnings.
+pub fn read(data: &[u8]) -> (Vec<KlpRelocation>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    let Ok(file) = ElfFile64::<LittleEndian>::parse(data) else {
+        return (out, warnings);
+    };
+    let endian = file.endian();
+    for sec in file.sections() {
+        let Ok(name) = sec.name() else { continue };
+        let Some(applied_with) = rela_object(name) else {
+            continue;
+        };
+        let header = sec.elf_section_header();
+        if header.sh_type(endian) != elf::SHT_RELA {
+            continue;
+        }
+        let target = SectionIndex(header.sh_info(endian) as usize);
+        let Ok(relas) = header.data_as_array::<elf::Rela64<LittleEndian>, _>(endian, data) else {
+            warnings.push(format!("{name}: relocations cannot be read"));
+            continue;
+        };
+        for rela in relas {
+            let offset = rela.r_offset.get(endian);
+            let sym_index = SymbolIndex(rela.r_sym(endian, false) as usize);
+            let symbol = file
+                .symbol_by_index(sym_index)
+                .ok()
+                .and_then(|s| s.name().ok().map(str::to_string))
+                .unwrap_or_default();
+            let parsed = KlpSym::parse(&symbol);
+            if parsed.is_none() {
+                warnings.push(format!(
+                    "{name} offset {offset:#x}: symbol `{symbol}` is not a livepatch symbol \
+                     (.klp.sym.<object>.<name>,<sympos>); the kernel refuses the module"
+                ));
+            }
+            out.push(KlpRelocation {
+                applied_with: applied_with.to_string(),
+                object: parsed.as_ref().map(|p| p.object.clone()),
+                sympos: parsed.as_ref().map(|p| p.sympos),
+                symbol: parsed.map_or(symbol, |p| p.name),
+                function: function_at(&file, target, offset),
+                offset,
+                r_type: crate::elf::relocation_name(rela.r_type(endian, false)),
+            });
+        }
+    }
+    (out, warnings)
+}
+
+/// The function symbol of `section` that covers `offset`, with the offset in it.
+fn function_at(
+    file: &ElfFile64<'_, LittleEndian>,
+    section: SectionIndex,
+    offset: u64,
+) -> Option<String> {
+    file.symbols()
+        .filter(|s| s.section_index() == Some(section) && s.kind() == object::SymbolKind::Text)
+        .find(|s| s.address() <= offset && offset < s.address() + s.size().max(1))
+        .and_then(|s| {
+            let name = s.name().ok()?;
+            let name = rustc_demangle::try_demangle(name)
+                .map(|d| format!("{d:#}"))
+                .unwrap_or_else(|_| name.to_string());
+            Some(format!("{name}+{:#x}", offset - s.address()))
+        })
+}
