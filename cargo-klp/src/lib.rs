@@ -118,6 +118,11 @@ pub struct BuildArgs {
     /// The kernel build tree (default: $KDIR, else /lib/modules/$(uname -r)/build).
     #[arg(long, value_name = "DIR")]
     pub kdir: Option<PathBuf>,
+    /// The target kernel's BTF, for #[kernel_struct] layouts and prototype checks (default:
+    /// the --kernel image's, or /sys/kernel/btf/vmlinux when building for the running
+    /// kernel).
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
     /// Where to put the .ko (default: <target-dir>/klp).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -245,6 +250,7 @@ fn build_options(a: BuildArgs) -> (build::BuildOptions, Option<klp_vm::KernelSpe
         alloc_faults: a.alloc_faults,
         cache_dir: None,
         target: None,
+        btf: a.btf,
     };
     (opts, a.kernel)
 }

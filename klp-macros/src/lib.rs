@@ -8,6 +8,7 @@
 //! does not exist, a function patched twice) is checked when the tables are loaded
 //! (`klp_runtime::check`).
 
+mod btf;
 mod expand;
 mod internals;
 
@@ -52,6 +53,31 @@ pub fn klp_func(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn klp_extern(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::external::expand(args.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// A kernel struct with the members the patch uses, under the kernel's names. In the
+/// kernel build each member sits where the target kernel's BTF puts it (`cargo klp build`
+/// hands the macro the kernel's BTF), so the same source builds for kernels whose layouts
+/// differ; a member the kernel lacks, a bitfield, or a declared type that does not fit the
+/// kernel's is a build error naming both. On the host it is a plain `repr(C)` struct with
+/// the declared fields, for tests to make. Either way, read a member with its accessor:
+/// `task.pid()` (a reference) or `task.pid_ptr()` (a raw pointer, for `READ_ONCE`-style reads
+/// and writes). Members of anonymous structs and unions are named as C names them.
+///
+/// Keys: `name = "..."` (the kernel's struct name, if the Rust name differs).
+///
+/// ```ignore
+/// #[kernel_struct]
+/// pub struct task_struct {
+///     pub pid: i32,
+///     pub comm: [u8; 16],
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn kernel_struct(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::kernel_struct::expand(args.into(), item.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

@@ -33,7 +33,7 @@ pub mod sim;
 pub mod kernel;
 
 pub use hook::{Errno, Object, Result};
-pub use klp_macros::{klp_callbacks, klp_extern, klp_func, klp_shadow};
+pub use klp_macros::{kernel_struct, klp_callbacks, klp_extern, klp_func, klp_shadow};
 
 /// The platform layer: `klp_shadow_*`, logging and the kernel interfaces of [`bindings`],
 /// from the kernel or the simulator, behind one face. Everything above calls only this.

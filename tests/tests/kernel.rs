@@ -47,6 +47,8 @@ on_both_kernels!(
     kernel_symbols_the_kernel_cannot_resolve_are_refused_before_linking,
     a_static_function_with_an_ambiguous_name_is_called_by_sympos,
     a_module_function_calls_a_static_function_of_its_module,
+    task_struct_members_are_read_where_each_kernel_puts_them,
+    prototypes_and_members_unlike_the_kernels_are_build_errors,
 );
 
 #[path = "kernel/symbols.rs"]

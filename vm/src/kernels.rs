@@ -387,7 +387,7 @@ fn zstd_decompress(data: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Finds the compressed payload in a bzImage and decompresses it: xz on 6.1, zstd on 6.12.
-fn vmlinux_from_bzimage(bz: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn vmlinux_from_bzimage(bz: &[u8]) -> Result<Vec<u8>> {
     const XZ: &[u8] = b"\xfd7zXZ\x00";
     const ZSTD: &[u8] = b"\x28\xb5\x2f\xfd";
     let find = |magic: &[u8]| bz.windows(magic.len()).position(|w| w == magic);

@@ -3,6 +3,7 @@
 //! boot it under qemu with modules and a script, returning what the guest printed.
 //! `cargo klp run`, `cargo klp build --kernel` and the project's real-kernel tests all use it.
 
+pub mod btf;
 pub mod guest;
 pub mod initramfs;
 pub mod kernels;

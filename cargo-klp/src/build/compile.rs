@@ -150,6 +150,14 @@ pub(super) fn compile(
     tree: &KernelTree,
     object: &Path,
 ) -> Result<Compiled> {
+    let btf = super::target_btf(opts, tree, object.parent().unwrap_or(target_dir))?;
+    if btf.is_none() {
+        shell.warn(format!(
+            "no BTF for Linux {}: #[klp_func] and #[klp_extern] prototypes go unchecked and \
+             #[kernel_struct] cannot be laid out; build with --kernel or --btf FILE",
+            tree.release
+        ));
+    }
     let mut flags = tree.config.rustflags();
     flags.extend(opts.extra_rustflags.iter().cloned());
     let manifest = pkg.manifest_path.as_std_path();
@@ -167,6 +175,12 @@ pub(super) fn compile(
         cache_root,
         &key,
     );
+    // The macros lay out kernel structs and check prototypes by it; without it they say
+    // what is missing where they need it.
+    match &btf {
+        Some(btf) => cmd.env(super::BTF_ENV, btf),
+        None => cmd.env_remove(super::BTF_ENV),
+    };
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     shell.command(&cmd);
     let mut child = cmd.spawn().context("cannot run cargo")?;

@@ -47,6 +47,31 @@ pub struct BuildOptions {
     /// The kernel the module is for, bootable: the functions the patch replaces are checked
     /// in it ([`crate::funcs`]) before the module is linked.
     pub target: Option<klp_vm::Kernel>,
+    /// The target kernel's BTF (default: the target's image's, or the running kernel's
+    /// when building for it).
+    pub btf: Option<PathBuf>,
+}
+
+/// The variable that names the target kernel's BTF to the macros (klp-macros' `BTF_ENV`).
+pub const BTF_ENV: &str = "KLP_RS_BTF";
+
+/// The target kernel's BTF, if known: given, the target image's (extracted once into the
+/// cache), or the running kernel's when the tree is the running kernel's.
+fn target_btf(opts: &BuildOptions, tree: &KernelTree, staging: &Path) -> Result<Option<PathBuf>> {
+    if let Some(btf) = &opts.btf {
+        if !btf.is_file() {
+            bail!("--btf {}: no such file", btf.display());
+        }
+        return Ok(Some(btf.clone()));
+    }
+    if let Some(kernel) = &opts.target {
+        return klp_vm::btf::vmlinux_btf(kernel, staging)
+            .map(Some)
+            .with_context(|| format!("cannot read Linux {}'s BTF", kernel.release));
+    }
+    let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let sys = Path::new("/sys/kernel/btf/vmlinux");
+    Ok((running.trim() == tree.release && sys.exists()).then(|| sys.to_path_buf()))
 }
 
 impl BuildOptions {

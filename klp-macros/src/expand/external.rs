@@ -31,10 +31,11 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     check::kernel_extern_block(&mut cx, &block, sympos.map(|(_, span)| span));
     let sympos = sympos.map_or(0, |(v, _)| v);
 
+    let mut prototypes = TokenStream::new();
     for item in &mut block.items {
-        let (attrs, ident) = match item {
-            ForeignItem::Fn(f) => (&mut f.attrs, &f.sig.ident),
-            ForeignItem::Static(s) => (&mut s.attrs, &s.ident),
+        let (attrs, ident, sig) = match item {
+            ForeignItem::Fn(f) => (&mut f.attrs, &f.sig.ident, Some(&f.sig)),
+            ForeignItem::Static(s) => (&mut s.attrs, &s.ident, None),
             _ => continue,
         };
         // The kernel's name: the item's, or the one `link_name` gives (a suffixed static
@@ -50,6 +51,14 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             false
         });
         check::kernel_symbol_name(&mut cx, ident, &name);
+        if let Some(sig) = sig {
+            prototypes.extend(super::prototype::check(
+                "#[klp_extern] fn",
+                &name,
+                &object,
+                sig,
+            ));
+        }
         let kernel = livepatch_symbol(&object, &name, sympos);
         // On the host the test supplies the symbol under its plain name.
         attrs.push(syn::parse_quote!(#[cfg_attr(target_os = "none", link_name = #kernel)]));
@@ -58,5 +67,5 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         }
     }
     cx.check()?;
-    Ok(quote!(#block))
+    Ok(quote!(#block #prototypes))
 }

@@ -35,11 +35,14 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     cx.check()?;
 
     let ident = &f.sig.ident;
+    let name = name.expect("checked").value();
+    let prototype = super::prototype::check("#[klp_func]", &name, &object, &f.sig);
     let object = super::cstr(&object);
-    let name = super::cstr(&name.expect("checked").value());
+    let name = super::cstr(&name);
     let origin = super::origin(Some(ident));
     Ok(quote! {
         #f
+        #prototype
         const _: () = {
             #[used]
             #[unsafe(link_section = ::klp_runtime::__section!(funcs))]

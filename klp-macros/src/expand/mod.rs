@@ -4,6 +4,8 @@
 pub mod callbacks;
 pub mod external;
 pub mod func;
+pub mod kernel_struct;
+pub mod prototype;
 pub mod shadow;
 
 use proc_macro2::TokenStream;

@@ -1,4 +1,5 @@
 pub mod attr;
 pub mod check;
 pub mod ctxt;
+pub mod ctype;
 pub mod symbol;

@@ -177,3 +177,71 @@ pub fn a_module_function_calls_a_static_function_of_its_module(series: Series) {
         }
     }
 }
+
+/// The reader's own task_struct members, each where this kernel puts it (the offsets of
+/// `pid` differ between 6.1 and 6.12). Expected: the shell prints its pid and its parent's,
+/// then execs `cat`, which reads the patched file as that same pid with comm `cat`.
+pub fn task_struct_members_are_read_where_each_kernel_puts_them(series: Series) {
+    let k = kernel(series);
+    let ko = build("current-task", &k);
+    let log = boot(
+        &k,
+        &[&ko],
+        "section load; load klp_current_task\n\
+         section read; sh -c 'echo \"$$ $PPID\"; exec cat /proc/loadavg'\n",
+    );
+    assert_eq!(log.section("load"), ["insmod klp_current_task rc=0"]);
+    let read = log.section("read");
+    let [ids, line] = read.as_slice() else {
+        panic!("two lines expected: {read:?}")
+    };
+    let (pid, ppid) = ids.split_once(' ').expect("pid and parent's pid");
+    assert_eq!(*line, format!("pid {pid} tgid {pid} comm cat ppid {ppid}"));
+}
+
+/// Expected from the kernels' sources: fs/proc/cmdline.c and fs/proc/version.c declare
+/// `static int ..._proc_show(struct seq_file *m, void *v)`, arch/x86/kernel/cpu/proc.c
+/// `static void *c_start(struct seq_file *m, loff_t *pos)`; include/linux/sched.h gives
+/// task_struct `pid_t pid, tgid` and `unsigned in_execve:1`.
+pub fn prototypes_and_members_unlike_the_kernels_are_build_errors(series: Series) {
+    let k = kernel(series);
+    let out = klp_harness::target_dir()
+        .join("klp")
+        .join(format!("badproto-{}", k.release));
+    let _ = std::fs::remove_dir_all(&out);
+    let exe = klp_harness::cargo_klp_binary().unwrap_or_else(|e| panic!("{e:#}"));
+    let run = std::process::Command::new(exe)
+        .args(["klp", "build", "-p", "badproto", "--manifest-path"])
+        .arg(klp_harness::workspace().join("Cargo.toml"))
+        .arg("--kernel")
+        .arg(format!("debian:{}", k.release))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    for want in [
+        "#[klp_func] `cmdline_proc_show` does not match the target kernel's prototype:\n\
+         \x20        kernel: int cmdline_proc_show(struct seq_file *m, void *v)\n\
+         \x20        patch:  fn one_parameter(_m: *mut c_void) -> c_int\n\
+         \x20        the kernel's takes 2 parameter(s), the patch's 1",
+        "kernel: int version_proc_show(struct seq_file *m, void *v)",
+        "parameter 2 `v`: the kernel's `void *` is a pointer",
+        "#[klp_extern] fn `c_start` does not match the target kernel's prototype:\n\
+         \x20        kernel: void *c_start(struct seq_file *m, loff_t *pos)",
+        "the return type: the kernel's `void *` is a pointer",
+        "`task_struct` has no member `pidd` in the target kernel: did you mean `pid`?",
+        "`task_struct.pid` cannot be declared `*const u8`: the kernel's `pid_t` is a 4-byte \
+         signed integer",
+        "member `in_execve` is a bitfield in the target kernel",
+        "`task_struct.tgid` cannot be declared `i64`: the kernel's `pid_t` is a 4-byte signed \
+         integer",
+    ] {
+        assert!(stderr.contains(want), "`{want}` not in:\n{stderr}");
+    }
+    assert!(
+        !out.join("klp_badproto.ko").exists(),
+        "no module left behind"
+    );
+}

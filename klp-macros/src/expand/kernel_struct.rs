@@ -1,0 +1,191 @@
+//! `#[kernel_struct]`: a kernel struct with the members the patch uses, laid out as the
+//! target kernel's BTF says (`crate::btf`). On the host the struct is plain `repr(C)` with
+//! the declared fields, so tests can make one; either way each member is read through an
+//! accessor of its name, so patch code is the same in both builds.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::ItemStruct;
+
+use crate::btf;
+use crate::internals::attr::{Args, Kind};
+use crate::internals::ctxt::Ctxt;
+use crate::internals::ctype;
+use crate::internals::symbol::NAME;
+
+pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let s: ItemStruct = syn::parse2(item).map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            "#[kernel_struct] goes on a struct with the kernel's member names: \
+             `struct task_struct { pid: i32, comm: [c_char; 16] }`",
+        )
+    })?;
+    let mut cx = Ctxt::default();
+    let args = Args::parse(&mut cx, args, &[(NAME, Kind::Str)]);
+    let kernel_name = args
+        .str(&mut cx, NAME)
+        .map_or(s.ident.to_string(), |n| n.value());
+    let syn::Fields::Named(fields) = &s.fields else {
+        cx.error_spanned_by(
+            &s.ident,
+            "#[kernel_struct] needs named fields: the kernel's member names",
+        );
+        return cx.check().map(|_| TokenStream::new());
+    };
+    if !s.generics.params.is_empty() {
+        cx.error_spanned_by(&s.generics, "a kernel struct cannot be generic");
+    }
+    cx.check()?;
+
+    let ident = &s.ident;
+    let vis = &s.vis;
+    let attrs = &s.attrs;
+    let host_fields = fields.named.iter();
+    let host_accessors = fields.named.iter().map(|f| {
+        let (name, ty, fvis) = (f.ident.as_ref().expect("named"), &f.ty, &f.vis);
+        let ptr = format_ident!("{name}_ptr");
+        quote! {
+            #fvis fn #name(&self) -> &#ty { &self.#name }
+            #fvis fn #ptr(&self) -> *mut #ty { ::core::ptr::addr_of!(self.#name).cast_mut() }
+        }
+    });
+    let kernel = kernel_layout(&kernel_name, ident, vis, attrs, &fields.named);
+    Ok(quote! {
+        #[cfg(not(target_os = "none"))]
+        #(#attrs)*
+        #[repr(C)]
+        #vis struct #ident { #(#host_fields),* }
+
+        #[cfg(not(target_os = "none"))]
+        impl #ident {
+            #(#host_accessors)*
+        }
+
+        #kernel
+    })
+}
+
+/// The kernel build's struct and accessors, or the errors that stop it.
+fn kernel_layout(
+    kernel_name: &str,
+    ident: &syn::Ident,
+    vis: &syn::Visibility,
+    attrs: &[syn::Attribute],
+    fields: &syn::punctuated::Punctuated<syn::Field, syn::Token![,]>,
+) -> TokenStream {
+    let kernel_error = |span: Span, msg: String| {
+        quote_spanned! {span=>
+            #[cfg(target_os = "none")]
+            const _: () = ::core::compile_error!(#msg);
+        }
+    };
+    let btf = match btf::kernel() {
+        None => {
+            return kernel_error(
+                ident.span(),
+                format!(
+                    "the layout of `{kernel_name}` in the target kernel is unknown: \
+                     `cargo klp build --kernel` (or `--btf FILE`) gives the kernel's BTF"
+                ),
+            )
+        }
+        Some(Err(e)) => return kernel_error(ident.span(), e),
+        Some(Ok(btf)) => btf,
+    };
+    let record = match btf::record(&btf, kernel_name) {
+        Ok(r) => r,
+        Err(e) => return kernel_error(ident.span(), e),
+    };
+    let resolved = match btf::resolve_record(&btf, &record, kernel_name) {
+        Ok(r) => r,
+        Err(e) => return kernel_error(ident.span(), e),
+    };
+    let (size, align) = (resolved.size, resolved.align);
+    let mut out = TokenStream::new();
+    let mut accessors = TokenStream::new();
+    for f in fields {
+        let (name, ty, fvis) = (f.ident.as_ref().expect("named"), &f.ty, &f.vis);
+        let field = match btf::field(&btf, kernel_name, &record, &name.to_string()) {
+            Ok(field) => field,
+            Err(e) => {
+                out.extend(kernel_error(name.span(), e));
+                continue;
+            }
+        };
+        if let Some(why) = ctype::mismatch(&ctype::rust_shape(ty), &field.ty) {
+            out.extend(kernel_error(
+                ty.span(),
+                format!(
+                    "`{kernel_name}.{name}` cannot be declared `{}`: {why}",
+                    super::prototype::tidy(&quote!(#ty).to_string())
+                ),
+            ));
+            continue;
+        }
+        let (offset, kernel_size) = (field.offset, field.ty.size);
+        let size_msg = format!(
+            "`{kernel_name}.{name}`: the kernel's `{}` is {kernel_size} bytes, the declared type is not",
+            field.ty.c
+        );
+        let align_msg = format!(
+            "`{kernel_name}.{name}` is at offset {offset} in the kernel, not aligned for the declared type"
+        );
+        out.extend(quote_spanned! {ty.span()=>
+            #[cfg(target_os = "none")]
+            const _: () = {
+                ::core::assert!(::core::mem::size_of::<#ty>() == #kernel_size, #size_msg);
+                ::core::assert!(#offset % ::core::mem::align_of::<#ty>() == 0, #align_msg);
+            };
+        });
+        let ptr = format_ident!("{name}_ptr");
+        let doc = format!(
+            "`{}` at offset {offset} in the target kernel (BTF).",
+            field.ty.c
+        );
+        accessors.extend(quote! {
+            #[doc = #doc]
+            #fvis fn #name(&self) -> &#ty {
+                // SAFETY: the member lies inside the struct at this offset, aligned for its
+                // type (asserted above), and `self` covers the kernel's whole struct.
+                unsafe { &*self.#ptr() }
+            }
+            #fvis fn #ptr(&self) -> *mut #ty {
+                // SAFETY: in bounds of the struct (BTF offset < size).
+                unsafe { self.__kernel.get().cast::<u8>().add(#offset).cast::<#ty>() }
+            }
+        });
+    }
+    let doc = format!(
+        "The kernel's `{kernel_name}` ({size} bytes in the target kernel, from its BTF): reached \
+         through pointers the kernel gives, never made by the patch."
+    );
+    let env = btf::BTF_ENV;
+    let (size, align) = (
+        proc_macro2::Literal::usize_unsuffixed(size),
+        proc_macro2::Literal::usize_unsuffixed(align),
+    );
+    quote! {
+        #out
+        // Rebuilt when the target kernel (its BTF) changes.
+        #[cfg(target_os = "none")]
+        const _: &str = ::core::env!(#env);
+
+        #[cfg(target_os = "none")]
+        #(#attrs)*
+        #[doc = #doc]
+        #[repr(C, align(#align))]
+        #vis struct #ident {
+            __kernel: ::core::cell::UnsafeCell<[::core::mem::MaybeUninit<u8>; #size]>,
+            __pinned: ::core::marker::PhantomPinned,
+        }
+
+        #[cfg(target_os = "none")]
+        impl #ident {
+            /// The struct's size in the target kernel.
+            pub const KERNEL_SIZE: usize = #size;
+            #accessors
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Comparing a Rust declaration with the kernel's type as BTF gives it: what the Rust type
+//! is, read from its syntax, and whether the kernel's shape fits it. What syntax cannot
+//! tell (a user's own type) is left to a size assertion in the expansion.
+
+use crate::btf::{Resolved, Shape};
+
+/// A Rust type as its syntax shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RustShape {
+    Pointer,
+    /// A primitive integer (or `bool`), with its size.
+    Int(usize),
+    Float(usize),
+    Array(Option<usize>),
+    Unit,
+    /// Anything else: only its size can be compared.
+    Other,
+}
+
+/// The size of a primitive or `core::ffi` integer type on x86-64 Linux, by its last path
+/// segment.
+fn int_size(name: &str) -> Option<usize> {
+    Some(match name {
+        "i8" | "u8" | "bool" | "c_char" | "c_schar" | "c_uchar" => 1,
+        "i16" | "u16" | "c_short" | "c_ushort" => 2,
+        "i32" | "u32" | "c_int" | "c_uint" => 4,
+        "i64" | "u64" | "isize" | "usize" | "c_long" | "c_ulong" | "c_longlong" | "c_ulonglong" => {
+            8
+        }
+        _ => return None,
+    })
+}
+
+pub fn rust_shape(ty: &syn::Type) -> RustShape {
+    match ty {
+        syn::Type::Ptr(_) | syn::Type::Reference(_) | syn::Type::BareFn(_) => RustShape::Pointer,
+        syn::Type::Array(a) => RustShape::Array(match &a.len {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Int(n),
+                ..
+            }) => n.base10_parse().ok(),
+            _ => None,
+        }),
+        syn::Type::Tuple(t) if t.elems.is_empty() => RustShape::Unit,
+        syn::Type::Paren(p) => rust_shape(&p.elem),
+        syn::Type::Path(p) if p.qself.is_none() => {
+            let Some(last) = p.path.segments.last() else {
+                return RustShape::Other;
+            };
+            let name = last.ident.to_string();
+            match name.as_str() {
+                "f32" | "c_float" => RustShape::Float(4),
+                "f64" | "c_double" => RustShape::Float(8),
+                // `Option<&T>`, `Option<fn ...>`, `NonNull<T>`: one pointer.
+                "NonNull" => RustShape::Pointer,
+                _ => int_size(&name).map_or(RustShape::Other, RustShape::Int),
+            }
+        }
+        _ => RustShape::Other,
+    }
+}
+
+/// Why the Rust shape cannot stand for the kernel's type, if it cannot.
+pub fn mismatch(rust: &RustShape, kernel: &Resolved) -> Option<String> {
+    let k = &kernel.shape;
+    let ok = match (rust, k) {
+        (RustShape::Pointer, Shape::Pointer) => true,
+        (RustShape::Int(n), Shape::Int { size, .. } | Shape::Enum { size }) => n == size,
+        (RustShape::Float(n), Shape::Float { size }) => n == size,
+        (RustShape::Array(Some(n)), Shape::Array { len, .. }) => n == len,
+        (RustShape::Array(None), Shape::Array { .. }) => true,
+        (RustShape::Unit, Shape::Void) => true,
+        (RustShape::Other, Shape::Void | Shape::Function) => false,
+        (RustShape::Other, _) => true,
+        _ => false,
+    };
+    (!ok).then(|| {
+        let what = match k {
+            Shape::Void => "nothing (void)".to_string(),
+            Shape::Int { size, signed } => format!(
+                "a {}-byte {} integer",
+                size,
+                if *signed { "signed" } else { "unsigned" }
+            ),
+            Shape::Float { size } => format!("a {size}-byte float"),
+            Shape::Pointer => "a pointer".into(),
+            Shape::Array { len, elem_size } => format!("an array of {len} x {elem_size} bytes"),
+            Shape::Record { size } => format!("a {size}-byte struct or union, by value"),
+            Shape::Enum { size } => format!("a {size}-byte enum"),
+            Shape::Function => "a function".into(),
+        };
+        format!("the kernel's `{}` is {what}", kernel.c)
+    })
+}
