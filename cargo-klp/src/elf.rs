@@ -385,3 +385,47 @@ pub fn foreign_tables(file: &object::File<'_>, crate_name: &str) -> Vec<(String,
         })
         .collect()
 }
+
+/// Of the undefined symbols named in `symbols`, those some loaded code or data uses other
+/// than as the target of a direct `call`/`jmp` (an `R_X86_64_PLT32`, or a `PC32` right after
+/// the `e8`/`e9` opcode): their address is taken.
+pub fn address_uses<V>(
+    file: &object::File<'_>,
+    symbols: &BTreeMap<String, V>,
+) -> std::collections::BTreeSet<String> {
+    let mut taken = std::collections::BTreeSet::new();
+    for section in file.sections() {
+        let loaded = matches!(section.flags(), SectionFlags::Elf { sh_flags }
+            if sh_flags & u64::from(elf::SHF_ALLOC) != 0);
+        if !loaded {
+            continue;
+        }
+        let data = section.data().unwrap_or(&[]);
+        for (offset, r) in section.relocations() {
+            let RelocationTarget::Symbol(index) = r.target() else {
+                continue;
+            };
+            let Some(name) = file
+                .symbol_by_index(index)
+                .ok()
+                .and_then(|s| s.name().ok())
+                .filter(|n| symbols.contains_key(*n))
+            else {
+                continue;
+            };
+            let RelocationFlags::Elf { r_type } = r.flags() else {
+                continue;
+            };
+            let opcode = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_sub(1))
+                .and_then(|o| data.get(o));
+            let direct = r_type == elf::R_X86_64_PLT32
+                || (r_type == elf::R_X86_64_PC32 && matches!(opcode, Some(0xe8 | 0xe9)));
+            if !direct {
+                taken.insert(name.to_string());
+            }
+        }
+    }
+    taken
+}

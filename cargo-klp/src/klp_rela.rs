@@ -220,6 +220,32 @@ pub fn convert_module(path: &Path) -> Result<Vec<Converted>> {
             None => true,
         });
     }
+    // Whatever was not moved must not reach a livepatch symbol: the module loader would
+    // apply it with the symbol's value 0 (a relocation section without SHF_INFO_LINK,
+    // which the builder does not link to its target, would be one).
+    for sec in b.sections.iter() {
+        let SectionData::Relocation(relocs) = &sec.data else {
+            continue;
+        };
+        let moved_here = sec.sh_info_section.is_some_and(|t| loaded.contains(&t));
+        let into_unloaded = sec.sh_info_section.is_some() && !moved_here;
+        if into_unloaded || sec.name.starts_with(RELA_PREFIX.as_bytes()) {
+            continue;
+        }
+        if let Some(r) = relocs
+            .iter()
+            .find(|r| r.symbol.is_some_and(|s| klp.contains_key(&s.index())))
+        {
+            bail!(
+                "{}: section {} has a relocation at {:#x} against a livepatch symbol that could \
+                 not be moved into a klp relocation section (it does not name the section it \
+                 applies to)",
+                path.display(),
+                String::from_utf8_lossy(&sec.name),
+                r.r_offset
+            );
+        }
+    }
     let mut converted = Vec::new();
     for ((object, _), (target, relocs)) in moved {
         let target_name = String::from_utf8_lossy(&b.sections.get(target).name).into_owned();

@@ -674,7 +674,7 @@ fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series
 }
 
 /// Expected from the livepatch core's rules (`klp_find_object_symbol`, ftrace's list) and
-/// the kernels' sources: `do_syscall_64` is `noinstr`, `c_start` is static in several files,
+/// the kernels' sources: `exc_nmi` is `noinstr`, `c_start` is static in several files,
 /// there is one `cmdline_proc_show`, binfmt_misc and ext4 (loaded with what it depends on)
 /// have no such functions, 8250 is built in (modules.builtin), module names use `_`.
 fn functions_the_kernel_cannot_patch_are_refused_before_linking(series: Series) {
@@ -695,7 +695,7 @@ fn functions_the_kernel_cannot_patch_are_refused_before_linking(series: Series) 
     let r = &k.release;
     for want in [
         format!("`klp_rs_no_such_function` in vmlinux: {r} has no such function"),
-        format!("`do_syscall_64` in vmlinux: {r} cannot patch it: ftrace has no call site"),
+        format!("`exc_nmi` in vmlinux: {r} cannot patch it: ftrace has no call site"),
         "`c_start` in vmlinux: ".to_string(),
         "symbols of this name, and the kernel refuses an ambiguous one; say which with `sympos = N`"
             .to_string(),
@@ -703,7 +703,9 @@ fn functions_the_kernel_cannot_patch_are_refused_before_linking(series: Series) 
         format!("`bm_no_such_function` in binfmt_misc: {r} has no such function"),
         format!("`ext4_no_such_function` in ext4: {r} has no such function"),
         format!("module 8250 is built into {r}'s vmlinux: use object = \"vmlinux\""),
-        "object `snd-dummy`: the kernel names modules with `_` (`snd_dummy`)".to_string(),
+        "#[klp_func] `snd_card_dummy_pcm` in snd-dummy: the kernel names modules with `_` \
+         (`snd_dummy`)"
+            .to_string(),
     ] {
         assert!(msg.contains(&want), "`{want}` not in:\n{msg}");
     }

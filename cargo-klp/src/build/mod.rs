@@ -312,15 +312,31 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
             .map(|s| s.object.as_str())
             .filter(|o| *o != klp_runtime::abi::VMLINUX)
             .collect();
+        modules.sort_unstable();
         modules.dedup();
         if !modules.is_empty() && tree.clears_module_relocations() == Some(false) {
             shell.warn(format!(
                 "Linux {} does not clear a module's livepatch relocations when the module is \
-                 unloaded (later kernels clear them: clear_relocate_add): once {} has been unloaded while \
-                 this patch is enabled, the kernel refuses to load it again (\"existing value \
-                 is nonzero\") until the patch is disabled",
+                 unloaded (later kernels clear them: clear_relocate_add): once {} has been \
+                 unloaded while this patch is enabled, the kernel refuses to load it again \
+                 (\"existing value is nonzero\") until the patch is disabled",
                 tree.release,
                 modules.join(", ")
+            ));
+        }
+        // klp_module_coming applies the relocations before the callbacks; when the patch
+        // refuses the module, its error path does not clear this patch's.
+        let vetoing: Vec<&str> = modules
+            .iter()
+            .copied()
+            .filter(|m| needs.vetoing_objects.iter().any(|o| o == m))
+            .collect();
+        if !vetoing.is_empty() {
+            shell.warn(format!(
+                "when this patch's pre_patch refuses {} as it loads, the kernel leaves the \
+                 patch's livepatch relocations for it written, and refuses every later load of \
+                 it until the patch is disabled",
+                vetoing.join(", ")
             ));
         }
         std::fs::rename(&compiled.object, &object)
@@ -353,7 +369,11 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     {
         bail!("objtool warned while Kbuild linked the module:\n{w}");
     }
-    let built = kb.join(format!("{}.ko", settings.name));
+    // Kbuild's output stays as Kbuild left it (make may not relink it next time); the
+    // module is finished on a copy.
+    let built = staging.join(format!("{}.ko", settings.name));
+    std::fs::copy(kb.join(format!("{}.ko", settings.name)), &built)
+        .with_context(|| format!("cannot write {}", built.display()))?;
     let relocated = klp_rela::convert_module(&built)?;
     if !relocated.is_empty() {
         shell.status(

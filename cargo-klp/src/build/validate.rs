@@ -1,7 +1,7 @@
 //! What the kernel object must satisfy before it is linked (undefined symbols, IBT landing
 //! pads, sections), and objtool over it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -23,25 +23,38 @@ pub(super) struct Needs {
     /// The kernel symbols the code uses that no export list has, by their name in the
     /// object: they are reached through livepatch relocations ([`crate::klp_rela`]).
     pub livepatch_symbols: BTreeMap<String, KlpSym>,
+    /// The objects with a `pre_patch` hook, which can refuse the object when it loads.
+    pub vetoing_objects: Vec<String>,
+    /// The livepatch symbols (by their name in the object) whose address the code takes,
+    /// on a kernel with IBT; see [`Role::Used`].
+    pub address_taken_under_ibt: BTreeSet<String>,
 }
 
 impl Needs {
     /// Every symbol to check in the kernel.
     pub fn wanted(&self) -> Vec<Wanted> {
-        let used = self.livepatch_symbols.values().map(|s| Wanted {
+        let used = self.livepatch_symbols.iter().map(|(in_object, s)| Wanted {
             object: s.object.clone(),
             name: s.name.clone(),
             sympos: s.sympos,
-            role: Role::Used,
+            role: Role::Used {
+                address_taken_under_ibt: self.address_taken_under_ibt.contains(in_object),
+            },
         });
         self.replaced.iter().cloned().chain(used).collect()
     }
 }
 
-/// A Rust symbol (legacy `_ZN` or v0 `_R` mangling): the kernel has none, so an undefined one
-/// is a dependency that was not linked in.
+/// A Rust symbol (legacy `_ZN` or v0 `_R` mangling), the Rust runtime's (`__rust_*`,
+/// `rust_*`), or a compiler builtin (`__udivti3`, `__muloti4`): an undefined one is something
+/// the module should carry and does not, never a kernel symbol to bind to (a kernel with
+/// Rust has its own copies).
 fn rust_mangled(sym: &str) -> bool {
-    sym.starts_with("_ZN") || sym.starts_with("_R")
+    sym.starts_with("_ZN")
+        || sym.starts_with("_R")
+        || sym.starts_with("__rust")
+        || sym.starts_with("rust_")
+        || (sym.starts_with("__") && (sym.ends_with("ti3") || sym.ends_with("ti4")))
 }
 
 /// Everything the module loader, modpost and the livepatch core would trip over, found
@@ -134,10 +147,14 @@ pub(super) fn validate(
             }
         }
     }
+    if tree.config.ibt() {
+        needs.address_taken_under_ibt = elf::address_uses(&file, &needs.livepatch_symbols);
+    }
     if !missing.is_empty() {
         problems.push(format!(
-            "{} Rust symbol(s) undefined: {}\n  (a `core`/`alloc` symbol means it was not linked \
-             in; another crate's means the patch calls code the module does not carry)",
+            "{} Rust or compiler symbol(s) undefined: {}\n  (a `core`/`alloc` symbol or a \
+             compiler builtin means it was not linked in; another crate's means the patch calls \
+             code the module does not carry)",
             missing.len(),
             missing.join(", ")
         ));
@@ -163,6 +180,12 @@ pub(super) fn validate(
                 .iter()
                 .map(|f| f.object.as_str())
                 .chain(patch.sets.iter().map(|s| s.object.as_str()))
+                .collect();
+            needs.vetoing_objects = patch
+                .sets
+                .iter()
+                .filter(|s| s.hooks[klp_runtime::abi::Hook::PrePatch as usize].is_some())
+                .map(|s| s.object.as_str().to_string())
                 .collect();
             for sym in needs.livepatch_symbols.values() {
                 if sym.object != klp_runtime::abi::VMLINUX && !objects.contains(&sym.object.as_str()) {

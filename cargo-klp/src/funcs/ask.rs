@@ -7,6 +7,16 @@ use anyhow::{Context, Result};
 
 use super::{check, key, parse, plain_name, script, Answers, Found, Verdict, Wanted};
 
+/// The names to ask about: vmlinux's come with the bounds of its init text and per-CPU
+/// area ([`super::RANGES`]), which say where each entry lies.
+fn asked_for<'a>(object: &str, names: &[&'a str]) -> Vec<&'a str> {
+    let mut all = names.to_vec();
+    if object == klp_runtime::abi::VMLINUX {
+        all.extend(super::RANGES);
+    }
+    all
+}
+
 /// The name under which the answers remember that a module object did not load in a bare
 /// VM (no symbol is named with `*`).
 const UNLOADABLE: &str = "*unloadable*";
@@ -42,8 +52,9 @@ fn cache_file(dir: &Path, kernel: &klp_vm::Kernel) -> PathBuf {
             .map_or(0, |d| d.as_nanos());
         format!("{}-{time}", m.len())
     });
+    // v2: the answers say where each entry lies (`places`).
     dir.join(format!(
-        "{}-{}.json",
+        "{}-v2-{}.json",
         kernel.release,
         crate::build::short_hash(&[stamp])
     ))
@@ -234,7 +245,7 @@ pub fn check_in_kernel(
         let booted = klp_vm::boot(
             kernel,
             &files,
-            &script(&loads, &names),
+            &script(&loads, &asked_for(object, &names)),
             work,
             klp_vm::BootOptions::default(),
         );

@@ -37,7 +37,12 @@ pub enum Role {
     Replaced,
     /// The patch's code calls or reads it through a livepatch relocation: it must exist,
     /// and be the only one of its name unless `sympos` says which.
-    Used,
+    Used {
+        /// The code takes its address (not only `call`/`jmp` to it) on a kernel with IBT,
+        /// where a function whose address the kernel never takes loses its `endbr64` at
+        /// boot: such a use of a function is refused.
+        address_taken_under_ibt: bool,
+    },
 }
 
 impl Wanted {
@@ -45,7 +50,7 @@ impl Wanted {
     fn describe(&self) -> String {
         match self.role {
             Role::Replaced => format!("#[klp_func] `{}` in {}", self.name, self.object),
-            Role::Used => format!(
+            Role::Used { .. } => format!(
                 "kernel symbol `{}` of {} (used by the patch, not exported)",
                 self.name, self.object
             ),
@@ -61,6 +66,36 @@ pub struct Found {
     pub types: String,
     /// Entries in ftrace's list of functions it can attach to.
     pub traceable: u32,
+    /// Where each entry of `types` lies, in the same order: `.` ordinary, `i` in the init
+    /// text vmlinux frees after boot, `p` a per-CPU variable (an offset, not an address),
+    /// `0` at address 0 (which `klp_find_object_symbol` takes for "not found").
+    #[serde(default)]
+    pub places: String,
+}
+
+/// The symbols that bound the places of [`Found::places`] in vmlinux.
+pub const RANGES: [&str; 4] = [
+    "_sinittext",
+    "_einittext",
+    "__per_cpu_start",
+    "__per_cpu_end",
+];
+
+/// Where the entry at `address` lies (see [`Found::places`]), given the bounds' addresses.
+fn place(address: u64, bounds: &BTreeMap<&str, u64>) -> char {
+    let within = |lo: &str, hi: &str| match (bounds.get(lo), bounds.get(hi)) {
+        (Some(&lo), Some(&hi)) => (lo..hi).contains(&address),
+        _ => false,
+    };
+    if address == 0 {
+        '0'
+    } else if within("_sinittext", "_einittext") {
+        'i'
+    } else if within("__per_cpu_start", "__per_cpu_end") {
+        'p'
+    } else {
+        '.'
+    }
 }
 
 fn is_text(ty: char) -> bool {
@@ -98,7 +133,7 @@ pub fn check(release: &str, wanted: &[Wanted], answers: &Answers) -> Verdict {
         let what = w.describe();
         let symbols = found.types.chars().count();
         let functions = found.functions();
-        if w.role == Role::Used {
+        if matches!(w.role, Role::Used { .. }) {
             v.problems.extend(check_used(release, w, found));
             continue;
         }
@@ -194,7 +229,39 @@ fn check_used(release: &str, w: &Wanted, found: &Found) -> Option<String> {
             candidates()
         ))
     } else {
-        None
+        let index = (w.sympos.max(1) - 1) as usize;
+        let ty = found.types.chars().nth(index).unwrap_or('?');
+        match found.places.chars().nth(index).unwrap_or('.') {
+            'i' => Some(format!(
+                "{what}: in {release} it is `__init` code, freed once the kernel has booted; \
+                 use what calls it after boot"
+            )),
+            'p' => Some(format!(
+                "{what}: in {release} it is a per-CPU variable, whose symbol is an offset into \
+                 each CPU's area rather than an address; the patch cannot use it directly"
+            )),
+            '0' => Some(format!(
+                "{what}: in {release} it is at address 0, which the livepatch core takes for \
+                 \"not found\""
+            )),
+            _ if is_text(ty)
+                && matches!(
+                    w.role,
+                    Role::Used {
+                        address_taken_under_ibt: true
+                    }
+                ) =>
+            {
+                Some(format!(
+                    "{what}: the patch takes the address of this function (it does more than \
+                     call it), and {release} enforces IBT: the kernel removes the `endbr64` of \
+                     functions whose address it never takes, so calling it through a pointer \
+                     faults; call it directly, or use a function the kernel itself calls \
+                     through pointers"
+                ))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -228,7 +295,8 @@ pub fn script(modules: &[&str], names: &[&str]) -> String {
     )
 }
 
-/// Reads the guest's answer for `names` of `object` (`None` for vmlinux).
+/// Reads the guest's answer for `names` of `object` (`None` for vmlinux). The kallsyms
+/// lines include vmlinux's [`RANGES`] when the script asked for them.
 pub fn parse(
     object: &str,
     module: Option<&str>,
@@ -241,18 +309,30 @@ pub fn parse(
         .iter()
         .map(|n| (key(object, n), Found::default()))
         .collect();
-    for line in kallsyms {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let (ty, name, owner) = match words.as_slice() {
-            [_, ty, name] => (ty, name, None),
-            [_, ty, name, owner] => (ty, name, Some(*owner)),
-            _ => continue,
-        };
+    let entries: Vec<(u64, &str, &str, Option<&str>)> = kallsyms
+        .iter()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (address, ty, name, owner) = match words.as_slice() {
+                [a, ty, name] => (a, ty, name, None),
+                [a, ty, name, owner] => (a, ty, name, Some(*owner)),
+                _ => return None,
+            };
+            Some((u64::from_str_radix(address, 16).ok()?, *ty, *name, owner))
+        })
+        .collect();
+    let bounds: BTreeMap<&str, u64> = entries
+        .iter()
+        .filter(|(_, _, name, owner)| owner.is_none() && RANGES.contains(name))
+        .map(|&(address, _, name, _)| (name, address))
+        .collect();
+    for &(address, ty, name, owner) in &entries {
         if owner != bracket.as_deref() {
             continue;
         }
         if let Some(found) = answers.get_mut(&key(object, name)) {
             found.types.push_str(ty);
+            found.places.push(place(address, &bounds));
         }
     }
     for line in traceable {
@@ -293,7 +373,9 @@ mod tests {
 
     fn used(name: &str, sympos: u32) -> Wanted {
         Wanted {
-            role: Role::Used,
+            role: Role::Used {
+                address_taken_under_ibt: false,
+            },
             ..wanted(name, sympos)
         }
     }
@@ -329,7 +411,61 @@ mod tests {
         Found {
             types: types.into(),
             traceable,
+            places: ".".repeat(types.len()),
         }
+    }
+
+    #[test]
+    fn init_per_cpu_and_address_taken_functions_are_refused() {
+        let kallsyms: Vec<String> = [
+            "ffffffff83000000 T _sinittext",
+            "ffffffff83000100 t early_setup",
+            "ffffffff83100000 T _einittext",
+            "0000000000000000 D __per_cpu_start",
+            "0000000000000000 D fixed_percpu_data",
+            "0000000000001000 D runqueues",
+            "0000000000040000 D __per_cpu_end",
+            "ffffffff81000000 t helper",
+            "ffffffff82000000 D saved_command_line",
+        ]
+        .map(String::from)
+        .to_vec();
+        let names = [
+            "early_setup",
+            "fixed_percpu_data",
+            "runqueues",
+            "helper",
+            "saved_command_line",
+        ];
+        let a = parse("vmlinux", None, &names, &kallsyms, &[]);
+        assert_eq!(a[&key("vmlinux", "early_setup")].places, "i");
+        assert_eq!(a[&key("vmlinux", "fixed_percpu_data")].places, "0");
+        assert_eq!(a[&key("vmlinux", "runqueues")].places, "p");
+        assert_eq!(a[&key("vmlinux", "helper")].places, ".");
+        let taken = |name: &str| Wanted {
+            role: Role::Used {
+                address_taken_under_ibt: true,
+            },
+            ..used(name, 0)
+        };
+        let v = check(
+            "6.12.117+deb12-amd64",
+            &[
+                used("early_setup", 0),
+                used("fixed_percpu_data", 0),
+                used("runqueues", 0),
+                used("helper", 0),
+                taken("helper"),
+                taken("saved_command_line"),
+            ],
+            &a,
+        );
+        let p = &v.problems;
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p[0].contains("`early_setup`") && p[0].contains("`__init` code"));
+        assert!(p[1].contains("at address 0"));
+        assert!(p[2].contains("`runqueues`") && p[2].contains("per-CPU variable"));
+        assert!(p[3].contains("`helper`") && p[3].contains("enforces IBT"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! patch's code the address goes.
 
 use object::elf;
-use object::read::elf::{ElfFile64, SectionHeader};
+use object::read::elf::{ElfFile64, SectionHeader, Sym};
 use object::read::{Object, ObjectSection, ObjectSymbol};
 use object::{LittleEndian, SectionIndex, SymbolIndex};
 use serde::Serialize;
@@ -36,6 +36,17 @@ pub fn read(data: &[u8]) -> (Vec<KlpRelocation>, Vec<String>) {
         return (out, warnings);
     };
     let endian = file.endian();
+    for sym in file.symbols() {
+        let name = sym.name().unwrap_or_default();
+        if name.starts_with(crate::klp_rela::SYM_PREFIX)
+            && sym.elf_symbol().st_shndx(endian) != crate::klp_rela::SHN_LIVEPATCH
+        {
+            warnings.push(format!(
+                "symbol `{name}` is not marked SHN_LIVEPATCH: the module loader would bind it \
+                 to address 0 (a module cargo klp build did not finish)"
+            ));
+        }
+    }
     for sec in file.sections() {
         let Ok(name) = sec.name() else { continue };
         let Some(applied_with) = rela_object(name) else {
@@ -87,7 +98,7 @@ fn function_at(
 ) -> Option<String> {
     file.symbols()
         .filter(|s| s.section_index() == Some(section) && s.kind() == object::SymbolKind::Text)
-        .find(|s| s.address() <= offset && offset < s.address() + s.size().max(1))
+        .find(|s| s.address() <= offset && offset < s.address().saturating_add(s.size().max(1)))
         .and_then(|s| {
             let name = s.name().ok()?;
             let name = rustc_demangle::try_demangle(name)
