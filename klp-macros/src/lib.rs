@@ -66,7 +66,8 @@ pub fn klp_extern(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `task.pid()` (a reference) or `task.pid_ptr()` (a raw pointer, for `READ_ONCE`-style reads
 /// and writes). Members of anonymous structs and unions are named as C names them.
 ///
-/// Keys: `name = "..."` (the kernel's struct name, if the Rust name differs).
+/// Keys: `name = "..."` (the kernel's struct name, if the Rust name differs), `object =
+/// "vmlinux"` (default) or a module whose own struct it is (read from its split BTF).
 ///
 /// ```ignore
 /// #[kernel_struct]

@@ -32,14 +32,18 @@ pub fn from_image(image: &[u8]) -> Result<Vec<u8>> {
     Ok(data.to_vec())
 }
 
-/// The kernel's BTF as a file, extracted once and kept in the per-user cache (or in `work`
-/// without one): named by release and a stamp of the image, so that another build under the
-/// same release name gets its own.
-pub fn vmlinux_btf(kernel: &Kernel, work: &Path) -> Result<PathBuf> {
-    let dir = crate::cache_dir()
-        .unwrap_or_else(|| work.to_path_buf())
-        .join("btf");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+/// The `.BTF` section of a module (an uncompressed `.ko`): split BTF on vmlinux's.
+pub fn from_module(ko: &[u8]) -> Result<Vec<u8>> {
+    let file = object::File::parse(ko).context("not an ELF file")?;
+    let section = object::Object::section_by_name(&file, ".BTF")
+        .ok_or_else(|| anyhow!("the module has no .BTF section (CONFIG_DEBUG_INFO_BTF_MODULES)"))?;
+    Ok(object::ObjectSection::data(&section)?.to_vec())
+}
+
+/// Where a kernel's BTF files are kept: in the per-user cache (or in `work` without one),
+/// under the release and a stamp of the image, so that another build under the same release
+/// name gets its own.
+pub fn btf_dir(kernel: &Kernel, work: &Path) -> Result<PathBuf> {
     let meta = std::fs::metadata(&kernel.vmlinux)
         .with_context(|| format!("cannot read {}", kernel.vmlinux.display()))?;
     let time = meta
@@ -47,16 +51,60 @@ pub fn vmlinux_btf(kernel: &Kernel, work: &Path) -> Result<PathBuf> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    let file = dir.join(format!("{}-{}-{time}.btf", kernel.release, meta.len()));
-    if file.exists() {
-        return Ok(file);
-    }
-    let image = std::fs::read(&kernel.vmlinux)
-        .with_context(|| format!("cannot read {}", kernel.vmlinux.display()))?;
-    let btf = from_image(&image).with_context(|| kernel.vmlinux.display().to_string())?;
-    // Written whole under another name, then renamed: a reader never sees half of it.
+    let dir = crate::cache_dir()
+        .unwrap_or_else(|| work.to_path_buf())
+        .join("btf")
+        .join(format!("{}-{}-{time}", kernel.release, meta.len()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Writes whole under another name, then renames: a reader never sees half of it.
+fn keep(file: &Path, data: &[u8]) -> Result<()> {
     let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, btf).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &file).with_context(|| format!("cannot write {}", file.display()))?;
+    std::fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))
+}
+
+/// The kernel's BTF as a file, extracted from its image once.
+pub fn vmlinux_btf(kernel: &Kernel, work: &Path) -> Result<PathBuf> {
+    let file = btf_dir(kernel, work)?.join("vmlinux.btf");
+    if !file.exists() {
+        let image = std::fs::read(&kernel.vmlinux)
+            .with_context(|| format!("cannot read {}", kernel.vmlinux.display()))?;
+        let btf = from_image(&image).with_context(|| kernel.vmlinux.display().to_string())?;
+        keep(&file, &btf)?;
+    }
     Ok(file)
+}
+
+/// A module's split BTF as a file (`NAME.btf` beside vmlinux's), extracted from the
+/// kernel image's module once.
+pub fn module_btf(kernel: &Kernel, name: &str, work: &Path) -> Result<PathBuf> {
+    let file = btf_dir(kernel, work)?.join(format!("{name}.btf"));
+    if !file.exists() {
+        let ko = kernel.image_module(name, work)?;
+        let data = std::fs::read(&ko).with_context(|| format!("cannot read {}", ko.display()))?;
+        let btf = from_module(&data).with_context(|| ko.display().to_string())?;
+        keep(&file, &btf)?;
+    }
+    Ok(file)
+}
+
+/// The modules whose BTF is already extracted for this kernel.
+pub fn extracted_modules(kernel: &Kernel, work: &Path) -> Vec<String> {
+    let Ok(dir) = btf_dir(kernel, work) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let module = name.strip_suffix(".btf")?;
+            (module != "vmlinux").then(|| module.to_string())
+        })
+        .collect();
+    names.sort();
+    names
 }

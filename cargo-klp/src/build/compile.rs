@@ -181,6 +181,36 @@ pub(super) fn compile(
         Some(btf) => cmd.env(super::BTF_ENV, btf),
         None => cmd.env_remove(super::BTF_ENV),
     };
+    // The modules' split BTF extracted so far for this kernel (DIR:name,name), with those the
+    // source names extracted first (build's second compile catches any it missed).
+    match opts.target.as_ref().filter(|_| btf.is_some()) {
+        Some(kernel) => {
+            let work = object.parent().unwrap_or(target_dir);
+            let have = klp_vm::btf::extracted_modules(kernel, work);
+            for module in source_objects(pkg) {
+                if !have.contains(&module) {
+                    shell.status(
+                        "Reading",
+                        format!(
+                            "{module}'s BTF from Linux {}'s image (once)",
+                            kernel.release
+                        ),
+                    );
+                    if let Err(e) = klp_vm::btf::module_btf(kernel, &module, work) {
+                        shell.warn(format!(
+                            "no BTF for module {module} ({e:#}): its #[klp_func] and \
+                             #[klp_extern] prototypes go unchecked and its #[kernel_struct]s \
+                             cannot be laid out"
+                        ));
+                    }
+                }
+            }
+            let dir = klp_vm::btf::btf_dir(kernel, work)?;
+            let names = klp_vm::btf::extracted_modules(kernel, work).join(",");
+            cmd.env(super::MODULES_ENV, format!("{}:{names}", dir.display()))
+        }
+        None => cmd.env_remove(super::MODULES_ENV),
+    };
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     shell.command(&cmd);
     let mut child = cmd.spawn().context("cannot run cargo")?;
@@ -302,4 +332,59 @@ pub(super) fn rust_src_installed() -> bool {
                 .join("lib/rustlib/src/rust/library")
         })
         .is_some_and(|p| p.exists())
+}
+
+/// The modules the crate's source names as objects (`object = "name"` in its attributes),
+/// read from the library's source directory. A quick look, not a parse: the build checks
+/// the tables afterwards and compiles again for any module it missed.
+fn source_objects(pkg: &Package) -> Vec<String> {
+    let Some(root) = pkg
+        .targets
+        .iter()
+        .find(|t| t.kind.iter().any(|k| k.to_string() == "lib"))
+        .and_then(|t| t.src_path.parent().map(|p| p.as_std_path().to_path_buf()))
+    else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                found.extend(named_objects(&text));
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// The `"name"` of each `object = "name"` in `text`, but vmlinux.
+fn named_objects(text: &str) -> Vec<String> {
+    text.match_indices("object")
+        .filter_map(|(at, word)| {
+            let rest = text[at + word.len()..].trim_start().strip_prefix('=')?;
+            let rest = rest.trim_start().strip_prefix('"')?;
+            let name = &rest[..rest.find('"')?];
+            let plain =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            (plain && name != klp_runtime::abi::VMLINUX).then(|| name.to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn module_objects_are_read_off_the_attributes() {
+        let src = r#"#[klp_func(name = "bm_status_read", object = "binfmt_misc")]
+            #[klp_extern(object="ext4", sympos = 2)] #[klp_callbacks(id = 1, object = "vmlinux")]
+            let object = 3; // object = "not-a-module""#;
+        assert_eq!(super::named_objects(src), ["binfmt_misc", "ext4"]);
+    }
 }

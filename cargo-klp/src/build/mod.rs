@@ -54,6 +54,9 @@ pub struct BuildOptions {
 
 /// The variable that names the target kernel's BTF to the macros (klp-macros' `BTF_ENV`).
 pub const BTF_ENV: &str = "KLP_RS_BTF";
+/// The variable that names the modules' split BTF extracted so far (klp-macros'
+/// `MODULES_ENV`): `DIR:name,name`.
+pub const MODULES_ENV: &str = "KLP_RS_BTF_MODULES";
 
 /// The target kernel's BTF, if known: given, the target image's (extracted once into the
 /// cache), or the running kernel's when the tree is the running kernel's.
@@ -148,6 +151,39 @@ fn check_in_kernel(
             verdict.problems.join("\n  - ")
         )
     }
+}
+
+/// Extracts the split BTF of the module objects the patch has (its tables' and its livepatch
+/// symbols') that the compile lacked; whether it extracted any. One that cannot be read is a
+/// warning: what needs it goes unchecked.
+fn extract_module_btf(
+    shell: &Shell,
+    kernel: &klp_vm::Kernel,
+    needs: &Needs,
+    staging: &Path,
+) -> bool {
+    let have = klp_vm::btf::extracted_modules(kernel, staging);
+    let mut extracted = false;
+    for module in needs.module_objects() {
+        if have.iter().any(|h| *h == module) {
+            continue;
+        }
+        shell.status(
+            "Reading",
+            format!(
+                "{module}'s BTF from Linux {}'s image (once), then compiling again",
+                kernel.release
+            ),
+        );
+        match klp_vm::btf::module_btf(kernel, &module, staging) {
+            Ok(_) => extracted = true,
+            Err(e) => shell.warn(format!(
+                "no BTF for module {module} ({e:#}): its #[klp_func] and #[klp_extern] \
+                 prototypes go unchecked and its #[kernel_struct]s cannot be laid out"
+            )),
+        }
+    }
+    extracted
 }
 
 /// Writes `text` unless the file already holds it, so make sees no change.
@@ -272,22 +308,41 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         &tree,
         &unchecked,
     )
-    .and_then(|compiled| {
-        shell.status(
-            "Checking",
-            format!(
-                "{} (objtool, relocations, symbols, tables)",
-                compiled.object.display()
-            ),
-        );
-        objtool(shell, &tree, &compiled.object, &staging)?;
-        let needs = validate(
-            shell,
-            &compiled.object,
-            &tree,
-            &settings.license,
-            &crate_name,
-        )?;
+    .and_then(|mut compiled| {
+        let check = |compiled: &Compiled| {
+            shell.status(
+                "Checking",
+                format!(
+                    "{} (objtool, relocations, symbols, tables)",
+                    compiled.object.display()
+                ),
+            );
+            objtool(shell, &tree, &compiled.object, &staging)?;
+            validate(
+                shell,
+                &compiled.object,
+                &tree,
+                &settings.license,
+                &crate_name,
+            )
+        };
+        let mut needs = check(&compiled)?;
+        // A module object's types and prototypes are in its split BTF, which the compile
+        // had only if an earlier build extracted it: extract it and compile again.
+        if let Some(kernel) = &opts.target {
+            if extract_module_btf(shell, kernel, &needs, &staging) {
+                compiled = compile(
+                    shell,
+                    opts,
+                    &pkg,
+                    &cache_root,
+                    &target_dir,
+                    &tree,
+                    &unchecked,
+                )?;
+                needs = check(&compiled)?;
+            }
+        }
         match &opts.target {
             Some(kernel) => check_in_kernel(shell, kernel, &needs, &staging)?,
             None if !needs.livepatch_symbols.is_empty() => shell.warn(format!(

@@ -25,12 +25,28 @@ pub(super) struct Needs {
     pub livepatch_symbols: BTreeMap<String, KlpSym>,
     /// The objects with a `pre_patch` hook, which can refuse the object when it loads.
     pub vetoing_objects: Vec<String>,
+    /// The objects of the patch's tables.
+    pub objects: Vec<String>,
     /// The livepatch symbols (by their name in the object) whose address the code takes,
     /// on a kernel with IBT; see [`Role::Used`].
     pub address_taken_under_ibt: BTreeSet<String>,
 }
 
 impl Needs {
+    /// The modules the patch patches or uses symbols of, once each.
+    pub fn module_objects(&self) -> Vec<String> {
+        let mut modules: Vec<String> = self
+            .objects
+            .iter()
+            .cloned()
+            .chain(self.livepatch_symbols.values().map(|s| s.object.clone()))
+            .filter(|o| o != klp_runtime::abi::VMLINUX)
+            .collect();
+        modules.sort();
+        modules.dedup();
+        modules
+    }
+
     /// Every symbol to check in the kernel.
     pub fn wanted(&self) -> Vec<Wanted> {
         let used = self.livepatch_symbols.iter().map(|(in_object, s)| Wanted {
@@ -181,6 +197,7 @@ pub(super) fn validate(
                 .map(|f| f.object.as_str())
                 .chain(patch.sets.iter().map(|s| s.object.as_str()))
                 .collect();
+            needs.objects = objects.iter().map(|o| o.to_string()).collect();
             needs.vetoing_objects = patch
                 .sets
                 .iter()

@@ -12,7 +12,7 @@ use crate::btf;
 use crate::internals::attr::{Args, Kind};
 use crate::internals::ctxt::Ctxt;
 use crate::internals::ctype;
-use crate::internals::symbol::NAME;
+use crate::internals::symbol::{NAME, OBJECT, VMLINUX};
 
 pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let s: ItemStruct = syn::parse2(item).map_err(|e| {
@@ -23,10 +23,15 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         )
     })?;
     let mut cx = Ctxt::default();
-    let args = Args::parse(&mut cx, args, &[(NAME, Kind::Str)]);
+    let args = Args::parse(&mut cx, args, &[(NAME, Kind::Str), (OBJECT, Kind::Str)]);
     let kernel_name = args
         .str(&mut cx, NAME)
         .map_or(s.ident.to_string(), |n| n.value());
+    let object = args.str(&mut cx, OBJECT);
+    if let Some(o) = &object {
+        crate::internals::check::object_name(&mut cx, o);
+    }
+    let object = object.map_or(VMLINUX.to_string(), |o| o.value());
     let syn::Fields::Named(fields) = &s.fields else {
         cx.error_spanned_by(
             &s.ident,
@@ -51,7 +56,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             #fvis fn #ptr(&self) -> *mut #ty { ::core::ptr::addr_of!(self.#name).cast_mut() }
         }
     });
-    let kernel = kernel_layout(&kernel_name, ident, vis, attrs, &fields.named);
+    let kernel = kernel_layout(&kernel_name, &object, ident, vis, attrs, &fields.named);
     Ok(quote! {
         #[cfg(not(target_os = "none"))]
         #(#attrs)*
@@ -70,6 +75,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
 /// The kernel build's struct and accessors, or the errors that stop it.
 fn kernel_layout(
     kernel_name: &str,
+    object: &str,
     ident: &syn::Ident,
     vis: &syn::Visibility,
     attrs: &[syn::Attribute],
@@ -81,15 +87,17 @@ fn kernel_layout(
             const _: () = ::core::compile_error!(#msg);
         }
     };
-    let btf = match btf::kernel() {
+    let tracked = btf::tracking(object);
+    let btf = match btf::for_object(object) {
         None => {
-            return kernel_error(
+            let error = kernel_error(
                 ident.span(),
                 format!(
-                    "the layout of `{kernel_name}` in the target kernel is unknown: \
-                     `cargo klp build --kernel` (or `--btf FILE`) gives the kernel's BTF"
+                    "the layout of `{kernel_name}` in {object} of the target kernel is unknown: \
+                     `cargo klp build --kernel` gives the kernel's BTF (`--btf FILE` vmlinux's)"
                 ),
-            )
+            );
+            return quote!(#tracked #error);
         }
         Some(Err(e)) => return kernel_error(ident.span(), e),
         Some(Ok(btf)) => btf,
@@ -161,16 +169,13 @@ fn kernel_layout(
         "The kernel's `{kernel_name}` ({size} bytes in the target kernel, from its BTF): reached \
          through pointers the kernel gives, never made by the patch."
     );
-    let env = btf::BTF_ENV;
     let (size, align) = (
         proc_macro2::Literal::usize_unsuffixed(size),
         proc_macro2::Literal::usize_unsuffixed(align),
     );
     quote! {
         #out
-        // Rebuilt when the target kernel (its BTF) changes.
-        #[cfg(target_os = "none")]
-        const _: &str = ::core::env!(#env);
+        #tracked
 
         #[cfg(target_os = "none")]
         #(#attrs)*

@@ -5,23 +5,20 @@
 //! assertion. Without BTF, or for a function BTF does not describe, nothing is checked.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{FnArg, ReturnType, Signature};
 
 use crate::btf;
 use crate::internals::ctype::{self, RustShape};
-use crate::internals::symbol::VMLINUX;
 
 /// The checks of `sig` against the kernel's `name` in `object`, as items of the kernel build.
 pub fn check(what: &str, name: &str, object: &str, sig: &Signature) -> TokenStream {
-    // A module's types and functions live in its own split BTF, which the build does not
-    // hand over yet.
-    if object != VMLINUX {
-        return TokenStream::new();
-    }
-    let Some(Ok(btf)) = btf::kernel() else {
-        return TokenStream::new();
+    // Rebuilt when the BTF the build hands over changes (a module's comes after a first
+    // compile: see cargo-klp's build).
+    let tracked = btf::tracking(object);
+    let Some(Ok(btf)) = btf::for_object(object) else {
+        return tracked;
     };
     let Ok(protos) = btf::functions(&btf, name) else {
         return TokenStream::new();
@@ -63,13 +60,7 @@ pub fn check(what: &str, name: &str, object: &str, sig: &Signature) -> TokenStre
             ),
         );
     }
-    let mut out = TokenStream::new();
-    let env = btf::BTF_ENV;
-    out.extend(quote! {
-        // Rebuilt when the target kernel (its BTF) changes.
-        #[cfg(target_os = "none")]
-        const _: &str = ::core::env!(#env);
-    });
+    let mut out = tracked;
     let mut compare = |ty: Option<&syn::Type>, kernel: &btf::Resolved, which: String| {
         let shape = ty.map_or(RustShape::Unit, ctype::rust_shape);
         let span = ty.map_or(sig.output.span(), |t| t.span());

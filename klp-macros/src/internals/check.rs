@@ -133,22 +133,7 @@ pub fn shadow_data_type(cx: &mut Ctxt, ty: &Type) {
     }
 }
 
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push(
-                (prev[j] + usize::from(ca != *cb))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1),
-            );
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
+pub use klp_btf::edit_distance;
 
 /// A module name as the kernel writes it: `_` where the file name has `-`, no `.`
 /// (`klp_resolve_symbols` reads the object up to the first `.`), at most 55 bytes.

@@ -211,7 +211,9 @@ pub fn task_struct_members_are_read_where_each_kernel_puts_them(series: Series) 
 /// Expected from the kernels' sources: fs/proc/cmdline.c and fs/proc/version.c declare
 /// `static int ..._proc_show(struct seq_file *m, void *v)`, arch/x86/kernel/cpu/proc.c
 /// `static void *c_start(struct seq_file *m, loff_t *pos)`; include/linux/sched.h gives
-/// task_struct `pid_t pid, tgid` and `unsigned in_execve:1`.
+/// task_struct `pid_t pid, tgid` and `unsigned in_execve:1`; fs/binfmt_misc.c
+/// `static ssize_t bm_status_read(struct file *file, char __user *buf, size_t nbytes,
+/// loff_t *ppos)`.
 pub fn prototypes_and_members_unlike_the_kernels_are_build_errors(series: Series) {
     let k = kernel(series);
     let out = klp_harness::target_dir()
@@ -244,6 +246,10 @@ pub fn prototypes_and_members_unlike_the_kernels_are_build_errors(series: Series
         "`task_struct.pid` cannot be declared `*const u8`: the kernel's `pid_t` is a 4-byte \
          signed integer",
         "member `in_execve` is a bitfield in the target kernel",
+        // binfmt_misc's own function, checked in the module's split BTF.
+        "#[klp_func] `bm_status_read` does not match the target kernel's prototype:\n\
+         \x20        kernel: ssize_t bm_status_read(struct file *file, char *buf, size_t nbytes, \
+         loff_t *ppos)",
         "`task_struct.tgid` cannot be declared `i64`: the kernel's `pid_t` is a 4-byte signed \
          integer",
     ] {
