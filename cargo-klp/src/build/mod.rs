@@ -165,7 +165,7 @@ fn extract_module_btf(
     let have = klp_vm::btf::extracted_modules(kernel, staging);
     let mut extracted = false;
     for module in needs.module_objects() {
-        if have.iter().any(|h| *h == module) {
+        if have.contains(&module) {
             continue;
         }
         shell.status(
