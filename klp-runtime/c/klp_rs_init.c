@@ -15,8 +15,10 @@
 #include <linux/livepatch.h>
 #include <linux/module.h>
 #include <linux/preempt.h>
+#include <linux/rcupdate.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
+#include <linux/spinlock.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
 
@@ -45,6 +47,12 @@ int klp_rs_pin(const char *name);
 int klp_rs_pinned(const char *name);
 void klp_rs_unpin(const char *name);
 void klp_rs_unpin_all(void);
+void klp_rs_rcu_read_lock(void);
+void klp_rs_rcu_read_unlock(void);
+void klp_rs_spin_lock(spinlock_t *lock);
+void klp_rs_spin_unlock(spinlock_t *lock);
+unsigned long klp_rs_spin_lock_irqsave(spinlock_t *lock);
+void klp_rs_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 
 #define KLP_RS_FOR_EACH(type, e, table)                                              \
 	for (e = (const type *)(table).start; (const void *)e < (table).end;        \
@@ -306,6 +314,44 @@ void klp_rs_log(const char *msg, size_t len)
 const void *klp_rs_current(void)
 {
 	return current;
+}
+
+/*
+ * The kernel's inline locking helpers, for patch code (klp_runtime::bindings): what they
+ * expand to depends on the config (PREEMPT_RCU, lockdep, debug spinlocks), so they are
+ * compiled here against the target's headers, as Rust-for-Linux's rust/helpers are.
+ */
+void klp_rs_rcu_read_lock(void)
+{
+	rcu_read_lock();
+}
+
+void klp_rs_rcu_read_unlock(void)
+{
+	rcu_read_unlock();
+}
+
+void klp_rs_spin_lock(spinlock_t *lock)
+{
+	spin_lock(lock);
+}
+
+void klp_rs_spin_unlock(spinlock_t *lock)
+{
+	spin_unlock(lock);
+}
+
+unsigned long klp_rs_spin_lock_irqsave(spinlock_t *lock)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(lock, flags);
+	return flags;
+}
+
+void klp_rs_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
+{
+	spin_unlock_irqrestore(lock, flags);
 }
 
 /*

@@ -443,4 +443,10 @@ pub const INIT_PROVIDES: &[&str] = &[
     "klp_rs_pinned",
     "klp_rs_unpin",
     "klp_rs_unpin_all",
+    "klp_rs_rcu_read_lock",
+    "klp_rs_rcu_read_unlock",
+    "klp_rs_spin_lock",
+    "klp_rs_spin_unlock",
+    "klp_rs_spin_lock_irqsave",
+    "klp_rs_spin_unlock_irqrestore",
 ];

@@ -6,7 +6,9 @@
 
 use core::ffi::{c_char, c_int, c_void};
 
-use klp_runtime::bindings::{current_task, seq_print, SeqFile};
+use klp_runtime::bindings::{
+    current_task, rcu_read_lock, read_once, seq_print, spin_lock, Opaque, SeqFile,
+};
 use klp_runtime::{kernel_struct, klp_func};
 
 klp_runtime::patch!();
@@ -18,7 +20,10 @@ pub struct task_struct {
     pub tgid: i32,
     /// `TASK_COMM_LEN` bytes, NUL-terminated.
     pub comm: [c_char; 16],
+    /// RCU-protected.
     pub real_parent: *const task_struct,
+    /// `task_lock()`'s spin lock, which keeps `comm` whole while it is read.
+    pub alloc_lock: Opaque,
 }
 
 /// The command name up to its NUL.
@@ -35,10 +40,16 @@ fn comm(task: &task_struct) -> &str {
 /// Called by the kernel (or a test) with a `seq_file` to print into, in a task's context.
 #[klp_func(name = "loadavg_proc_show")]
 pub unsafe extern "C" fn loadavg_proc_show(m: *mut SeqFile, _v: *mut c_void) -> c_int {
-    // SAFETY: `current` is the running task, alive while it runs this; its `real_parent` is
-    // valid under RCU, and a task reading a /proc file keeps its parent (init at worst).
+    // SAFETY: `current` is the running task, alive while it runs this.
     let task = unsafe { &*current_task().cast::<task_struct>() };
-    let parent = unsafe { &**task.real_parent() };
+    // As the kernel reads them: the parent under RCU (`rcu_dereference`), the name under
+    // `task_lock()`, which `set_task_comm` takes to change it.
+    let _rcu = rcu_read_lock();
+    // SAFETY: `real_parent` is a member of the live task; under RCU the parent it points to
+    // stays valid until `_rcu` drops.
+    let parent = unsafe { &*read_once(task.real_parent_ptr()) };
+    // SAFETY: `alloc_lock` is the task's live spinlock; nothing below sleeps.
+    let _locked = unsafe { spin_lock(task.alloc_lock_ptr()) };
     // SAFETY: `m` is the seq_file the kernel passes to this show function.
     unsafe {
         seq_print(

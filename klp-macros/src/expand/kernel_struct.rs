@@ -51,9 +51,20 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     let host_accessors = fields.named.iter().map(|f| {
         let (name, ty, fvis) = (f.ident.as_ref().expect("named"), &f.ty, &f.vis);
         let ptr = format_ident!("{name}_ptr");
+        let from = format_ident!("from_{name}_ptr");
         quote! {
             #fvis fn #name(&self) -> &#ty { &self.#name }
             #fvis fn #ptr(&self) -> *mut #ty { ::core::ptr::addr_of!(self.#name).cast_mut() }
+            /// # Safety
+            /// `ptr` points to that member of a live struct.
+            #fvis unsafe fn #from(ptr: *const #ty) -> *const Self {
+                // SAFETY: per the contract.
+                unsafe {
+                    ptr.cast::<u8>()
+                        .sub(::core::mem::offset_of!(Self, #name))
+                        .cast::<Self>()
+                }
+            }
         }
     });
     let kernel = kernel_layout(&kernel_name, &object, ident, vis, attrs, &fields.named);
@@ -140,13 +151,21 @@ fn kernel_layout(
         let align_msg = format!(
             "`{kernel_name}.{name}` is at offset {offset} in the kernel, not aligned for the declared type"
         );
+        // An `Opaque` member is only pointed to: its size is the kernel's business.
+        let size_check = (ctype::rust_shape(ty) != ctype::RustShape::Opaque).then(
+            || quote!(::core::assert!(::core::mem::size_of::<#ty>() == #kernel_size, #size_msg);),
+        );
         out.extend(quote_spanned! {ty.span()=>
             #[cfg(target_os = "none")]
             const _: () = {
-                ::core::assert!(::core::mem::size_of::<#ty>() == #kernel_size, #size_msg);
+                #size_check
                 ::core::assert!(#offset % ::core::mem::align_of::<#ty>() == 0, #align_msg);
             };
         });
+        let from = format_ident!("from_{name}_ptr");
+        let container = format!(
+            "`container_of(ptr, {kernel_name}, {name})`: the struct whose `{name}` `ptr` points to."
+        );
         let ptr = format_ident!("{name}_ptr");
         let doc = format!(
             "`{}` at offset {offset} in the target kernel (BTF).",
@@ -162,6 +181,14 @@ fn kernel_layout(
             #fvis fn #ptr(&self) -> *mut #ty {
                 // SAFETY: in bounds of the struct (BTF offset < size).
                 unsafe { self.__kernel.get().cast::<u8>().add(#offset).cast::<#ty>() }
+            }
+            #[doc = #container]
+            ///
+            /// # Safety
+            /// `ptr` points to that member of a live struct.
+            #fvis unsafe fn #from(ptr: *const #ty) -> *const Self {
+                // SAFETY: per the contract, the struct starts `offset` bytes before.
+                unsafe { ptr.cast::<u8>().sub(#offset).cast::<Self>() }
             }
         });
     }

@@ -13,6 +13,9 @@ pub enum RustShape {
     Float(usize),
     Array(Option<usize>),
     Unit,
+    /// `klp_runtime::bindings::Opaque`: a kernel struct only pointed to; its size is not
+    /// compared.
+    Opaque,
     /// Anything else: only its size can be compared.
     Other,
 }
@@ -53,6 +56,7 @@ pub fn rust_shape(ty: &syn::Type) -> RustShape {
                 "f64" | "c_double" => RustShape::Float(8),
                 // `Option<&T>`, `Option<fn ...>`, `NonNull<T>`: one pointer.
                 "NonNull" => RustShape::Pointer,
+                "Opaque" => RustShape::Opaque,
                 _ => int_size(&name).map_or(RustShape::Other, RustShape::Int),
             }
         }
@@ -70,6 +74,7 @@ pub fn mismatch(rust: &RustShape, kernel: &Resolved) -> Option<String> {
         (RustShape::Array(Some(n)), Shape::Array { len, .. }) => n == len,
         (RustShape::Array(None), Shape::Array { .. }) => true,
         (RustShape::Unit, Shape::Void) => true,
+        (RustShape::Opaque, Shape::Record { .. }) => true,
         (RustShape::Other, Shape::Void | Shape::Function) => false,
         (RustShape::Other, _) => true,
         _ => false,

@@ -17,6 +17,12 @@ use crate::abi::{Gfp, ShadowCtorFn, ShadowDtorFn};
 
 // Helpers in the generic C init (klp_rs_init.c): anything that depends on the kernel config.
 unsafe extern "C" {
+    fn klp_rs_rcu_read_lock();
+    fn klp_rs_rcu_read_unlock();
+    fn klp_rs_spin_lock(lock: *mut crate::bindings::Opaque);
+    fn klp_rs_spin_unlock(lock: *mut crate::bindings::Opaque);
+    fn klp_rs_spin_lock_irqsave(lock: *mut crate::bindings::Opaque) -> usize;
+    fn klp_rs_spin_unlock_irqrestore(lock: *mut crate::bindings::Opaque, flags: usize);
     fn klp_rs_log(msg: *const u8, len: usize);
     fn klp_rs_current() -> *const c_void;
     fn klp_rs_alloc(size: usize) -> *mut c_void;
@@ -163,6 +169,44 @@ pub(crate) mod sys {
     pub fn current_task() -> *const c_void {
         // SAFETY: reads `current`, always valid in process context.
         unsafe { klp_rs_current() }
+    }
+
+    pub fn rcu_read_lock() {
+        // SAFETY: no precondition; the caller's guard unlocks.
+        unsafe { klp_rs_rcu_read_lock() }
+    }
+
+    pub fn rcu_read_unlock() {
+        // SAFETY: paired with `rcu_read_lock` by the guard.
+        unsafe { klp_rs_rcu_read_unlock() }
+    }
+
+    /// # Safety
+    /// `lock` is a live `spinlock_t`.
+    pub unsafe fn spin_lock(lock: *mut crate::bindings::Opaque) {
+        // SAFETY: per the contract.
+        unsafe { klp_rs_spin_lock(lock) }
+    }
+
+    /// # Safety
+    /// `lock` is held by this CPU.
+    pub unsafe fn spin_unlock(lock: *mut crate::bindings::Opaque) {
+        // SAFETY: per the contract.
+        unsafe { klp_rs_spin_unlock(lock) }
+    }
+
+    /// # Safety
+    /// `lock` is a live `spinlock_t`.
+    pub unsafe fn spin_lock_irqsave(lock: *mut crate::bindings::Opaque) -> usize {
+        // SAFETY: per the contract.
+        unsafe { klp_rs_spin_lock_irqsave(lock) }
+    }
+
+    /// # Safety
+    /// `lock` is held by this CPU, `flags` from its `spin_lock_irqsave`.
+    pub unsafe fn spin_unlock_irqrestore(lock: *mut crate::bindings::Opaque, flags: usize) {
+        // SAFETY: per the contract.
+        unsafe { klp_rs_spin_unlock_irqrestore(lock, flags) }
     }
 
     /// # Safety

@@ -41,7 +41,7 @@ use std::collections::BTreeMap;
 pub use event::Event;
 pub use platform::current_hook;
 pub(crate) use platform::log_message;
-pub use sys::{set_current_task, SeqFile};
+pub use sys::{rcu_read_depth, set_current_task, spin_held, SeqFile};
 
 use crate::abi::PatchHeader;
 use crate::check::{check, CheckError};

@@ -87,6 +87,71 @@ pub unsafe fn simple_read_from_buffer(
 std::thread_local! {
     /// The simulator's current task, for [`crate::bindings::current_task`].
     static CURRENT_TASK: std::cell::Cell<usize> = const { std::cell::Cell::new(0x1000) };
+    /// How deep in RCU read-side sections the test's code is.
+    static RCU_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The spin locks the test's code holds, by address.
+    static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+pub fn rcu_read_lock() {
+    RCU_DEPTH.with(|d| d.set(d.get() + 1));
+}
+
+pub fn rcu_read_unlock() {
+    RCU_DEPTH.with(|d| {
+        assert!(d.get() > 0, "rcu_read_unlock without rcu_read_lock");
+        d.set(d.get() - 1)
+    });
+}
+
+/// How deep in RCU read-side sections the code is (for tests).
+pub fn rcu_read_depth() -> usize {
+    RCU_DEPTH.with(|d| d.get())
+}
+
+/// Whether the code holds the spin lock at `lock` (for tests).
+pub fn spin_held(lock: *const crate::bindings::Opaque) -> bool {
+    HELD.with(|h| h.borrow().contains(&(lock as usize)))
+}
+
+/// # Safety
+/// None on the host; the kernel's contract is kept for the same code.
+pub unsafe fn spin_lock(lock: *mut crate::bindings::Opaque) {
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        // A second lock of a held spin lock spins forever in the kernel.
+        assert!(
+            !h.contains(&(lock as usize)),
+            "spin lock {lock:p} taken twice: a deadlock in the kernel"
+        );
+        h.push(lock as usize);
+    });
+}
+
+/// # Safety
+/// As [`spin_lock`].
+pub unsafe fn spin_unlock(lock: *mut crate::bindings::Opaque) {
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        let at = h.iter().position(|&l| l == lock as usize);
+        assert!(at.is_some(), "spin lock {lock:p} released but not held");
+        h.retain(|&l| l != lock as usize);
+    });
+}
+
+/// # Safety
+/// As [`spin_lock`].
+pub unsafe fn spin_lock_irqsave(lock: *mut crate::bindings::Opaque) -> usize {
+    // SAFETY: forwarded.
+    unsafe { spin_lock(lock) };
+    0
+}
+
+/// # Safety
+/// As [`spin_lock`].
+pub unsafe fn spin_unlock_irqrestore(lock: *mut crate::bindings::Opaque, _flags: usize) {
+    // SAFETY: forwarded.
+    unsafe { spin_unlock(lock) }
 }
 
 /// Which task `current` is (any address; tasks are only keys for shadow variables).
