@@ -68,6 +68,13 @@ impl Opaque {
     }
 }
 
+#[cfg(not(target_os = "none"))]
+impl Default for Opaque {
+    fn default() -> Opaque {
+        Opaque::new()
+    }
+}
+
 /// An RCU read-side section (`rcu_read_lock()`), ended when the guard drops. Pointers read
 /// under it (`rcu_dereference`) stay valid until then. On the host the simulator counts
 /// the depth (`klp_runtime::sim::rcu_read_depth`).
