@@ -101,6 +101,10 @@ pub struct InspectArgs {
     /// Show the plan for FILE replacing OLD (one FILE).
     #[arg(long, value_name = "OLD")]
     pub against: Option<PathBuf>,
+    /// vmlinux's BTF (`/sys/kernel/btf/vmlinux`, or cargo klp's cache `btf/`): show the
+    /// kernel's prototype of each vmlinux function the module replaces or calls.
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
     /// JSON (docs/inspect-json.md) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -274,7 +278,20 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let results = inspect::inspect_all(&a.files);
+    let btf = a
+        .btf
+        .as_deref()
+        .map(|p| klp_btf::load(p, None))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let results = inspect::inspect_all(&a.files).into_iter().map(|r| {
+        r.map(|mut report| {
+            if let Some(btf) = &btf {
+                inspect::add_prototypes(&mut report, btf);
+            }
+            report
+        })
+    });
     let mut failed = 0;
     let mut reports = Vec::new();
     let mut errors = Vec::new();

@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 
-pub use klp_vm::{run, BootOptions, GuestLog, Kernel, KernelSpec, Output, Series};
+pub use klp_vm::{btf, run, BootOptions, GuestLog, Kernel, KernelSpec, Output, Series};
 
 /// Debian packages the harness and the tests run. What a module build needs comes from each
 /// kernel's tree instead ([`cargo_klp::tools`]: the kernel's compiler, pahole where Kbuild adds

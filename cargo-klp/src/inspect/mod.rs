@@ -139,6 +139,10 @@ pub struct Report {
     pub klp_symbols: Vec<String>,
     /// Each livepatch relocation and what it resolves to.
     pub klp_relocations: Vec<KlpRelocation>,
+    /// With `--btf`: the kernel's prototype of each vmlinux function the patch replaces or
+    /// reaches through a livepatch relocation, by name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub kernel_prototypes: std::collections::BTreeMap<String, String>,
     /// What could not be read, with the reason (the rest of the report stands).
     pub warnings: Vec<String>,
 }
@@ -233,6 +237,7 @@ fn head_fields(
         klp_rela_sections: head.klp_rela_sections.clone(),
         klp_symbols: vec![],
         klp_relocations: vec![],
+        kernel_prototypes: Default::default(),
         warnings: vec![],
     }
 }
@@ -360,4 +365,34 @@ fn inspect_isolated(path: &Path) -> Result<Report, InspectError> {
 pub fn inspect_all(paths: &[PathBuf]) -> Vec<Result<Report, InspectError>> {
     use rayon::prelude::*;
     paths.par_iter().map(|p| inspect_isolated(p)).collect()
+}
+
+/// Adds the kernel's prototypes, from vmlinux's BTF, of the vmlinux functions the report
+/// names: those it replaces and those its livepatch relocations reach. A name BTF lacks,
+/// or has with several different prototypes, gets none.
+pub fn add_prototypes(report: &mut Report, btf: &klp_btf::Kernel) {
+    let vmlinux = klp_runtime::abi::VMLINUX;
+    let replaced = report
+        .objects
+        .iter()
+        .filter(|o| o.name == vmlinux)
+        .flat_map(|o| o.functions.iter().map(|f| f.old.clone()));
+    let used = report
+        .klp_relocations
+        .iter()
+        .filter(|r| r.object.as_deref() == Some(vmlinux))
+        .map(|r| r.symbol.clone());
+    let names: std::collections::BTreeSet<String> = replaced.chain(used).collect();
+    for name in names {
+        let Ok(protos) = klp_btf::functions(btf, &name) else {
+            continue;
+        };
+        let rendered: std::collections::BTreeSet<String> =
+            protos.iter().map(|p| p.render(&name)).collect();
+        if rendered.len() == 1 {
+            report
+                .kernel_prototypes
+                .insert(name, rendered.into_iter().next().expect("one"));
+        }
+    }
 }

@@ -7,6 +7,12 @@ pub fn render(r: &Report) -> String {
     // (depth, text) lines, then connectors drawn from what follows each line.
     let mut lines: Vec<(usize, String)> = Vec::new();
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let prototype = |name: &str| {
+        r.kernel_prototypes
+            .get(name)
+            .map(|p| format!("  [kernel: {p}]"))
+            .unwrap_or_default()
+    };
     lines.push((
         1,
         format!(
@@ -62,7 +68,12 @@ pub fn render(r: &Report) -> String {
             };
             lines.push((
                 2,
-                format!("func {}{pos} -> {}", f.old, f.new.as_deref().unwrap_or("?")),
+                format!(
+                    "func {}{pos} -> {}{}",
+                    f.old,
+                    f.new.as_deref().unwrap_or("?"),
+                    prototype(&f.old)
+                ),
             ));
         }
         for c in &o.callback_sets {
@@ -99,10 +110,15 @@ pub fn render(r: &Report) -> String {
         lines.push((
             1,
             format!(
-                "klp relocation -> {target}, in {} ({}, applied with {})",
+                "klp relocation -> {target}, in {} ({}, applied with {}){}",
                 k.function.as_deref().unwrap_or("?"),
                 k.r_type,
-                k.applied_with
+                k.applied_with,
+                if k.object.as_deref() == Some(klp_runtime::abi::VMLINUX) {
+                    prototype(&k.symbol)
+                } else {
+                    String::new()
+                }
             ),
         ));
     }

@@ -125,6 +125,21 @@ pub fn a_static_function_with_an_ambiguous_name_is_called_by_sympos(series: Seri
          section patched; cat /proc/version\n",
     );
     assert_eq!(log.section("load"), ["insmod klp_statics rc=0"]);
+    // inspect --btf shows the kernel's prototypes of what it replaces and calls.
+    let btf = klp_harness::btf::vmlinux_btf(&k, &klp_harness::target_dir()).unwrap();
+    let mut report = cargo_klp::inspect::inspect(&ko).unwrap();
+    cargo_klp::inspect::add_prototypes(&mut report, &klp_btf::load(&btf, None).unwrap());
+    assert_eq!(
+        report.kernel_prototypes.get("c_start").map(String::as_str),
+        Some("void *c_start(struct seq_file *m, loff_t *pos)")
+    );
+    assert_eq!(
+        report
+            .kernel_prototypes
+            .get("version_proc_show")
+            .map(String::as_str),
+        Some("int version_proc_show(struct seq_file *m, void *v)")
+    );
     assert_eq!(
         log.section("patched"),
         ["cpuinfo c_start: 0 -> cpu 0, 1 -> none"]
