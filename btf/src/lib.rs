@@ -21,9 +21,11 @@ pub fn load(path: &std::path::Path, base: Option<&Btf>) -> Result<Btf, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shape {
     Void,
+    /// `boolean`: C's `_Bool` (only 0 or 1).
     Int {
         size: usize,
         signed: bool,
+        boolean: bool,
     },
     Float {
         size: usize,
@@ -86,6 +88,7 @@ fn resolve_depth(btf: &Btf, id: u32, depth: u32) -> Result<Resolved, String> {
             shape: Shape::Int {
                 size: i.size(),
                 signed: i.is_signed(),
+                boolean: i.is_bool(),
             },
             size: i.size(),
             align: i.size().clamp(1, 8),
@@ -427,4 +430,25 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// Whether the record is packed (`__packed`), which BTF does not record: as pahole infers
+/// it, a member at an offset its type's natural alignment does not divide, or a size the
+/// record's natural alignment does not divide.
+pub fn is_packed(btf: &Btf, s: &btf_rs::Struct) -> bool {
+    let mut align = 1;
+    for m in &s.members {
+        if m.bitfield_size().is_some_and(|b| b != 0) {
+            continue;
+        }
+        let Ok(ty) = m.get_type_id().map_err(err).and_then(|id| resolve(btf, id)) else {
+            continue;
+        };
+        let offset = m.bit_offset() / 8;
+        if ty.align > 1 && !(offset as usize).is_multiple_of(ty.align) {
+            return true;
+        }
+        align = align.max(ty.align);
+    }
+    !s.size().is_multiple_of(align)
 }

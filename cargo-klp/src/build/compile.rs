@@ -351,9 +351,13 @@ fn source_objects(pkg: &Package) -> Vec<String> {
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            // Not through symbolic links (a cycle), nor into build output.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && entry.file_name() != "target" {
                 dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 found.extend(named_objects(&text));
             }
@@ -364,8 +368,14 @@ fn source_objects(pkg: &Package) -> Vec<String> {
     found
 }
 
-/// The `"name"` of each `object = "name"` in `text`, but vmlinux.
+/// The `"name"` of each `object = "name"` in `text` outside `//` comments, but vmlinux.
 fn named_objects(text: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .map(|l| l.split_once("//").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let text = code.as_str();
     text.match_indices("object")
         .filter_map(|(at, word)| {
             let rest = text[at + word.len()..].trim_start().strip_prefix('=')?;

@@ -1,4 +1,4 @@
-//! `/proc/loadavg` tells who reads it: the current task's pid, tgid, command and parent's pid,
+//! `/proc/loadavg` tells who reads it: the current task's pid, tgid, command and parent's tgid,
 //! read from the kernel's `task_struct`. Its layout differs between kernels (the same members
 //! sit at other offsets in 6.1 and 6.12); `#[kernel_struct]` places each member where the
 //! target kernel's BTF says, so this one source builds for both.
@@ -6,9 +6,7 @@
 
 use core::ffi::{c_char, c_int, c_void};
 
-use klp_runtime::bindings::{
-    current_task, rcu_read_lock, read_once, seq_print, spin_lock, Opaque, SeqFile,
-};
+use klp_runtime::bindings::{current_task, rcu_read_lock, seq_print, spin_lock, Opaque, SeqFile};
 use klp_runtime::{kernel_struct, klp_func};
 
 klp_runtime::patch!();
@@ -45,9 +43,9 @@ pub unsafe extern "C" fn loadavg_proc_show(m: *mut SeqFile, _v: *mut c_void) -> 
     // As the kernel reads them: the parent under RCU (`rcu_dereference`), the name under
     // `task_lock()`, which `set_task_comm` takes to change it.
     let _rcu = rcu_read_lock();
-    // SAFETY: `real_parent` is a member of the live task; under RCU the parent it points to
-    // stays valid until `_rcu` drops.
-    let parent = unsafe { &*read_once(task.real_parent_ptr()) };
+    // SAFETY: read once (`rcu_dereference`); under RCU the parent stays valid until `_rcu`
+    // drops, and a task always has one (init at worst).
+    let parent = unsafe { &*task.real_parent() };
     // SAFETY: `alloc_lock` is the task's live spinlock; nothing below sleeps.
     let _locked = unsafe { spin_lock(task.alloc_lock_ptr()) };
     // SAFETY: `m` is the seq_file the kernel passes to this show function.
@@ -59,7 +57,8 @@ pub unsafe extern "C" fn loadavg_proc_show(m: *mut SeqFile, _v: *mut c_void) -> 
                 task.pid(),
                 task.tgid(),
                 comm(task),
-                parent.pid()
+                // As getppid() says it: the parent's thread group.
+                parent.tgid()
             ),
         )
     };

@@ -52,8 +52,23 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         let (name, ty, fvis) = (f.ident.as_ref().expect("named"), &f.ty, &f.vis);
         let ptr = format_ident!("{name}_ptr");
         let from = format_ident!("from_{name}_ptr");
+        let raw = format_ident!("{name}_raw");
+        let value = (ctype::rust_shape(ty) != ctype::RustShape::Opaque).then(|| {
+            quote! {
+                #fvis fn #name(&self) -> #ty {
+                    // SAFETY: a field of `self`, read as the kernel build reads it.
+                    unsafe { ::core::ptr::read_volatile(&self.#name) }
+                }
+            }
+        });
         quote! {
-            #fvis fn #name(&self) -> &#ty { &self.#name }
+            #value
+            /// # Safety
+            /// `this` points to a live struct.
+            #fvis unsafe fn #raw(this: *const Self) -> *mut #ty {
+                // SAFETY: per the contract.
+                unsafe { ::core::ptr::addr_of!((*this).#name).cast_mut() }
+            }
             #fvis fn #ptr(&self) -> *mut #ty { ::core::ptr::addr_of!(self.#name).cast_mut() }
             /// # Safety
             /// `ptr` points to that member of a live struct.
@@ -121,12 +136,27 @@ fn kernel_layout(
         Ok(r) => r,
         Err(e) => return kernel_error(ident.span(), e),
     };
-    let (size, align) = (resolved.size, resolved.align);
+    if btf::is_packed(&btf, &record) {
+        return kernel_error(
+            ident.span(),
+            format!(
+                "`{kernel_name}` is packed in the target kernel: its members may sit unaligned, \
+                 which a Rust reference cannot; read them with `read_unaligned` from a raw \
+                 pointer instead"
+            ),
+        );
+    }
+    let (kernel_size, align) = (resolved.size, resolved.align);
+    // The Rust struct covers the kernel's up to the end of the last member declared: the
+    // kernel may allocate less than its BTF size (task_struct's FPU state is sized at
+    // boot), and a reference must not claim bytes that may not exist.
+    let mut size = 0;
     let mut out = TokenStream::new();
     let mut accessors = TokenStream::new();
     for f in fields {
         let (name, ty, fvis) = (f.ident.as_ref().expect("named"), &f.ty, &f.vis);
-        let field = match btf::field(&btf, kernel_name, &record, &name.to_string()) {
+        let member = syn::ext::IdentExt::unraw(name).to_string();
+        let field = match btf::field(&btf, kernel_name, &record, &member) {
             Ok(field) => field,
             Err(e) => {
                 out.extend(kernel_error(name.span(), e));
@@ -144,6 +174,7 @@ fn kernel_layout(
             continue;
         }
         let (offset, kernel_size) = (field.offset, field.ty.size);
+        size = size.max(offset + kernel_size);
         let size_msg = format!(
             "`{kernel_name}.{name}`: the kernel's `{}` is {kernel_size} bytes, the declared type is not",
             field.ty.c
@@ -152,7 +183,8 @@ fn kernel_layout(
             "`{kernel_name}.{name}` is at offset {offset} in the kernel, not aligned for the declared type"
         );
         // An `Opaque` member is only pointed to: its size is the kernel's business.
-        let size_check = (ctype::rust_shape(ty) != ctype::RustShape::Opaque).then(
+        let opaque = ctype::rust_shape(ty) == ctype::RustShape::Opaque;
+        let size_check = (!opaque).then(
             || quote!(::core::assert!(::core::mem::size_of::<#ty>() == #kernel_size, #size_msg);),
         );
         out.extend(quote_spanned! {ty.span()=>
@@ -171,13 +203,32 @@ fn kernel_layout(
             "`{}` at offset {offset} in the target kernel (BTF).",
             field.ty.c
         );
-        accessors.extend(quote! {
-            #[doc = #doc]
-            #fvis fn #name(&self) -> &#ty {
-                // SAFETY: the member lies inside the struct at this offset, aligned for its
-                // type (asserted above), and `self` covers the kernel's whole struct.
-                unsafe { &*self.#ptr() }
+        // Members other CPUs may write are read once, by value (READ_ONCE): a `&T` would
+        // promise Rust that they do not change. Only pointed to, an `Opaque` has no value.
+        let value = (!opaque).then(|| {
+            quote! {
+                #[doc = #doc]
+                /// Read once (`READ_ONCE`).
+                #fvis fn #name(&self) -> #ty {
+                    // SAFETY: the member lies inside the struct at this offset, aligned for
+                    // its type (asserted above), and `self` covers it.
+                    unsafe { ::core::ptr::read_volatile(self.#ptr()) }
+                }
             }
+        });
+        let raw = format_ident!("{name}_raw");
+        accessors.extend(quote! {
+            #value
+            /// The member's address, from a raw pointer to the struct: no reference is made
+            /// (for a struct that may be unaligned, or partly allocated).
+            ///
+            /// # Safety
+            /// `this` points into a live struct.
+            #fvis unsafe fn #raw(this: *const Self) -> *mut #ty {
+                // SAFETY: per the contract; in bounds (BTF offset).
+                unsafe { this.cast::<u8>().add(#offset).cast::<#ty>().cast_mut() }
+            }
+            #[doc = #doc]
             #fvis fn #ptr(&self) -> *mut #ty {
                 // SAFETY: in bounds of the struct (BTF offset < size).
                 unsafe { self.__kernel.get().cast::<u8>().add(#offset).cast::<#ty>() }
@@ -193,8 +244,9 @@ fn kernel_layout(
         });
     }
     let doc = format!(
-        "The kernel's `{kernel_name}` ({size} bytes in the target kernel, from its BTF): reached \
-         through pointers the kernel gives, never made by the patch."
+        "The kernel's `{kernel_name}` ({kernel_size} bytes in the target kernel, from its BTF; \
+         this covers the first {size}, to the end of the last member declared): reached through \
+         pointers the kernel gives, never made by the patch."
     );
     let (size, align) = (
         proc_macro2::Literal::usize_unsuffixed(size),
@@ -215,8 +267,8 @@ fn kernel_layout(
 
         #[cfg(target_os = "none")]
         impl #ident {
-            /// The struct's size in the target kernel.
-            pub const KERNEL_SIZE: usize = #size;
+            /// The struct's size in the target kernel (BTF).
+            pub const KERNEL_SIZE: usize = #kernel_size;
             #accessors
         }
     }

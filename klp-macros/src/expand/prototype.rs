@@ -21,15 +21,15 @@ pub fn check(what: &str, name: &str, object: &str, sig: &Signature) -> TokenStre
         return tracked;
     };
     let Ok(protos) = btf::functions(&btf, name) else {
-        return TokenStream::new();
+        return tracked;
     };
     // Static functions of several files may share a name but not a prototype; BTF cannot
     // say which is which.
     let Some(proto) = protos.first() else {
-        return TokenStream::new();
+        return tracked;
     };
     if protos.iter().any(|p| p.render(name) != proto.render(name)) {
-        return TokenStream::new();
+        return tracked;
     }
     let kernel = proto.render(name);
     let patch = rust_prototype(sig);
