@@ -299,16 +299,18 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
             return Err(e).context("cannot run make (Kbuild)");
         }
     };
-    let checked = compile(
-        shell,
-        opts,
-        &pkg,
-        &cache_root,
-        &target_dir,
-        &tree,
-        &unchecked,
-    )
-    .and_then(|mut compiled| {
+    let compile_now = || {
+        compile(
+            shell,
+            opts,
+            &pkg,
+            &cache_root,
+            &target_dir,
+            &tree,
+            &unchecked,
+        )
+    };
+    let checked = compile_now().and_then(|mut compiled| {
         let check = |compiled: &Compiled| {
             shell.status(
                 "Checking",
@@ -331,15 +333,7 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         // had only if an earlier build extracted it: extract it and compile again.
         if let Some(kernel) = &opts.target {
             if extract_module_btf(shell, kernel, &needs, &staging) {
-                compiled = compile(
-                    shell,
-                    opts,
-                    &pkg,
-                    &cache_root,
-                    &target_dir,
-                    &tree,
-                    &unchecked,
-                )?;
+                compiled = compile_now()?;
                 needs = check(&compiled)?;
             }
         }
