@@ -30,8 +30,8 @@ fn duplicate_sets_orphan_shadows_and_double_patches_are_refused_naming_both_plac
                 object: "vmlinux".into(),
                 name: "cmdline_proc_show".into(),
                 sympos: 0,
-                first: format!("broken::one ({file}:30)"),
-                second: format!("broken::two ({file}:40)"),
+                first: format!("broken::one ({file}:32)"),
+                second: format!("broken::two ({file}:42)"),
             },
         ]
     );

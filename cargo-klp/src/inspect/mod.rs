@@ -141,7 +141,6 @@ pub struct Report {
     pub klp_relocations: Vec<KlpRelocation>,
     /// With `--btf`: the kernel's prototype of each vmlinux function the patch replaces or
     /// reaches through a livepatch relocation, by name.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub kernel_prototypes: std::collections::BTreeMap<String, String>,
     /// What could not be read, with the reason (the rest of the report stands).
     pub warnings: Vec<String>,
@@ -268,7 +267,7 @@ fn tables_report<'d>(
                 .map(|n| names.own(n))
         })
         .collect();
-    let (relocations, problems) = relocations::read(data);
+    let (relocations, problems) = relocations::read(data, names);
     report.klp_relocations = relocations;
     report.warnings.extend(problems);
     match elf::read_patch(file) {

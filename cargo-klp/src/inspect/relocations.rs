@@ -29,7 +29,9 @@ pub struct KlpRelocation {
 /// Every livepatch relocation of a 64-bit little-endian ELF file (a `.ko` for x86-64);
 /// problems (a relocation whose symbol is not a livepatch symbol, which the kernel
 /// refuses) as warnings.
-pub fn read(data: &[u8]) -> (Vec<KlpRelocation>, Vec<String>) {
+/// Every string it keeps is counted against `names` (a crafted file can point many
+/// symbols at one long name).
+pub(super) fn read(data: &[u8], names: &super::decode::Names) -> (Vec<KlpRelocation>, Vec<String>) {
     let mut out = Vec::new();
     let mut warnings = Vec::new();
     let Ok(file) = ElfFile64::<LittleEndian>::parse(data) else {
@@ -42,8 +44,9 @@ pub fn read(data: &[u8]) -> (Vec<KlpRelocation>, Vec<String>) {
             && sym.elf_symbol().st_shndx(endian) != crate::klp_rela::SHN_LIVEPATCH
         {
             warnings.push(format!(
-                "symbol `{name}` is not marked SHN_LIVEPATCH: the module loader would bind it \
-                 to address 0 (a module cargo klp build did not finish)"
+                "symbol `{}` is not marked SHN_LIVEPATCH: the module loader would bind it to \
+                 address 0 (a module cargo klp build did not finish)",
+                names.own(name)
             ));
         }
     }
@@ -58,7 +61,7 @@ pub fn read(data: &[u8]) -> (Vec<KlpRelocation>, Vec<String>) {
         }
         let target = SectionIndex(header.sh_info(endian) as usize);
         let Ok(relas) = header.data_as_array::<elf::Rela64<LittleEndian>, _>(endian, data) else {
-            warnings.push(format!("{name}: relocations cannot be read"));
+            warnings.push(format!("{}: relocations cannot be read", names.own(name)));
             continue;
         };
         for rela in relas {
@@ -67,21 +70,23 @@ pub fn read(data: &[u8]) -> (Vec<KlpRelocation>, Vec<String>) {
             let symbol = file
                 .symbol_by_index(sym_index)
                 .ok()
-                .and_then(|s| s.name().ok().map(str::to_string))
+                .and_then(|s| s.name().ok())
                 .unwrap_or_default();
-            let parsed = KlpSym::parse(&symbol);
+            let parsed = KlpSym::parse(symbol);
             if parsed.is_none() {
                 warnings.push(format!(
-                    "{name} offset {offset:#x}: symbol `{symbol}` is not a livepatch symbol \
-                     (.klp.sym.<object>.<name>,<sympos>); the kernel refuses the module"
+                    "{} offset {offset:#x}: symbol `{}` is not a livepatch symbol \
+                     (.klp.sym.<object>.<name>,<sympos>); the kernel refuses the module",
+                    names.own(name),
+                    names.own(symbol)
                 ));
             }
             out.push(KlpRelocation {
-                applied_with: applied_with.to_string(),
-                object: parsed.as_ref().map(|p| p.object.clone()),
+                applied_with: names.own(applied_with),
+                object: parsed.as_ref().map(|p| names.own(&p.object)),
                 sympos: parsed.as_ref().map(|p| p.sympos),
-                symbol: parsed.map_or(symbol, |p| p.name),
-                function: function_at(&file, target, offset),
+                symbol: names.own(parsed.as_ref().map_or(symbol, |p| p.name.as_str())),
+                function: function_at(&file, target, offset).map(|f| names.own(&f)),
                 offset,
                 r_type: crate::elf::relocation_name(rela.r_type(endian, false)),
             });

@@ -30,3 +30,12 @@ pub unsafe extern "C" fn cmdline_proc_show(m: *mut SeqFile, _v: *mut c_void) -> 
     unsafe { seq_print(m, format_args!("{line} klp_rs=1\n")) };
     0
 }
+
+/// The crate's own unit-test build links on the host: a stand-in for the kernel's variable
+/// (integration tests define their own, as `tests/host.rs` does).
+#[cfg(test)]
+mod host {
+    #[allow(non_upper_case_globals)]
+    #[no_mangle]
+    static mut saved_command_line: *const core::ffi::c_char = c"".as_ptr();
+}
