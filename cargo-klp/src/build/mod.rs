@@ -61,20 +61,58 @@ pub const MODULES_ENV: &str = "KLP_RS_BTF_MODULES";
 /// The target kernel's BTF, if known: given, the target image's (extracted once into the
 /// cache), or the running kernel's when the tree is the running kernel's.
 fn target_btf(opts: &BuildOptions, tree: &KernelTree, staging: &Path) -> Result<Option<PathBuf>> {
-    if let Some(btf) = &opts.btf {
-        if !btf.is_file() {
-            bail!("--btf {}: no such file", btf.display());
+    let image = match &opts.target {
+        Some(kernel) => Some(
+            klp_vm::btf::vmlinux_btf(kernel, staging)
+                .with_context(|| format!("cannot read Linux {}'s BTF", kernel.release))?,
+        ),
+        None => None,
+    };
+    let given = match (&opts.btf, &image) {
+        (Some(btf), Some(image)) => {
+            // Another kernel's layouts would make the patch read the wrong memory (built so,
+            // current-task oopses on 6.12 with 6.1's task_struct).
+            let same = std::fs::read(btf).ok() == std::fs::read(image).ok();
+            if !same {
+                bail!(
+                    "--btf {} is not the BTF of the kernel being built for ({}'s image has \
+                     another): drop --btf, or build for the kernel it describes",
+                    btf.display(),
+                    tree.release
+                );
+            }
+            return Ok(Some(image.clone()));
         }
-        return Ok(Some(btf.clone()));
+        (Some(btf), None) => btf.clone(),
+        (None, Some(image)) => return Ok(Some(image.clone())),
+        (None, None) => {
+            let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            let sys = Path::new("/sys/kernel/btf/vmlinux");
+            if running.trim() != tree.release || !sys.exists() {
+                return Ok(None);
+            }
+            sys.to_path_buf()
+        }
+    };
+    // Kept under a name made of its content, so that a file that changes under the same
+    // path (a rebuilt kernel of the same release) makes cargo compile the crate again.
+    let data = std::fs::read(&given).with_context(|| format!("--btf {}", given.display()))?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in &data {
+        hash = (hash ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
     }
-    if let Some(kernel) = &opts.target {
-        return klp_vm::btf::vmlinux_btf(kernel, staging)
-            .map(Some)
-            .with_context(|| format!("cannot read Linux {}'s BTF", kernel.release));
+    let dir = klp_vm::cache_dir()
+        .unwrap_or_else(|| staging.to_path_buf())
+        .join("btf")
+        .join("by-content");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let kept = dir.join(format!("{hash:016x}-{}.btf", data.len()));
+    if !kept.exists() {
+        let tmp = kept.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&tmp, &data).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &kept).with_context(|| format!("cannot write {}", kept.display()))?;
     }
-    let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let sys = Path::new("/sys/kernel/btf/vmlinux");
-    Ok((running.trim() == tree.release && sys.exists()).then(|| sys.to_path_buf()))
+    Ok(Some(kept))
 }
 
 impl BuildOptions {

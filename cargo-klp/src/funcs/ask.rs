@@ -17,6 +17,24 @@ fn asked_for<'a>(object: &str, names: &[&'a str]) -> Vec<&'a str> {
     all
 }
 
+/// How many defined symbols of each name the module file's symbol table has.
+fn symbol_counts<'n>(ko: &[u8], names: &[&'n str]) -> Vec<(&'n str, u32)> {
+    use object::read::{Object, ObjectSymbol};
+    let Ok(file) = object::File::parse(ko) else {
+        return Vec::new();
+    };
+    names
+        .iter()
+        .map(|&n| {
+            let count = file
+                .symbols()
+                .filter(|s| !s.is_undefined() && s.name() == Ok(n))
+                .count();
+            (n, u32::try_from(count).unwrap_or(u32::MAX))
+        })
+        .collect()
+}
+
 /// The name under which the answers remember that a module object did not load in a bare
 /// VM (no symbol is named with `*`).
 const UNLOADABLE: &str = "*unloadable*";
@@ -52,9 +70,9 @@ fn cache_file(dir: &Path, kernel: &klp_vm::Kernel) -> PathBuf {
             .map_or(0, |d| d.as_nanos());
         format!("{}-{time}", m.len())
     });
-    // v2: the answers say where each entry lies (`places`).
+    // v3: the answers say where each entry lies (`places`) and how many a module's file has.
     dir.join(format!(
-        "{}-v2-{}.json",
+        "{}-v3-{}.json",
         kernel.release,
         crate::build::short_hash(&[stamp])
     ))
@@ -241,10 +259,10 @@ pub fn check_in_kernel(
                 kernel.release
             ),
         );
-        let files: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
+        let paths: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
         let booted = klp_vm::boot(
             kernel,
-            &files,
+            &paths,
             &script(&loads, &asked_for(object, &names)),
             work,
             klp_vm::BootOptions::default(),
@@ -288,7 +306,21 @@ pub fn check_in_kernel(
                 log.serial
             );
         };
-        answers.extend(parse(object, module, &names, &kallsyms, &traceable));
+        let mut found = parse(object, module, &names, &kallsyms, &traceable);
+        // The module's own file: the symbol table the livepatch core searches when the
+        // module loads after the patch (init symbols still in it).
+        if let Some(ko) = module.and_then(|_| files.last()) {
+            let counts = std::fs::read(ko)
+                .ok()
+                .map(|data| symbol_counts(&data, &names))
+                .unwrap_or_default();
+            for (name, count) in counts {
+                if let Some(f) = found.get_mut(&key(object, name)) {
+                    f.in_module_file = Some(count);
+                }
+            }
+        }
+        answers.extend(found);
         if let Err(e) = store_cache(&cache, &answers) {
             verdict
                 .warnings

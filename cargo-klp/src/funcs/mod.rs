@@ -71,6 +71,12 @@ pub struct Found {
     /// `0` at address 0 (which `klp_find_object_symbol` takes for "not found").
     #[serde(default)]
     pub places: String,
+    /// For a module object: how many defined symbols of the name the module's file has.
+    /// The livepatch core counts in that table when the module loads after the patch
+    /// (`klp_module_coming`, before the module's init symbols are dropped), and in kallsyms
+    /// when it was loaded before: a count that differs makes `sympos` mean two things.
+    #[serde(default)]
+    pub in_module_file: Option<u32>,
 }
 
 /// The symbols that bound the places of [`Found::places`] in vmlinux.
@@ -133,6 +139,17 @@ pub fn check(release: &str, wanted: &[Wanted], answers: &Answers) -> Verdict {
         let what = w.describe();
         let symbols = found.types.chars().count();
         let functions = found.functions();
+        if let Some(in_file) = found.in_module_file.filter(|&n| n as usize != symbols) {
+            v.problems.push(format!(
+                "{what}: {}'s file has {in_file} symbol(s) of this name, its kallsyms {symbols} \
+                 once loaded (its init symbols are dropped): the livepatch core counts in the \
+                 first when the module loads after the patch and in the second when it was \
+                 loaded before, so no `sympos` means one symbol in both; use one whose name is \
+                 the same in both",
+                w.object
+            ));
+            continue;
+        }
         if matches!(w.role, Role::Used { .. }) {
             v.problems.extend(check_used(release, w, found));
             continue;
@@ -412,7 +429,39 @@ mod tests {
             types: types.into(),
             traceable,
             places: ".".repeat(types.len()),
+            in_module_file: None,
         }
+    }
+
+    #[test]
+    fn a_module_symbol_counted_differently_before_and_after_init_is_refused() {
+        let mut a = Answers::new();
+        let mut twice_in_file = found("t", 1);
+        twice_in_file.in_module_file = Some(2);
+        let mut same = found("t", 1);
+        same.in_module_file = Some(1);
+        a.insert(key("binfmt_misc", "helper"), twice_in_file);
+        a.insert(key("binfmt_misc", "bm_status_read"), same);
+        let module = |name: &str, role| Wanted {
+            object: "binfmt_misc".into(),
+            name: name.into(),
+            sympos: 0,
+            role,
+        };
+        let used = Role::Used {
+            address_taken_under_ibt: false,
+        };
+        let v = check(
+            "6.1.0-56-amd64",
+            &[
+                module("helper", used),
+                module("helper", Role::Replaced),
+                module("bm_status_read", used),
+            ],
+            &a,
+        );
+        assert_eq!(v.problems.len(), 2, "{:#?}", v.problems);
+        assert!(v.problems[0].contains("binfmt_misc's file has 2 symbol(s) of this name"));
     }
 
     #[test]
