@@ -211,8 +211,9 @@ fn record_align(btf: &Btf, s: &btf_rs::Struct, depth: u32) -> Result<usize, Stri
     Ok(align)
 }
 
-/// A struct or union the kernel defines, by name.
-pub fn record(btf: &Btf, name: &str) -> Result<btf_rs::Struct, String> {
+/// A struct or union the kernel defines, by name. In a module's split BTF, `module` prefers
+/// the module's own definition: btf-rs lists vmlinux's types before the module's.
+pub fn record(btf: &Btf, name: &str, module: bool) -> Result<btf_rs::Struct, String> {
     let found: Vec<btf_rs::Struct> = btf
         .resolve_types_by_name(name)
         .unwrap_or_default()
@@ -227,6 +228,7 @@ pub fn record(btf: &Btf, name: &str) -> Result<btf_rs::Struct, String> {
             "the target kernel's BTF has no struct or union `{name}`"
         )),
         [s] => Ok(s.clone()),
+        [.., last] if module => Ok(last.clone()),
         [first, rest @ ..]
             if rest
                 .iter()

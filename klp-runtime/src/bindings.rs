@@ -77,7 +77,8 @@ impl Default for Opaque {
 
 /// An RCU read-side section (`rcu_read_lock()`), ended when the guard drops. Pointers read
 /// under it (`rcu_dereference`) stay valid until then. On the host the simulator counts
-/// the depth (`klp_runtime::sim::rcu_read_depth`).
+/// the depth (`klp_runtime::sim::rcu_read_depth`). Never `mem::forget` it: the task would
+/// stay in the section, and the kernel's grace periods would wait for it forever.
 #[must_use = "the section ends when the guard drops"]
 pub struct RcuReadGuard {
     // Not Send: the section belongs to this task.
@@ -99,7 +100,10 @@ impl Drop for RcuReadGuard {
 }
 
 /// A held spin lock, released (`spin_unlock`, or `spin_unlock_irqrestore` with the saved
-/// flags) when the guard drops.
+/// flags) when the guard drops. Never `mem::forget` it (the lock stays held and preemption
+/// off), and drop `spin_lock_irqsave` guards in the reverse order of taking them, as C
+/// nests them: restoring the first flags early turns interrupts back on under the second
+/// lock.
 #[must_use = "the lock is released when the guard drops"]
 pub struct SpinGuard {
     lock: *mut Opaque,

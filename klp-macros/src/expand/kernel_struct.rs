@@ -69,6 +69,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                 // SAFETY: per the contract.
                 unsafe { ::core::ptr::addr_of!((*this).#name).cast_mut() }
             }
+            /// The member's address. On the host it comes from `&self`: read through it only
+            /// (a write needs a pointer from `&mut`, or `_raw` with one).
             #fvis fn #ptr(&self) -> *mut #ty { ::core::ptr::addr_of!(self.#name).cast_mut() }
             /// # Safety
             /// `ptr` points to that member of a live struct.
@@ -128,7 +130,7 @@ fn kernel_layout(
         Some(Err(e)) => return kernel_error(ident.span(), e),
         Some(Ok(btf)) => btf,
     };
-    let record = match btf::record(&btf, kernel_name) {
+    let record = match btf::record(&btf, kernel_name, object != VMLINUX) {
         Ok(r) => r,
         Err(e) => return kernel_error(ident.span(), e),
     };
