@@ -44,17 +44,13 @@ pub fn from_module(ko: &[u8]) -> Result<Vec<u8>> {
 /// under the release and a stamp of the image, so that another build under the same release
 /// name gets its own.
 pub fn btf_dir(kernel: &Kernel, work: &Path) -> Result<PathBuf> {
-    let meta = std::fs::metadata(&kernel.vmlinux)
+    let stamp = kernel
+        .image_stamp()
         .with_context(|| format!("cannot read {}", kernel.vmlinux.display()))?;
-    let time = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
     let dir = crate::cache_dir()
         .unwrap_or_else(|| work.to_path_buf())
         .join("btf")
-        .join(format!("{}-{}-{time}", kernel.release, meta.len()));
+        .join(format!("{}-{stamp}", kernel.release));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }

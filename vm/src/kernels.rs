@@ -135,6 +135,18 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// The image's size and modification time (`SIZE-NANOS`): what tells another build
+    /// under the same release name apart, for the answers and BTF kept per kernel.
+    pub fn image_stamp(&self) -> std::io::Result<String> {
+        let meta = std::fs::metadata(&self.vmlinux)?;
+        let time = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok(format!("{}-{time}", meta.len()))
+    }
+
     /// A kernel the user has: an image qemu boots and its build tree (the release is the
     /// tree's [`tree_release`]); its modules in `modules`, else `/lib/modules/<release>`.
     pub fn local(image: &Path, kdir: &Path, modules: Option<&Path>) -> Result<Kernel> {

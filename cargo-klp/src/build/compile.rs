@@ -15,11 +15,14 @@ use super::*;
 /// with different flags (a 6.1 and a 6.12 kernel) keep separate cargo caches instead of
 /// rebuilding `core` in turn; of a crate's key, to name its object.
 pub(crate) fn short_hash(flags: &[String]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in flags.join(" ").bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-    format!("{:08x}", h as u32)
+    format!("{:08x}", fnv1a(flags.join(" ").as_bytes()) as u32)
+}
+
+/// FNV-1a over `bytes`: a stable name for content, not a defence against forgery.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// The per-user cache the kernel objects are compiled in ([`klp_vm::cache_dir`]). Every patch

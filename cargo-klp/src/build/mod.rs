@@ -97,10 +97,7 @@ fn target_btf(opts: &BuildOptions, tree: &KernelTree, staging: &Path) -> Result<
     // Kept under a name made of its content, so that a file that changes under the same
     // path (a rebuilt kernel of the same release) makes cargo compile the crate again.
     let data = std::fs::read(&given).with_context(|| format!("--btf {}", given.display()))?;
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in &data {
-        hash = (hash ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-    }
+    let hash = compile::fnv1a(&data);
     let dir = klp_vm::cache_dir()
         .unwrap_or_else(|| staging.to_path_buf())
         .join("btf")

@@ -65,7 +65,7 @@ impl Needs {
 /// `rust_*`), or a compiler builtin (`__udivti3`, `__muloti4`): an undefined one is something
 /// the module should carry and does not, never a kernel symbol to bind to (a kernel with
 /// Rust has its own copies).
-fn rust_mangled(sym: &str) -> bool {
+fn not_a_kernel_symbol(sym: &str) -> bool {
     sym.starts_with("_ZN")
         || sym.starts_with("_R")
         || sym.starts_with("__rust")
@@ -137,7 +137,7 @@ pub(super) fn validate(
                  set license = \"GPL\" in [package.metadata.klp]"
             )),
             Some(_) => {}
-            None if rust_mangled(sym) => missing.push(sym),
+            None if not_a_kernel_symbol(sym) => missing.push(sym),
             // `#[klp_extern]` names the symbol as the kernel will.
             None if sym.starts_with(crate::klp_rela::SYM_PREFIX) => match KlpSym::parse(sym) {
                 Some(klp) => {

@@ -61,15 +61,7 @@ fn store_cache(file: &Path, answers: &Answers) -> Result<()> {
 /// The cache file of a kernel: its release and a short hash of its image's size and time,
 /// so that another build under the same release name is asked anew.
 fn cache_file(dir: &Path, kernel: &klp_vm::Kernel) -> PathBuf {
-    let meta = std::fs::metadata(&kernel.vmlinux).ok();
-    let stamp = meta.map_or(String::new(), |m| {
-        let time = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        format!("{}-{time}", m.len())
-    });
+    let stamp = kernel.image_stamp().unwrap_or_default();
     // v3: the answers say where each entry lies (`places`) and how many a module's file has.
     dir.join(format!(
         "{}-v3-{}.json",

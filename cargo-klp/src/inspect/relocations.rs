@@ -50,6 +50,7 @@ pub(super) fn read(data: &[u8], names: &super::decode::Names) -> (Vec<KlpRelocat
             ));
         }
     }
+    let mut table: Option<Functions<'_>> = None;
     for sec in file.sections() {
         let Ok(name) = sec.name() else { continue };
         let Some(applied_with) = rela_object(name) else {
@@ -86,7 +87,12 @@ pub(super) fn read(data: &[u8], names: &super::decode::Names) -> (Vec<KlpRelocat
                 object: parsed.as_ref().map(|p| names.own(&p.object)),
                 sympos: parsed.as_ref().map(|p| p.sympos),
                 symbol: names.own(parsed.as_ref().map_or(symbol, |p| p.name.as_str())),
-                function: function_at(&file, target, offset).map(|f| names.own(&f)),
+                function: function_at(
+                    table.get_or_insert_with(|| functions(&file)),
+                    target,
+                    offset,
+                )
+                .map(|f| names.own(&f)),
                 offset,
                 r_type: crate::elf::relocation_name(rela.r_type(endian, false)),
             });
@@ -95,20 +101,28 @@ pub(super) fn read(data: &[u8], names: &super::decode::Names) -> (Vec<KlpRelocat
     (out, warnings)
 }
 
-/// The function symbol of `section` that covers `offset`, with the offset in it.
-fn function_at(
-    file: &ElfFile64<'_, LittleEndian>,
-    section: SectionIndex,
-    offset: u64,
-) -> Option<String> {
+/// The module's function symbols, `(section, start, end, name)`: read once, searched for
+/// each relocation.
+type Functions<'d> = Vec<(SectionIndex, u64, u64, &'d str)>;
+
+fn functions<'d>(file: &ElfFile64<'d, LittleEndian>) -> Functions<'d> {
     file.symbols()
-        .filter(|s| s.section_index() == Some(section) && s.kind() == object::SymbolKind::Text)
-        .find(|s| s.address() <= offset && offset < s.address().saturating_add(s.size().max(1)))
-        .and_then(|s| {
-            let name = s.name().ok()?;
-            let name = rustc_demangle::try_demangle(name)
-                .map(|d| format!("{d:#}"))
-                .unwrap_or_else(|_| name.to_string());
-            Some(format!("{name}+{:#x}", offset - s.address()))
+        .filter(|s| s.kind() == object::SymbolKind::Text)
+        .filter_map(|s| {
+            let start = s.address();
+            let end = start.saturating_add(s.size().max(1));
+            Some((s.section_index()?, start, end, s.name().ok()?))
         })
+        .collect()
+}
+
+/// The function of `section` that covers `offset`, demangled, with the offset in it.
+fn function_at(functions: &Functions<'_>, section: SectionIndex, offset: u64) -> Option<String> {
+    let &(_, start, _, name) = functions
+        .iter()
+        .find(|&&(sec, start, end, _)| sec == section && (start..end).contains(&offset))?;
+    let name = rustc_demangle::try_demangle(name)
+        .map(|d| format!("{d:#}"))
+        .unwrap_or_else(|_| name.to_string());
+    Some(format!("{name}+{:#x}", offset - start))
 }
