@@ -99,6 +99,9 @@ impl KernelConfig {
 
     /// objtool's arguments for one object of a module, as scripts/Makefile.lib builds them.
     pub fn objtool_args(&self) -> Vec<String> {
+        if !self.enabled("OBJTOOL") && self.enabled("STACK_VALIDATION") {
+            return self.objtool_args_before_5_19();
+        }
         let mut a = Vec::new();
         let mut flag = |on: bool, arg: &str| {
             if on {
@@ -140,10 +143,53 @@ impl KernelConfig {
         a.push("--module".into());
         a
     }
+
+    /// objtool before 5.19 (`CONFIG_STACK_VALIDATION` without `CONFIG_OBJTOOL`) takes a
+    /// subcommand and fewer options: as 5.10's scripts/Makefile.build gives them.
+    fn objtool_args_before_5_19(&self) -> Vec<String> {
+        let mut a: Vec<String> = if self.enabled("UNWINDER_ORC") {
+            vec!["orc".into(), "generate".into()]
+        } else {
+            vec!["check".into()]
+        };
+        a.push("--module".into());
+        let mut flag = |on: bool, arg: &str| {
+            if on {
+                a.push(arg.to_string());
+            }
+        };
+        flag(!self.enabled("FRAME_POINTER"), "--no-fp");
+        flag(self.enabled("GCOV_KERNEL"), "--no-unreachable");
+        flag(self.retpoline(), "--retpoline");
+        flag(self.rethunk(), "--rethunk");
+        flag(self.enabled("X86_SMAP"), "--uaccess");
+        flag(self.sls(), "--sls");
+        a
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn objtool_before_5_19_gets_its_subcommand_and_options() {
+        let c = super::KernelConfig::parse(
+            "CONFIG_STACK_VALIDATION=y\nCONFIG_UNWINDER_ORC=y\nCONFIG_RETPOLINE=y\n\
+             CONFIG_RETHUNK=y\nCONFIG_X86_SMAP=y\n",
+        );
+        assert_eq!(
+            c.objtool_args(),
+            [
+                "orc",
+                "generate",
+                "--module",
+                "--no-fp",
+                "--retpoline",
+                "--rethunk",
+                "--uaccess"
+            ]
+        );
+    }
+
     use super::*;
 
     // Excerpts of Debian's 6.1 and 6.12 amd64 configs.

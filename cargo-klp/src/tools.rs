@@ -206,24 +206,36 @@ const LIBRARY_DIRS: &[&str] = &[
     "/usr/lib",
 ];
 
-fn in_path(name: &str, path: &OsStr) -> bool {
+/// `dir` as the toolchain sees it: a root replaces this machine's `/usr` (and with it the
+/// merged `/bin`, `/sbin` and `/lib*`, which are links into it).
+fn in_sysroot(dir: &Path, sysroot: &Path) -> PathBuf {
+    let mapped = ["/usr", "/bin", "/sbin", "/lib", "/lib64"]
+        .iter()
+        .any(|m| dir.starts_with(m));
+    match dir.strip_prefix("/") {
+        Ok(rel) if mapped && sysroot != Path::new("/") => sysroot.join(rel),
+        _ => dir.to_path_buf(),
+    }
+}
+
+fn in_path(name: &str, path: &OsStr, sysroot: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::env::split_paths(path).any(|dir| {
-        std::fs::metadata(dir.join(name))
+        std::fs::metadata(in_sysroot(&dir, sysroot).join(name))
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })
 }
 
-/// The needs that this machine does not meet, looking programs up in `path` (the value of
-/// `PATH`).
-pub fn missing(needs: &[Need], path: &OsStr) -> Vec<Need> {
+/// The needs that the toolchain rooted at `sysroot` (`/` for this machine) does not meet,
+/// looking programs up in `path` (the value of `PATH`).
+pub fn missing(needs: &[Need], path: &OsStr, sysroot: &Path) -> Vec<Need> {
     needs
         .iter()
         .filter(|n| match n {
-            Need::Program { name, .. } => !in_path(name, path),
+            Need::Program { name, .. } => !in_path(name, path, sysroot),
             Need::Library { soname, .. } => !LIBRARY_DIRS
                 .iter()
-                .any(|d| PathBuf::from(d).join(soname).exists()),
+                .any(|d| in_sysroot(Path::new(d), sysroot).join(soname).exists()),
         })
         .cloned()
         .collect()
@@ -249,10 +261,15 @@ pub fn packages(needs: &[Need]) -> Vec<String> {
     out
 }
 
-/// Checks the tree's needs against this machine (`PATH` from the environment).
-pub fn check(kdir: &Path, config: &KernelConfig, sign: bool) -> Result<(), MissingTools> {
+/// Checks the tree's needs against its toolchain (`PATH` from the environment).
+pub fn check(
+    kdir: &Path,
+    config: &KernelConfig,
+    sign: bool,
+    toolchain: &klp_vm::toolchain::Toolchain,
+) -> Result<(), MissingTools> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing = missing(&required(kdir, config, sign), &path);
+    let missing = missing(&required(kdir, config, sign), &path, toolchain.sysroot());
     if missing.is_empty() {
         Ok(())
     } else {
@@ -308,7 +325,12 @@ mod tests {
         assert!(!has_pahole(&dir));
         std::fs::write(dir.join("vmlinux"), b"").unwrap();
         assert!(has_pahole(&dir));
-        let msg = MissingTools(missing(&required(&dir, &c, false), OsStr::new(""))).to_string();
+        let msg = MissingTools(missing(
+            &required(&dir, &c, false),
+            OsStr::new(""),
+            Path::new("/"),
+        ))
+        .to_string();
         assert!(msg.contains(
             "pahole not found: CONFIG_DEBUG_INFO_BTF_MODULES=y needs it (Kbuild adds BTF to every module); apt-get install dwarves"
         ), "{msg}");
@@ -399,7 +421,11 @@ pub fn check_vm(tools: &[klp_vm::Tool]) -> Result<(), MissingTools> {
             why: t.why.into(),
         })
         .collect();
-    let missing = missing(&needs, &std::env::var_os("PATH").unwrap_or_default());
+    let missing = missing(
+        &needs,
+        &std::env::var_os("PATH").unwrap_or_default(),
+        Path::new("/"),
+    );
     if missing.is_empty() {
         Ok(())
     } else {

@@ -25,6 +25,7 @@ pub const HOST_PACKAGES: &[&str] = &[
     "make",            // the C fixtures
     "gcc",             // the layout test compiles the C header with `cc`
     "libc6-dev",
+    "debootstrap", // the roots that build for another Debian release's kernel
 ];
 
 /// The workspace root.
@@ -111,21 +112,24 @@ pub fn setup_host() -> Result<()> {
 /// the tests sign).
 fn setup_kernel(kernel: &Kernel) -> Result<()> {
     let tree = cargo_klp::build::KernelTree::open(Some(&kernel.kdir))?;
+    tree.toolchain
+        .ensure(&|what| status("Bootstrapping", what))?;
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let sysroot = tree.toolchain.sysroot();
     let needs = cargo_klp::tools::required(&tree.dir, &tree.config, true);
-    let missing = cargo_klp::tools::missing(&needs, &path);
-    let packages = cargo_klp::tools::packages(&missing);
-    let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
-    apt_install(&packages)?;
-    let still = cargo_klp::tools::missing(&needs, &path);
+    if tree.toolchain == klp_vm::toolchain::Toolchain::Host {
+        let missing = cargo_klp::tools::missing(&needs, &path, sysroot);
+        let packages = cargo_klp::tools::packages(&missing);
+        let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+        apt_install(&packages)?;
+    }
+    let still = cargo_klp::tools::missing(&needs, &path, sysroot);
     if !still.is_empty() {
         bail!("{}", cargo_klp::tools::MissingTools(still));
     }
     Ok(())
 }
 
-/// The newest kernel of a series, fetched if needed, with what building modules for it
-/// runs installed.
 pub fn fetch_kernel(series: Series) -> Result<Kernel> {
     let kernel = klp_vm::kernels::ensure(&KernelSpec::Newest(series), &kernel_cache(), &|s| {
         if let klp_vm::kernels::Fetch::Release(r) = s {
@@ -265,8 +269,10 @@ pub fn build_c_fixture(fixture: &str, module: &str, kernel: &Kernel) -> Result<P
             std::fs::copy(&f, &to)?;
         }
     }
+    let tree = cargo_klp::build::KernelTree::open(Some(&kernel.kdir))?;
     run(
-        Command::new("make")
+        tree.toolchain
+            .command("make")
             .arg("-C")
             .arg(&kernel.kdir)
             .arg(format!("M={}", dir.display()))

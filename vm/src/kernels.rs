@@ -10,50 +10,81 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-/// A kernel series the project supports.
+use crate::apt::{Apt, Debian};
+
+/// A kernel series the project supports: a Debian release's kernel line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Series {
+    /// Debian 11's kernel (gcc-10; no IBT, no module BTF).
+    V5_10,
     /// Debian 12's kernel.
     V6_1,
     /// Debian 12's security-updated 6.12 (IBT on).
     V6_12,
+    /// Debian 13's own 6.12 (gcc-14, its own config).
+    V6_12Debian13,
 }
 
 impl Series {
-    pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
+    pub const ALL: [Series; 4] = [
+        Series::V5_10,
+        Series::V6_1,
+        Series::V6_12,
+        Series::V6_12Debian13,
+    ];
 
-    /// apt name pattern of the headers package; the capture is the release.
+    /// apt name pattern of the headers package.
     fn headers_pattern(self) -> &'static str {
         match self {
+            Series::V5_10 => r"^linux-headers-5\.10\.0-[0-9]+-amd64$",
             Series::V6_1 => r"^linux-headers-6\.1\.0-[0-9]+-amd64$",
-            Series::V6_12 => r"^linux-headers-6\.12\.[0-9]+\+deb[0-9]+-amd64$",
+            Series::V6_12 => r"^linux-headers-6\.12\.[0-9]+\+deb12-amd64$",
+            Series::V6_12Debian13 => r"^linux-headers-6\.12\.[0-9]+\+deb13-amd64$",
         }
     }
 
-    /// The Debian 12 suites that carry this series' kernels.
-    fn suites(self) -> &'static str {
+    /// The Debian release whose kernel this is.
+    pub fn debian(self) -> Debian {
         match self {
-            Series::V6_1 => "bookworm (point releases) and bookworm-security (the newest ABIs)",
-            Series::V6_12 => "bookworm-security (Debian 12 gets its 6.12 kernels only there)",
+            Series::V5_10 => Debian::Bullseye,
+            Series::V6_1 | Series::V6_12 => Debian::Bookworm,
+            Series::V6_12Debian13 => Debian::Trixie,
         }
     }
 
+    /// The kernel version: `5.10`, `6.1`, `6.12`.
     pub fn name(self) -> &'static str {
         match self {
+            Series::V5_10 => "5.10",
             Series::V6_1 => "6.1",
-            Series::V6_12 => "6.12",
+            Series::V6_12 | Series::V6_12Debian13 => "6.12",
         }
+    }
+
+    /// What `--kernel` calls it: `debian11:5.10`, `debian12:6.1`, `debian13:6.12`.
+    pub fn spec(self) -> String {
+        format!("debian{}:{}", self.debian().number(), self.name())
     }
 
     /// The series an exact Debian ABI belongs to.
     fn of_release(release: &str) -> Option<Series> {
-        if release.starts_with("6.1.0-") {
+        if release.starts_with("5.10.0-") {
+            Some(Series::V5_10)
+        } else if release.starts_with("6.1.0-") {
             Some(Series::V6_1)
-        } else if release.starts_with("6.12.") {
+        } else if release.starts_with("6.12.") && release.contains("+deb12-") {
             Some(Series::V6_12)
+        } else if release.starts_with("6.12.") && release.contains("+deb13-") {
+            Some(Series::V6_12Debian13)
         } else {
             None
         }
+    }
+}
+
+impl fmt::Display for Series {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.spec())
     }
 }
 
@@ -74,9 +105,9 @@ pub fn tree_release(kdir: &Path) -> String {
 /// A Debian kernel as `--kernel` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelSpec {
-    /// The newest ABI of a series that apt offers: `debian:6.1`, `debian:6.12`.
+    /// The newest ABI of a series that apt offers: `debian12:6.1`, `debian13:6.12`.
     Newest(Series),
-    /// An exact ABI: `debian:6.1.0-56-amd64`, `debian:6.12.117+deb12-amd64`.
+    /// An exact ABI: `debian12:6.1.0-56-amd64`, `debian13:6.12.118+deb13-amd64`.
     Release(String),
 }
 
@@ -84,37 +115,55 @@ impl FromStr for KernelSpec {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let usage = "use debian:6.1 or debian:6.12 (the newest ABI apt offers), or an exact \
-                     Debian ABI such as debian:6.1.0-56-amd64";
-        let Some(rest) = s
-            .strip_prefix("debian:")
-            .or_else(|| s.strip_prefix("debian12:"))
-        else {
+        let usage = "use debian11:5.10, debian12:6.1, debian12:6.12 or debian13:6.12 (the \
+                     newest ABI of that kernel; `debian:` means debian12 for 6.1 and 6.12), or \
+                     an exact Debian ABI such as debian12:6.1.0-56-amd64";
+        let Some((distro, rest)) = s.split_once(':') else {
             bail!("unknown kernel `{s}`: {usage}");
         };
-        match rest {
-            "6.1" => return Ok(KernelSpec::Newest(Series::V6_1)),
-            "6.12" => return Ok(KernelSpec::Newest(Series::V6_12)),
-            _ => {}
+        let debian = match distro {
+            "debian" => None,
+            _ => match distro
+                .strip_prefix("debian")
+                .and_then(|n| n.parse::<u32>().ok())
+                .and_then(|n| Debian::ALL.into_iter().find(|d| d.number() == n))
+            {
+                Some(d) => Some(d),
+                None => bail!("unknown kernel `{s}`: {usage}"),
+            },
+        };
+        // `debian:6.12` has meant Debian 12's since before Debian 13 was supported.
+        let of = |series: Series| debian.is_none_or(|d| d == series.debian());
+        if let Some(series) = Series::ALL
+            .into_iter()
+            .filter(|x| x.name() == rest && of(*x))
+            .min_by_key(|x| x.debian())
+        {
+            return Ok(KernelSpec::Newest(series));
         }
         let plain = rest
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c));
-        if !plain || !rest.ends_with("-amd64") || Series::of_release(rest).is_none() {
-            bail!(
-                "unknown kernel `{s}`: {usage} (klp-rs is proven on Debian 12's 6.1 and 6.12 \
-                 amd64 kernels)"
-            );
+        match Series::of_release(rest) {
+            Some(series) if plain && rest.ends_with("-amd64") && of(series) => {
+                Ok(KernelSpec::Release(rest.to_string()))
+            }
+            _ => bail!(
+                "unknown kernel `{s}`: {usage} (klp-rs is proven on Debian 11's 5.10, Debian \
+                 12's 6.1 and 6.12 and Debian 13's 6.12 amd64 kernels)"
+            ),
         }
-        Ok(KernelSpec::Release(rest.to_string()))
     }
 }
 
 impl fmt::Display for KernelSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KernelSpec::Newest(s) => write!(f, "debian:{}", s.name()),
-            KernelSpec::Release(r) => write!(f, "debian:{r}"),
+            KernelSpec::Newest(s) => write!(f, "{}", s.spec()),
+            KernelSpec::Release(r) => match Series::of_release(r) {
+                Some(s) => write!(f, "debian{}:{r}", s.debian().number()),
+                None => write!(f, "debian:{r}"),
+            },
         }
     }
 }
@@ -222,24 +271,23 @@ fn version_key(s: &str) -> Vec<u64> {
         .collect()
 }
 
-fn apt(args: &[&str]) -> Result<String> {
-    crate::run(
-        Command::new("apt-cache").args(args),
-        &format!("apt-cache {} (Debian's apt is needed)", args.join(" ")),
-        crate::Output::Captured,
-    )
+/// The private apt configuration kernels are fetched through (see [`crate::apt`]).
+fn private_apt(cache: &Path) -> Result<Apt> {
+    Apt::open(&cache.join(".apt"))
 }
 
 /// The release a spec names: the newest of a series that apt offers, or the exact one.
-/// The answer for a series is kept under `cache` until apt's lists change (asking apt costs
+/// The answer for a series is kept under `cache` until the lists change (asking apt costs
 /// most of a second).
 pub fn resolve(spec: &KernelSpec, cache: &Path) -> Result<String> {
     let series = match spec {
         KernelSpec::Newest(series) => *series,
         KernelSpec::Release(r) => return Ok(r.clone()),
     };
-    let kept = cache.join(format!(".newest-{}", series.name()));
-    let stamp = apt_lists_stamp();
+    let kept = cache.join(format!(".newest-{}", series.spec().replace(':', "-")));
+    let apt = private_apt(cache)?;
+    apt.update(false)?;
+    let stamp = apt.lists_stamp();
     if let Some(stamp) = &stamp {
         if let Ok(text) = std::fs::read_to_string(&kept) {
             if let Some((s, release)) = text.trim().split_once(' ') {
@@ -249,14 +297,10 @@ pub fn resolve(spec: &KernelSpec, cache: &Path) -> Result<String> {
             }
         }
     }
-    let release = newest(series)?;
-    if let Some(stamp) = stamp {
+    let release = newest(&apt, series)?;
+    if let Some(stamp) = apt.lists_stamp() {
         // Kept whole or not at all; a failure only costs asking apt next time.
-        let tmp = cache.join(format!(
-            ".newest-{}.tmp-{}",
-            series.name(),
-            std::process::id()
-        ));
+        let tmp = kept.with_extension(format!("tmp-{}", std::process::id()));
         if std::fs::create_dir_all(cache).is_ok()
             && std::fs::write(&tmp, format!("{stamp} {release}\n")).is_ok()
         {
@@ -266,93 +310,39 @@ pub fn resolve(spec: &KernelSpec, cache: &Path) -> Result<String> {
     Ok(release)
 }
 
-/// When apt's package lists last changed (`apt-get update`), as the newest modification
-/// time of the list files and their directory, in nanoseconds; `None` if unreadable.
-fn apt_lists_stamp() -> Option<String> {
-    let dir = Path::new("/var/lib/apt/lists");
-    let time = |m: std::fs::Metadata| {
-        m.modified()
-            .ok()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_nanos())
+/// The newest release of a series that apt offers (the lists refreshed once if they have
+/// none).
+fn newest(apt: &Apt, series: Series) -> Result<String> {
+    let find = || -> Result<Option<String>> {
+        let out = apt.cache(&["search", "--names-only", series.headers_pattern()])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter_map(|p| p.strip_prefix("linux-headers-"))
+            .filter(|r| Series::of_release(r) == Some(series))
+            .max_by_key(|r| version_key(r))
+            .map(str::to_string))
     };
-    let mut newest = time(std::fs::metadata(dir).ok()?)?;
-    for e in std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()) {
-        if let Some(t) = e.metadata().ok().and_then(time) {
-            newest = newest.max(t);
-        }
+    if let Some(r) = find()? {
+        return Ok(r);
     }
-    Some(newest.to_string())
-}
-
-/// The newest release of a series that apt offers.
-fn newest(series: Series) -> Result<String> {
-    let out = apt(&["search", "--names-only", series.headers_pattern()])?;
-    out.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|p| p.strip_prefix("linux-headers-"))
-        .max_by_key(|r| version_key(r))
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("{}", no_kernel_message(series, &configured_suites())))
-}
-
-/// The suites the machine's apt sources list (deb822 `Suites:` and one-line `deb` entries).
-fn configured_suites() -> Vec<String> {
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        files.extend(dir.filter_map(|e| e.ok()).map(|e| e.path()));
-    }
-    let mut suites = Vec::new();
-    for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else {
-            continue;
-        };
-        for line in text.lines().map(str::trim) {
-            let found: Vec<&str> = if let Some(list) = line.strip_prefix("Suites:") {
-                list.split_whitespace().collect()
-            } else if line.starts_with("deb ") {
-                // deb [options] URI SUITE COMPONENTS...
-                let words: Vec<&str> = line
-                    .split_whitespace()
-                    .filter(|w| !w.starts_with('[') && !w.ends_with(']'))
-                    .collect();
-                words.get(2).into_iter().copied().collect()
-            } else {
-                Vec::new()
-            };
-            for s in found {
-                if !suites.iter().any(|x| x == s) {
-                    suites.push(s.to_string());
-                }
-            }
-        }
-    }
-    suites
-}
-
-fn no_kernel_message(series: Series, configured: &[String]) -> String {
-    let configured = if configured.is_empty() {
-        "none".to_string()
-    } else {
-        configured.join(", ")
-    };
-    format!(
-        "apt offers no Debian {} kernel headers. Debian 12 gets them from {}; \
-         the configured apt sources list the suites: {configured}. Add the missing suite \
-         (its `Suites:` line in /etc/apt/sources.list.d/debian.sources, or a `deb` line in \
-         /etc/apt/sources.list), then run `apt-get update`",
-        series.name(),
-        series.suites()
-    )
+    apt.update(true)?;
+    find()?.ok_or_else(|| {
+        anyhow!(
+            "Debian's mirror offers no {} kernel headers ({}) in the suites {}",
+            series.spec(),
+            series.headers_pattern(),
+            series.debian().suites().join(", ")
+        )
+    })
 }
 
 /// The packages to unpack for a release: its headers, what they include (common headers,
 /// kbuild tools) and the unsigned image.
-fn packages(release: &str) -> Result<Vec<String>> {
+fn packages(apt: &Apt, release: &str) -> Result<Vec<String>> {
     let headers = format!("linux-headers-{release}");
     let mut pkgs = vec![headers.clone()];
-    for line in apt(&["depends", &headers])?.lines() {
+    for line in apt.cache(&["depends", &headers])?.lines() {
         if let Some(dep) = line.trim().strip_prefix("Depends: ") {
             if dep.starts_with("linux-headers-") || dep.starts_with("linux-kbuild-") {
                 pkgs.push(dep.to_string());
@@ -491,7 +481,7 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> 
             })?;
         }
     }
-    if let Err(e) = fetch_into(&release, &partial, progress) {
+    if let Err(e) = fetch_into(&private_apt(cache)?, &release, &partial, progress) {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
     }
@@ -503,25 +493,15 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> 
 
 /// Downloads and unpacks `release` into `dir` (headers, image, the decompressed `vmlinux`),
 /// marking it complete last.
-fn fetch_into(release: &str, dir: &Path, progress: &dyn Fn(Fetch<'_>)) -> Result<()> {
+fn fetch_into(apt: &Apt, release: &str, dir: &Path, progress: &dyn Fn(Fetch<'_>)) -> Result<()> {
     let Kernel { kdir, vmlinux, .. } = layout(release, dir);
     let root = dir.join("root");
     let debs = dir.join("debs");
     std::fs::create_dir_all(&debs)?;
-    let pkgs = packages(release).with_context(|| {
-        format!(
-            "apt offers no kernel {release} (`apt-cache search linux-headers` lists those it \
-             has; `apt-get update` refreshes the list)"
-        )
-    })?;
+    let pkgs = packages(apt, release)
+        .with_context(|| format!("Debian's mirror offers no kernel {release}"))?;
     progress(Fetch::Downloading(&pkgs));
-    run(
-        Command::new("apt-get")
-            .arg("download")
-            .args(&pkgs)
-            .current_dir(&debs),
-        "apt-get download",
-    )?;
+    apt.download(&pkgs, &debs)?;
     if root.exists() {
         std::fs::remove_dir_all(&root)?;
     }
@@ -565,18 +545,26 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_series_names_the_suite_that_carries_it() {
-        let msg = no_kernel_message(
-            Series::V6_12,
-            &["bookworm".into(), "bookworm-updates".into()],
+    fn each_debian_release_is_named_in_the_spec() {
+        let p = |s: &str| s.parse::<KernelSpec>().map_err(|e| e.to_string());
+        assert_eq!(p("debian11:5.10"), Ok(KernelSpec::Newest(Series::V5_10)));
+        assert_eq!(p("debian:5.10"), Ok(KernelSpec::Newest(Series::V5_10)));
+        assert_eq!(p("debian:6.12"), Ok(KernelSpec::Newest(Series::V6_12)));
+        assert_eq!(p("debian12:6.12"), Ok(KernelSpec::Newest(Series::V6_12)));
+        assert_eq!(
+            p("debian13:6.12"),
+            Ok(KernelSpec::Newest(Series::V6_12Debian13))
         );
-        assert!(
-            msg.contains("Debian 12 gets them from bookworm-security"),
-            "{msg}"
+        assert_eq!(
+            p("debian13:6.12.118+deb13-amd64"),
+            Ok(KernelSpec::Release("6.12.118+deb13-amd64".into()))
         );
-        assert!(
-            msg.contains("the suites: bookworm, bookworm-updates."),
-            "{msg}"
+        assert!(p("debian12:6.12.118+deb13-amd64").is_err());
+        assert!(p("debian11:6.1").unwrap_err().contains("debian11:5.10"));
+        assert!(p("debian14:6.12").is_err());
+        assert_eq!(
+            KernelSpec::Newest(Series::V6_12Debian13).to_string(),
+            "debian13:6.12"
         );
     }
 }

@@ -3,10 +3,12 @@
 //! boot it under qemu with modules and a script, returning what the guest printed.
 //! `cargo klp run`, `cargo klp build --kernel` and the project's real-kernel tests all use it.
 
+pub mod apt;
 pub mod btf;
 pub mod guest;
 pub mod initramfs;
 pub mod kernels;
+pub mod toolchain;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -116,4 +118,14 @@ pub fn run(cmd: &mut Command, what: &str, output: Output) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether this process runs as root (debootstrap and apt's sandbox care).
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { geteuid() == 0 }
+}
+
+extern "C" {
+    fn geteuid() -> u32;
 }

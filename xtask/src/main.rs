@@ -17,11 +17,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine needs and fetch the newest Debian 6.1 and 6.12 kernels.
+    /// Install what a fresh machine needs and fetch the newest kernel of each supported series.
     Setup,
     /// Build the cmdline example and live patch a real Debian kernel with it, in qemu.
     Demo {
-        /// Kernel series: 6.1 or 6.12.
+        /// Kernel: 6.1, 6.12 (Debian 12's), debian11:5.10 or debian13:6.12.
         #[arg(long, default_value = "6.1")]
         kernel: String,
     },
@@ -31,11 +31,18 @@ enum Task {
     Bench,
 }
 
+/// A series as `--kernel` names it: `6.1`, `debian13:6.12`, `debian11:5.10`.
 fn series(s: &str) -> Result<Series> {
-    match s {
-        "6.1" => Ok(Series::V6_1),
-        "6.12" => Ok(Series::V6_12),
-        _ => bail!("unknown kernel series `{s}`: use 6.1 or 6.12"),
+    let spec = if s.contains(':') {
+        s.to_string()
+    } else {
+        format!("debian:{s}")
+    };
+    match spec.parse::<klp_harness::KernelSpec>()? {
+        klp_harness::KernelSpec::Newest(series) => Ok(series),
+        klp_harness::KernelSpec::Release(r) => {
+            bail!("`{r}` is an exact ABI; the demo takes a series (6.1, debian13:6.12, ...)")
+        }
     }
 }
 

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use klp_vm::toolchain::Toolchain;
+
 use crate::kconfig::KernelConfig;
 
 /// The kernel build tree: `KDIR` with its `.config`, `Module.symvers` and objtool.
@@ -12,6 +14,9 @@ pub struct KernelTree {
     pub dir: PathBuf,
     pub config: KernelConfig,
     pub release: String,
+    /// Where Kbuild and the tree's tools run: this machine, or a root of the Debian release
+    /// that built the kernel ([`klp_vm::toolchain`]).
+    pub toolchain: Toolchain,
 }
 
 impl KernelTree {
@@ -50,10 +55,13 @@ impl KernelTree {
             );
         }
         let release = klp_vm::kernels::tree_release(&dir);
+        let cache = klp_vm::cache_dir().unwrap_or_else(|| std::env::temp_dir().join("klp-rs"));
+        let toolchain = Toolchain::for_compiler(config.get("CC_VERSION_TEXT"), &cache);
         Ok(KernelTree {
             dir,
             config,
             release,
+            toolchain,
         })
     }
 

@@ -253,7 +253,14 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     let tree = KernelTree::open(opts.kdir.as_deref())?;
     // Before anything is compiled: a tool missing halfway would leave a half-done build and
     // an error from deep inside Kbuild.
-    tools::check(&tree.dir, &tree.config, opts.sign.is_some())?;
+    tree.toolchain
+        .ensure(&|what| shell.status("Bootstrapping", what))?;
+    tools::check(
+        &tree.dir,
+        &tree.config,
+        opts.sign.is_some(),
+        &tree.toolchain,
+    )?;
     check_rustc(shell, &pkg)?;
     let crate_name = pkg
         .targets
@@ -315,7 +322,7 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         }
     }
     std::fs::write(&pending, "").with_context(|| format!("cannot write {}", pending.display()))?;
-    let mut make = Command::new("make");
+    let mut make = tree.toolchain.command("make");
     make.arg("-C")
         .arg(&tree.dir)
         .arg(format!("M={}", kb.display()))
@@ -475,7 +482,7 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
             "Signing",
             format!("{}.ko with {}", settings.name, cert.display()),
         );
-        let mut sign = Command::new(tree.dir.join("scripts/sign-file"));
+        let mut sign = tree.toolchain.command(tree.dir.join("scripts/sign-file"));
         sign.arg("sha256").arg(key).arg(cert).arg(&built);
         run(shell, &mut sign, "scripts/sign-file")?;
     }

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
@@ -297,7 +296,9 @@ pub(super) fn objtool(
     } else {
         object.to_path_buf()
     };
-    let mut cmd = Command::new(tree.dir.join("tools/objtool/objtool"));
+    let mut cmd = tree
+        .toolchain
+        .command(tree.dir.join("tools/objtool/objtool"));
     // Debian's 6.12 objtool is a wrapper that picks the binary by SRCARCH, as Kbuild sets it.
     cmd.env("SRCARCH", "x86")
         .args(tree.config.objtool_args())

@@ -1,0 +1,218 @@
+//! Where Kbuild runs for a kernel: on this machine, or in a minimal root of the Debian release
+//! that built the kernel. A kernel's headers expect its own compiler (Debian 13's gcc-14 takes
+//! flags gcc-12 does not know; Debian 11's gcc-10 is in no later release) and ship host tools
+//! (fixdep, modpost, objtool, sign-file) linked against that release's libraries, so a build
+//! server of another release runs them in a root of the kernel's release: bootstrapped once
+//! with debootstrap into the per-user cache, and entered per command through a private mount
+//! namespace in which the root's `/usr` replaces this machine's. Every other path (the cache,
+//! the crate, the kernel tree) stays where it is, so Kbuild sees the same paths as cargo.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::apt::Debian;
+
+/// Where a kernel's modules are built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Toolchain {
+    /// This machine's programs.
+    Host,
+    /// A root of the kernel's Debian release, at `dir`.
+    Root { debian: Debian, dir: PathBuf },
+}
+
+/// The Debian release whose gcc `CONFIG_CC_VERSION_TEXT` names ("x86_64-linux-gnu-gcc-14
+/// (Debian 14.2.0-19) 14.2.0"), if it is one of Debian's.
+pub fn debian_of_compiler(cc_version_text: &str) -> Option<Debian> {
+    let version = cc_version_text.split("(Debian ").nth(1)?;
+    let major = version.split(['.', ')', '-']).next()?.parse().ok()?;
+    if !cc_version_text.split_whitespace().next()?.contains("gcc") {
+        return None;
+    }
+    Debian::of_gcc(major)
+}
+
+/// The packages a release's root holds: Kbuild's programs and the libraries of the tree's
+/// host tools, under that release's names.
+fn root_packages(debian: Debian) -> &'static [&'static str] {
+    match debian {
+        Debian::Bullseye => &["make", "gcc-10", "libelf1", "libssl1.1", "dwarves"],
+        Debian::Bookworm => &["make", "gcc-12", "libelf1", "libssl3", "dwarves"],
+        Debian::Trixie => &["make", "gcc-14", "libelf1t64", "libssl3t64", "dwarves"],
+    }
+}
+
+impl Toolchain {
+    /// The toolchain for a tree whose `.config` says `cc_version_text`: this machine's when
+    /// the kernel is built by this machine's Debian release or is not Debian's, else a root
+    /// of the kernel's release under `cache` (`toolchains/<codename>`).
+    pub fn for_compiler(cc_version_text: Option<&str>, cache: &Path) -> Toolchain {
+        match cc_version_text.and_then(debian_of_compiler) {
+            Some(debian) if Debian::host() != Some(debian) => Toolchain::Root {
+                debian,
+                dir: cache.join("toolchains").join(debian.codename()),
+            },
+            _ => Toolchain::Host,
+        }
+    }
+
+    /// The directory programs and libraries are looked up under: `/`, or the root's.
+    pub fn sysroot(&self) -> &Path {
+        match self {
+            Toolchain::Host => Path::new("/"),
+            Toolchain::Root { dir, .. } => dir,
+        }
+    }
+
+    /// A command running `program` with this toolchain; arguments, environment and working
+    /// directory are added to it as to any `Command`.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let Toolchain::Root { dir, .. } = self else {
+            return Command::new(program);
+        };
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private"]);
+        if !crate::is_root() {
+            // A user namespace of its own lets an ordinary user mount in it.
+            cmd.arg("--map-root-user");
+        }
+        // The root's loader cache too, where both have one: this machine's names libraries
+        // the root may not have.
+        cmd.args([
+            "--",
+            "/bin/sh",
+            "-c",
+            r#"root=$1; shift
+mount --bind "$root/usr" /usr || exit 125
+if [ -e /etc/ld.so.cache ] && [ -e "$root/etc/ld.so.cache" ]; then
+  mount --bind "$root/etc/ld.so.cache" /etc/ld.so.cache || exit 125
+fi
+exec "$@""#,
+            "klp-rs-root",
+        ])
+        .arg(dir)
+        .arg(program);
+        cmd
+    }
+
+    /// Whether the root is there (always, for the host).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Toolchain::Host => true,
+            Toolchain::Root { dir, .. } => dir.join(".complete").exists(),
+        }
+    }
+
+    /// Bootstraps the root unless it is there: debootstrap (minbase, merged `/usr`) of the
+    /// release from the mirror this machine's apt names, with [`root_packages`]. One process
+    /// at a time (a lock beside it); into a partial directory renamed when complete.
+    /// `progress` is told before the bootstrap starts (it takes a minute or two).
+    pub fn ensure(&self, progress: &dyn Fn(&str)) -> Result<()> {
+        let Toolchain::Root { debian, dir } = self else {
+            return Ok(());
+        };
+        if self.is_ready() {
+            return Ok(());
+        }
+        let parent = dir.parent().context("a root's directory has a parent")?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        let mirror = crate::apt::host_archive_mirror()?;
+        let pkgs = root_packages(*debian).join(",");
+        let command = format!(
+            "debootstrap --variant=minbase --merged-usr --include={pkgs} {} {} {mirror}",
+            debian.codename(),
+            dir.display()
+        );
+        let why = format!(
+            "the kernel was built by Debian {} with gcc-{} and its build tools need that \
+             release's libraries; klp-rs builds its modules in a minimal Debian {} root",
+            debian.number(),
+            debian.gcc(),
+            debian.number()
+        );
+        let debootstrap = ["/usr/sbin/debootstrap", "/sbin/debootstrap"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(debootstrap) = debootstrap else {
+            bail!("debootstrap not found: {why}; apt-get install debootstrap");
+        };
+        if !crate::is_root() {
+            bail!(
+                "{why}, made once with debootstrap, which needs root: run this once as root, \
+                 or as root: {command} && touch {}/.complete",
+                dir.display()
+            );
+        }
+        let lock_file = parent.join(format!(".{}.lock", debian.codename()));
+        let lock = std::fs::File::create(&lock_file)
+            .with_context(|| format!("cannot create {}", lock_file.display()))?;
+        lock.lock()?;
+        if self.is_ready() {
+            return Ok(());
+        }
+        progress(&format!(
+            "Debian {} root with gcc-{} for Kbuild ({why})",
+            debian.number(),
+            debian.gcc()
+        ));
+        let partial = parent.join(format!(".{}.partial", debian.codename()));
+        for leftover in [&partial, dir] {
+            if leftover.exists() {
+                std::fs::remove_dir_all(leftover).with_context(|| {
+                    format!(
+                        "cannot remove what a bootstrap left: {}",
+                        leftover.display()
+                    )
+                })?;
+            }
+        }
+        let result = crate::run(
+            Command::new(debootstrap)
+                .args(["--variant=minbase", "--merged-usr"])
+                .arg(format!("--include={pkgs}"))
+                .arg(debian.codename())
+                .arg(&partial)
+                .arg(&mirror),
+            &format!("debootstrap of Debian {}", debian.number()),
+            crate::Output::Captured,
+        );
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        // Nothing in the root runs as a system: its apt cache only takes space.
+        let _ = std::fs::remove_dir_all(partial.join("var/cache/apt/archives"));
+        std::fs::write(partial.join(".complete"), "")?;
+        std::fs::rename(&partial, dir)
+            .with_context(|| format!("cannot move the root to {}", dir.display()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_is_built_where_its_compiler_is() {
+        let d = |t: &str| debian_of_compiler(t);
+        assert_eq!(
+            d("x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0"),
+            Some(Debian::Trixie)
+        );
+        assert_eq!(
+            d("gcc-10 (Debian 10.2.1-6) 10.2.1 20210110"),
+            Some(Debian::Bullseye)
+        );
+        assert_eq!(
+            d("x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"),
+            Some(Debian::Bookworm)
+        );
+        assert_eq!(d("gcc (GCC) 14.2.1"), None);
+        assert_eq!(d("Debian clang version 14.0.6 (Debian 14.0.6)"), None);
+    }
+}
