@@ -1,5 +1,5 @@
 //! Real-kernel scenarios: modules built by `cargo klp build`, loaded into unmodified Debian
-//! 6.1 and 6.12 kernels booted under qemu, checked through dmesg and /sys/kernel/livepatch.
+//! kernels (Debian 11's 5.10, Debian 12's 6.1 and 6.12, Debian 13's 6.12) booted under qemu, checked through dmesg and /sys/kernel/livepatch.
 //!
 //! Expected callback steps come from `cargo klp inspect --against` reading the built `.ko`
 //! files (the planner); the planner's own tests (versioned_matrix.rs) come from hand-written
@@ -12,15 +12,20 @@ use klp_harness::{GuestLog, Kernel, Series};
 use klp_runtime::abi::PatchHeader;
 use klp_runtime::sim::Kernel as Sim;
 
-/// One test per kernel series for each scenario.
-macro_rules! on_both_kernels {
+/// One test per kernel series for each scenario: Debian 11's 5.10, Debian 12's 6.1 and 6.12,
+/// Debian 13's 6.12.
+macro_rules! on_every_kernel {
     ($($name:ident),* $(,)?) => {
+        mod v5_10 { $( #[test] fn $name() { super::$name(klp_harness::Series::V5_10) } )* }
         mod v6_1 { $( #[test] fn $name() { super::$name(klp_harness::Series::V6_1) } )* }
         mod v6_12 { $( #[test] fn $name() { super::$name(klp_harness::Series::V6_12) } )* }
+        mod v6_12_debian13 {
+            $( #[test] fn $name() { super::$name(klp_harness::Series::V6_12Debian13) } )*
+        }
     };
 }
 
-on_both_kernels!(
+on_every_kernel!(
     cmdline_example_patches_unpatches_and_unloads,
     target_module_loaded_after_the_patch,
     target_module_loaded_before_the_patch,
@@ -54,6 +59,12 @@ on_both_kernels!(
 #[path = "kernel/symbols.rs"]
 mod symbols;
 use symbols::*;
+
+/// Whether the kernel's `.config` has `CONFIG_<option>=y`.
+fn config_has(k: &Kernel, option: &str) -> bool {
+    let config = std::fs::read_to_string(k.kdir.join(".config")).unwrap();
+    config.lines().any(|l| l == format!("CONFIG_{option}=y"))
+}
 
 fn kernel(series: Series) -> Kernel {
     klp_harness::kernel(series).unwrap_or_else(|e| panic!("{e:#}"))
@@ -598,7 +609,28 @@ fn module_carries_modinfo_and_endbr64_where_ibt_needs_it(series: Series) {
             .any(|f| f.starts_with(&format!("vermagic={} ", k.release))),
         "{fields:?}"
     );
-    if series != Series::V6_12 {
+    // The C init is compiled by the kernel's own compiler, the one its release ships (in a
+    // root of that release when this machine runs another): the `.comment` gcc leaves names
+    // the Debian gcc major version CONFIG_CC_VERSION_TEXT names.
+    let config = std::fs::read_to_string(k.kdir.join(".config")).unwrap();
+    let cc = config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT="))
+        .unwrap();
+    let major = cc
+        .split("(Debian ")
+        .nth(1)
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap();
+    let comment = file.section_by_name(".comment").unwrap().data().unwrap();
+    let comment = String::from_utf8_lossy(comment);
+    assert!(
+        comment.contains(&format!("GCC: (Debian {major}.")),
+        "the kernel's compiler is {cc}; the module's .comment says {comment:?}"
+    );
+    if !config_has(&k, "X86_KERNEL_IBT") {
         return;
     }
     // IBT: every function the tables point to must begin with endbr64. Disassemble with

@@ -432,7 +432,16 @@ fn layout(release: &str, dir: &Path) -> Kernel {
     Kernel {
         kdir: root.join(format!("usr/src/linux-headers-{release}")),
         vmlinux: dir.join("vmlinux"),
-        modules: root.join(format!("lib/modules/{release}")),
+        modules: {
+            // Debian 13's packages put modules under /usr (merged /usr), earlier ones under /lib.
+            let lib = root.join(format!("lib/modules/{release}"));
+            let usr = root.join(format!("usr/lib/modules/{release}"));
+            if !lib.exists() && usr.exists() {
+                usr
+            } else {
+                lib
+            }
+        },
         release: release.to_string(),
     }
 }
@@ -469,7 +478,7 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> 
         .with_context(|| format!("cannot lock {}", lock_file.display()))?;
     if unpacked(&release, cache).1 {
         // Another process fetched it while this one waited.
-        return Ok(kernel);
+        return Ok(unpacked(&release, cache).0);
     }
     progress(Fetch::Release(&release));
     let dir = cache.join(&release);
@@ -487,8 +496,9 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> 
     }
     std::fs::rename(&partial, &dir)
         .with_context(|| format!("cannot move the kernel to {}", dir.display()))?;
-    // The lock is released when `lock` is dropped.
-    Ok(kernel)
+    // The lock is released when `lock` is dropped. The layout is read again: where the
+    // modules are depends on what the packages held.
+    Ok(unpacked(&release, cache).0)
 }
 
 /// Downloads and unpacks `release` into `dir` (headers, image, the decompressed `vmlinux`),
