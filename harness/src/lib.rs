@@ -130,6 +130,8 @@ fn setup_kernel(kernel: &Kernel) -> Result<()> {
     Ok(())
 }
 
+/// Fetches the newest kernel of `series` (unless unpacked already) and installs what building
+/// modules for it runs (for another Debian release's kernel: bootstraps that release's root).
 pub fn fetch_kernel(series: Series) -> Result<Kernel> {
     let kernel = klp_vm::kernels::ensure(&KernelSpec::Newest(series), &kernel_cache(), &|s| {
         if let klp_vm::kernels::Fetch::Release(r) = s {
@@ -151,7 +153,7 @@ pub fn kernel(series: Series) -> Result<Kernel> {
     let not_set_up = || {
         format!(
             "the {} kernel is not set up; run `cargo xtask setup`",
-            series.name()
+            series.spec()
         )
     };
     let k = klp_vm::kernels::cached(&KernelSpec::Newest(series), &kernel_cache())

@@ -92,7 +92,7 @@ section log; dmesg | grep "$PATCH: "
 "#;
 
 #[test]
-fn a_new_crate_passes_its_host_test_and_runs_in_both_kernels() {
+fn a_new_crate_passes_its_host_test_and_runs_in_every_kernel() {
     let home = Outside::new("first");
     let runtime = klp_harness::workspace().join("klp-runtime");
     let (code, _, err) = cargo_klp(
@@ -122,16 +122,29 @@ fn a_new_crate_passes_its_host_test_and_runs_in_both_kernels() {
     );
     std::fs::write(dir.join("try.sh"), SCRIPT).unwrap();
 
-    // 6.1 by its series (the newest ABI apt offers), 6.12 by its exact ABI, and 6.1 again as
-    // a kernel the user has: its image, build tree and modules given by path.
-    let k61 = klp_harness::kernel(klp_harness::Series::V6_1).unwrap_or_else(|e| panic!("{e:#}"));
-    let k612 = klp_harness::kernel(klp_harness::Series::V6_12).unwrap_or_else(|e| panic!("{e:#}"));
+    // 6.1 by its series (the newest ABI apt offers), 6.12 by its exact ABI, Debian 13's and
+    // Debian 11's kernels by their series (built on this Debian 12 machine: the fleet's
+    // release is not the build server's), and 6.1 again as a kernel the user has: its image,
+    // build tree and modules given by path.
+    let kernel = |s| klp_harness::kernel(s).unwrap_or_else(|e| panic!("{e:#}"));
+    let k61 = kernel(klp_harness::Series::V6_1);
+    let k612 = kernel(klp_harness::Series::V6_12);
+    let k13 = kernel(klp_harness::Series::V6_12Debian13);
+    let k11 = kernel(klp_harness::Series::V5_10);
     let path = |p: &Path| p.to_str().unwrap().to_string();
     let kernels: Vec<(Vec<String>, &str)> = vec![
         (vec!["--kernel".into(), "debian:6.1".into()], &k61.release),
         (
             vec!["--kernel".into(), format!("debian:{}", k612.release)],
             &k612.release,
+        ),
+        (
+            vec!["--kernel".into(), "debian13:6.12".into()],
+            &k13.release,
+        ),
+        (
+            vec!["--kernel".into(), "debian11:5.10".into()],
+            &k11.release,
         ),
         (
             vec![

@@ -83,6 +83,9 @@ impl Debian {
 struct Source {
     uri: String,
     suites: Vec<String>,
+    /// Whether it carries the `main` component (Debian's own archive does; a third-party
+    /// repository that names a Debian suite, such as Docker's, does not).
+    main: bool,
 }
 
 /// The host's apt sources, deb822 (`URIs:`/`Suites:` stanzas) and one-line `deb` entries.
@@ -90,22 +93,31 @@ fn parse_sources(deb822: &[String], one_line: &[String]) -> Vec<Source> {
     let mut out = Vec::new();
     for text in deb822 {
         for stanza in text.split("\n\n") {
+            // deb822 field names are case-insensitive.
             let field = |name: &str| {
                 stanza
                     .lines()
-                    .find_map(|l| l.trim().strip_prefix(name))
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.trim().eq_ignore_ascii_case(name).then_some(v)
+                    })
                     .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
                     .unwrap_or_default()
             };
-            let types = field("Types:");
-            if !types.iter().any(|t| t == "deb") {
+            let types = field("Types");
+            let disabled = field("Enabled")
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case("no"));
+            if disabled || !types.iter().any(|t| t == "deb") {
                 continue;
             }
-            let suites = field("Suites:");
-            for uri in field("URIs:") {
+            let suites = field("Suites");
+            let main = field("Components").iter().any(|c| c == "main");
+            for uri in field("URIs") {
                 out.push(Source {
                     uri,
                     suites: suites.clone(),
+                    main,
                 });
             }
         }
@@ -121,10 +133,11 @@ fn parse_sources(deb822: &[String], one_line: &[String]) -> Vec<Source> {
                 None => rest,
             };
             let words: Vec<&str> = rest.split_whitespace().collect();
-            if let [uri, suite, ..] = words[..] {
+            if let [uri, suite, components @ ..] = &words[..] {
                 out.push(Source {
                     uri: uri.to_string(),
                     suites: vec![suite.to_string()],
+                    main: components.contains(&"main"),
                 });
             }
         }
@@ -135,13 +148,15 @@ fn parse_sources(deb822: &[String], one_line: &[String]) -> Vec<Source> {
 /// The Debian archive and security mirrors the sources name: the URI of a source carrying a
 /// release's main suite, and of one carrying a `-security` suite.
 fn mirrors(sources: &[Source]) -> Result<(String, String)> {
-    let main = sources.iter().find(|s| {
+    let debian = |s: &&Source| s.main;
+    let main = sources.iter().filter(debian).find(|s| {
         s.suites
             .iter()
             .any(|x| Debian::of_codename(x).is_some() || x.ends_with("-updates"))
     });
     let security = sources
         .iter()
+        .filter(debian)
         .find(|s| s.suites.iter().any(|x| x.ends_with("-security")));
     match (main, security) {
         (Some(m), Some(s)) => Ok((m.uri.clone(), s.uri.clone())),
@@ -161,8 +176,9 @@ fn host_sources() -> Vec<Source> {
         .into_iter()
         .collect();
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        for e in dir.filter_map(|e| e.ok()) {
-            let p = e.path();
+        let mut files: Vec<PathBuf> = dir.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        files.sort();
+        for p in files {
             match p.extension().and_then(|x| x.to_str()) {
                 Some("sources") => deb822.extend(read(&p)),
                 Some("list") => one_line.extend(read(&p)),
@@ -180,12 +196,12 @@ pub fn host_archive_mirror() -> Result<String> {
 
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
-/// The deb822 sources of every supported release, on the given mirrors.
-fn sources_text(main: &str, security: &str) -> String {
+/// The deb822 sources of a release, on the given mirrors.
+fn sources_text(debian: Debian, main: &str, security: &str) -> String {
     let suites = |security_suites: bool| {
-        Debian::ALL
-            .iter()
-            .flat_map(|d| d.suites())
+        debian
+            .suites()
+            .into_iter()
             .filter(|s| s.ends_with("-security") == security_suites)
             .collect::<Vec<_>>()
             .join(" ")
@@ -203,19 +219,21 @@ fn sources_text(main: &str, security: &str) -> String {
 /// changes with Debian's security updates, a few times a month.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// The private apt configuration, kept in `dir`.
+/// The private apt configuration of one release, kept in a directory of its own (so that a
+/// release moving off the mirror, as each does when its support ends, fails only its own
+/// kernels).
 #[derive(Debug, Clone)]
 pub struct Apt {
     dir: PathBuf,
 }
 
 impl Apt {
-    /// The configuration in `dir` (created, with its sources written from the host's).
-    pub fn open(dir: &Path) -> Result<Apt> {
+    /// The configuration of `debian` under `cache` (`<cache>/<codename>`: created, its
+    /// sources written from the host's mirrors).
+    pub fn open(cache: &Path, debian: Debian) -> Result<Apt> {
         let (main, security) = mirrors(&host_sources())?;
-        let apt = Apt {
-            dir: dir.to_path_buf(),
-        };
+        let dir = cache.join(debian.codename());
+        let apt = Apt { dir: dir.clone() };
         for d in ["sources", "lists/partial", "cache/archives/partial"] {
             std::fs::create_dir_all(dir.join(d))
                 .with_context(|| format!("cannot create {}", dir.join(d).display()))?;
@@ -224,14 +242,28 @@ impl Apt {
         if !status.exists() {
             std::fs::write(&status, "")?;
         }
-        let text = sources_text(&main, &security);
+        let text = sources_text(debian, &main, &security);
         let file = dir.join("sources/klp-rs.sources");
         if std::fs::read_to_string(&file).ok().as_deref() != Some(&text) {
-            std::fs::write(&file, &text)?;
+            // Under the lock, whole: an `apt-get update` of another process reads it.
+            let lock = apt.lock()?;
+            let tmp = dir.join(format!(".sources.tmp-{}", std::process::id()));
+            std::fs::write(&tmp, &text)?;
+            std::fs::rename(&tmp, &file)?;
             // Lists of other mirrors are stale now.
             let _ = std::fs::remove_file(dir.join(".updated"));
+            drop(lock);
         }
         Ok(apt)
+    }
+
+    fn lock(&self) -> Result<std::fs::File> {
+        let path = self.dir.join(".lock");
+        let lock = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(lock)
     }
 
     fn options(&self) -> Vec<String> {
@@ -244,6 +276,7 @@ impl Apt {
             format!("Dir::State::status={d}/status"),
             format!("Dir::Cache={d}/cache"),
             "APT::Architecture=amd64".to_string(),
+            "APT::Architectures=amd64".to_string(),
             "Acquire::Languages=none".to_string(),
         ];
         if crate::is_root() {
@@ -280,8 +313,7 @@ impl Apt {
         if fresh() && !force {
             return Ok(());
         }
-        let lock = std::fs::File::create(self.dir.join(".lock"))?;
-        lock.lock()?;
+        let _lock = self.lock()?;
         if fresh() && !force {
             return Ok(());
         }
@@ -350,16 +382,23 @@ mod tests {
             &["deb http://a/x nodistro main".into()]
         ))
         .is_err());
+        // A third-party repository naming Debian's suite, and a disabled stanza, are passed over.
+        let docker = "deb https://d/linux/debian bookworm stable\n";
+        let off = "types: deb\nuris: http://off/debian\nsuites: bookworm\ncomponents: main\n\
+                   enabled: no\n";
+        let s = parse_sources(&[off.into(), deb822.into()], &[docker.into()]);
+        assert_eq!(mirrors(&s).unwrap().0, "http://m.example/debian");
     }
 
     #[test]
-    fn the_private_sources_list_every_release_on_the_hosts_mirrors() {
-        let t = sources_text("http://m/debian", "http://m/debian-security");
-        assert!(t.contains(
-            "URIs: http://m/debian\nSuites: bullseye bullseye-updates bookworm bookworm-updates \
-             trixie trixie-updates\n"
-        ));
-        assert!(t.contains("Suites: bullseye-security bookworm-security trixie-security\n"));
+    fn the_private_sources_list_a_releases_suites_on_the_hosts_mirrors() {
+        let t = sources_text(
+            Debian::Trixie,
+            "http://m/debian",
+            "http://m/debian-security",
+        );
+        assert!(t.contains("URIs: http://m/debian\nSuites: trixie trixie-updates\n"));
+        assert!(t.contains("URIs: http://m/debian-security\nSuites: trixie-security\n"));
     }
 
     #[test]

@@ -123,10 +123,9 @@ impl FromStr for KernelSpec {
         };
         let debian = match distro {
             "debian" => None,
-            _ => match distro
-                .strip_prefix("debian")
-                .and_then(|n| n.parse::<u32>().ok())
-                .and_then(|n| Debian::ALL.into_iter().find(|d| d.number() == n))
+            _ => match Debian::ALL
+                .into_iter()
+                .find(|d| distro == format!("debian{}", d.number()))
             {
                 Some(d) => Some(d),
                 None => bail!("unknown kernel `{s}`: {usage}"),
@@ -272,8 +271,17 @@ fn version_key(s: &str) -> Vec<u64> {
 }
 
 /// The private apt configuration kernels are fetched through (see [`crate::apt`]).
-fn private_apt(cache: &Path) -> Result<Apt> {
-    Apt::open(&cache.join(".apt"))
+fn private_apt(cache: &Path, series: Series) -> Result<Apt> {
+    Apt::open(&cache.join(".apt"), series.debian())
+}
+
+/// A release name as kept in a file: one of the series' ABIs, nothing else.
+fn kept_release(text: &str, series: Series) -> Option<(&str, &str)> {
+    let (stamp, release) = text.trim().split_once(' ')?;
+    let plain = release
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c));
+    (plain && Series::of_release(release) == Some(series)).then_some((stamp, release))
 }
 
 /// The release a spec names: the newest of a series that apt offers, or the exact one.
@@ -285,22 +293,33 @@ pub fn resolve(spec: &KernelSpec, cache: &Path) -> Result<String> {
         KernelSpec::Release(r) => return Ok(r.clone()),
     };
     let kept = cache.join(format!(".newest-{}", series.spec().replace(':', "-")));
-    let apt = private_apt(cache)?;
-    apt.update(false)?;
+    let apt = private_apt(cache, series)?;
+    let kept_text = std::fs::read_to_string(&kept).unwrap_or_default();
+    let kept_answer = kept_release(&kept_text, series);
+    if let Err(e) = apt.update(false) {
+        // Offline with the lists due a refresh: the last answer stands if that kernel is
+        // here, whole; else there is nothing to go on.
+        match kept_answer {
+            Some((_, release)) if unpacked(release, cache).1 => return Ok(release.to_string()),
+            _ => return Err(e),
+        }
+    }
     let stamp = apt.lists_stamp();
-    if let Some(stamp) = &stamp {
-        if let Ok(text) = std::fs::read_to_string(&kept) {
-            if let Some((s, release)) = text.trim().split_once(' ') {
-                if s == stamp && Series::of_release(release) == Some(series) {
-                    return Ok(release.to_string());
-                }
-            }
+    if let (Some(stamp), Some((s, release))) = (&stamp, kept_answer) {
+        if s == stamp {
+            return Ok(release.to_string());
         }
     }
     let release = newest(&apt, series)?;
     if let Some(stamp) = apt.lists_stamp() {
-        // Kept whole or not at all; a failure only costs asking apt next time.
-        let tmp = kept.with_extension(format!("tmp-{}", std::process::id()));
+        // Kept whole or not at all; a failure only costs asking apt next time. The temporary
+        // name is the process's and the thread's: threads resolve series side by side.
+        let name = kept.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = cache.join(format!(
+            "{name}.tmp-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         if std::fs::create_dir_all(cache).is_ok()
             && std::fs::write(&tmp, format!("{stamp} {release}\n")).is_ok()
         {
@@ -490,7 +509,9 @@ pub fn ensure(spec: &KernelSpec, cache: &Path, progress: &dyn Fn(Fetch<'_>)) -> 
             })?;
         }
     }
-    if let Err(e) = fetch_into(&private_apt(cache)?, &release, &partial, progress) {
+    let series = Series::of_release(&release)
+        .with_context(|| format!("{release} is not an ABI of a supported Debian kernel"))?;
+    if let Err(e) = fetch_into(&private_apt(cache, series)?, &release, &partial, progress) {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
     }
@@ -508,8 +529,16 @@ fn fetch_into(apt: &Apt, release: &str, dir: &Path, progress: &dyn Fn(Fetch<'_>)
     let root = dir.join("root");
     let debs = dir.join("debs");
     std::fs::create_dir_all(&debs)?;
-    let pkgs = packages(apt, release)
-        .with_context(|| format!("Debian's mirror offers no kernel {release}"))?;
+    // An exact ABI may be asked for before the lists were ever fetched, or after it appeared.
+    apt.update(false)?;
+    let pkgs = match packages(apt, release) {
+        Ok(p) => p,
+        Err(_) => {
+            apt.update(true)?;
+            packages(apt, release)
+                .with_context(|| format!("Debian's mirror offers no kernel {release}"))?
+        }
+    };
     progress(Fetch::Downloading(&pkgs));
     apt.download(&pkgs, &debs)?;
     if root.exists() {
@@ -572,6 +601,7 @@ mod tests {
         assert!(p("debian12:6.12.118+deb13-amd64").is_err());
         assert!(p("debian11:6.1").unwrap_err().contains("debian11:5.10"));
         assert!(p("debian14:6.12").is_err());
+        assert!(p("debian012:6.1").is_err());
         assert_eq!(
             KernelSpec::Newest(Series::V6_12Debian13).to_string(),
             "debian13:6.12"

@@ -74,22 +74,31 @@ impl Toolchain {
             return Command::new(program);
         };
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private"]);
+        // Private, so that the root's /usr is seen only here. In a chroot whose / is not a
+        // mount point the kernel refuses to change /'s propagation; there the mounts are
+        // left as they are, which [`Toolchain::probe`] allows only when none of the
+        // machine's mounts propagates (none is shared).
+        let propagation = if root_is_mount_point() {
+            "private"
+        } else {
+            "unchanged"
+        };
+        cmd.args(["--mount", "--propagation", propagation]);
         if !crate::is_root() {
             // A user namespace of its own lets an ordinary user mount in it.
             cmd.arg("--map-root-user");
         }
-        // The root's loader cache too, where both have one: this machine's names libraries
-        // the root may not have.
+        // The root's loader cache too, where both have one (this machine's names libraries
+        // the root may not have), bound first, while this machine's `mount` runs.
         cmd.args([
             "--",
             "/bin/sh",
             "-c",
             r#"root=$1; shift
-mount --bind "$root/usr" /usr || exit 125
 if [ -e /etc/ld.so.cache ] && [ -e "$root/etc/ld.so.cache" ]; then
   mount --bind "$root/etc/ld.so.cache" /etc/ld.so.cache || exit 125
 fi
+mount --bind "$root/usr" /usr || exit 125
 exec "$@""#,
             "klp-rs-root",
         ])
@@ -106,24 +115,78 @@ exec "$@""#,
         }
     }
 
-    /// Bootstraps the root unless it is there: debootstrap (minbase, merged `/usr`) of the
-    /// release from the mirror this machine's apt names, with [`root_packages`]. One process
-    /// at a time (a lock beside it); into a partial directory renamed when complete.
-    /// `progress` is told before the bootstrap starts (it takes a minute or two).
+    /// Bootstraps the root unless it is there, then checks that commands can enter it.
+    /// `progress` is told before a bootstrap starts (it takes a minute or two).
     pub fn ensure(&self, progress: &dyn Fn(&str)) -> Result<()> {
+        if !self.is_ready() {
+            self.bootstrap(progress)?;
+        }
+        self.probe()
+    }
+
+    /// Runs `true` in the root, and on failure says what keeps this machine from entering it.
+    fn probe(&self) -> Result<()> {
         let Toolchain::Root { debian, dir } = self else {
             return Ok(());
         };
-        if self.is_ready() {
-            return Ok(());
+        // Only `/usr` is replaced: `/bin`, `/lib` and `/lib64` must lead into it, or the
+        // root's programs would load this machine's C library.
+        for link in ["/bin", "/lib", "/lib64"] {
+            let merged = std::fs::read_link(link)
+                .is_ok_and(|t| t.starts_with("usr") || t.starts_with("/usr"));
+            if !merged && Path::new(link).exists() {
+                bail!(
+                    "{link} is not a link into /usr: building for Debian {}'s kernel runs its \
+                     programs with the root's /usr in place of this machine's, which needs a \
+                     merged /usr; apt-get install usrmerge",
+                    debian.number()
+                );
+            }
         }
+        if !root_is_mount_point() && !no_shared_mounts() {
+            bail!(
+                "this process runs in a chroot whose / is not a mount point, on a machine whose \
+                 mounts propagate (shared): the root's /usr, mounted for Kbuild, would show \
+                 outside too, and a private mount namespace cannot be made there (unshare: \
+                 cannot change root filesystem propagation). Building for Debian {}'s kernel \
+                 needs one: bind-mount the chroot's directory onto itself before entering it \
+                 (mount --bind DIR DIR; mount --make-rprivate DIR)",
+                debian.number()
+            );
+        }
+        let out = self
+            .command("true")
+            .output()
+            .context("cannot run unshare (util-linux)")?;
+        if !out.status.success() {
+            bail!(
+                "cannot enter the Debian {} root at {} ({}): {}. It needs a mount namespace: \
+                 as root, or as a user where unprivileged user namespaces are allowed \
+                 (sysctl kernel.unprivileged_userns_clone=1, not in a chroot or a container \
+                 without CAP_SYS_ADMIN)",
+                debian.number(),
+                dir.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Bootstraps the root: debootstrap (minbase, merged `/usr`) of the release from the
+    /// mirror this machine's apt names, with [`root_packages`]. One process at a time (a lock
+    /// beside it); into a partial directory renamed when complete.
+    fn bootstrap(&self, progress: &dyn Fn(&str)) -> Result<()> {
+        let Toolchain::Root { debian, dir } = self else {
+            return Ok(());
+        };
         let parent = dir.parent().context("a root's directory has a parent")?;
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
         let mirror = crate::apt::host_archive_mirror()?;
         let pkgs = root_packages(*debian).join(",");
         let command = format!(
-            "debootstrap --variant=minbase --merged-usr --include={pkgs} {} {} {mirror}",
+            "debootstrap --variant=minbase --merged-usr --include={pkgs} {} '{}' {mirror}",
             debian.codename(),
             dir.display()
         );
@@ -142,8 +205,8 @@ exec "$@""#,
         };
         if !crate::is_root() {
             bail!(
-                "{why}, made once with debootstrap, which needs root: run this once as root, \
-                 or as root: {command} && touch {}/.complete",
+                "{why}, made once with debootstrap, which needs root; as root, run: \
+                 {command} && touch '{}/.complete'",
                 dir.display()
             );
         }
@@ -161,14 +224,7 @@ exec "$@""#,
         ));
         let partial = parent.join(format!(".{}.partial", debian.codename()));
         for leftover in [&partial, dir] {
-            if leftover.exists() {
-                std::fs::remove_dir_all(leftover).with_context(|| {
-                    format!(
-                        "cannot remove what a bootstrap left: {}",
-                        leftover.display()
-                    )
-                })?;
-            }
+            remove_root(leftover)?;
         }
         let result = crate::run(
             Command::new(debootstrap)
@@ -181,8 +237,22 @@ exec "$@""#,
             crate::Output::Captured,
         );
         if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&partial);
-            return Err(e);
+            // debootstrap's own log says what failed; it is kept beside the root.
+            let log = parent.join(format!(".{}.debootstrap.log", debian.codename()));
+            let kept = std::fs::copy(partial.join("debootstrap/debootstrap.log"), &log).is_ok();
+            let _ = remove_root(&partial);
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(e.context(if kept {
+                format!(
+                    "debootstrap's log ({}):\n{}",
+                    log.display(),
+                    tail.join("\n")
+                )
+            } else {
+                "debootstrap left no log".to_string()
+            }));
         }
         // Nothing in the root runs as a system: its apt cache only takes space.
         let _ = std::fs::remove_dir_all(partial.join("var/cache/apt/archives"));
@@ -191,6 +261,63 @@ exec "$@""#,
             .with_context(|| format!("cannot move the root to {}", dir.display()))?;
         Ok(())
     }
+}
+
+/// Whether `/` (this process's root) is a mount point: a private mount namespace can be
+/// made only then.
+fn root_is_mount_point() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some("/")))
+}
+
+/// Whether no mount of the machine propagates (no `shared:` peer group in PID 1's view, which
+/// a chroot's own view does not show): then mounts made in a new namespace stay in it even
+/// with propagation unchanged. `false` when that view cannot be read.
+fn no_shared_mounts() -> bool {
+    std::fs::read_to_string("/proc/1/mountinfo").is_ok_and(|m| {
+        m.lines().all(|l| {
+            // Optional fields sit between the mount options (6th) and the `-` separator.
+            l.split(' ')
+                .skip(6)
+                .take_while(|f| *f != "-")
+                .all(|f| !f.starts_with("shared:"))
+        })
+    })
+}
+
+/// Removes a root or what a bootstrap left of one: debootstrap mounts `/proc` and `/sys`
+/// inside while it runs, and a bootstrap killed halfway leaves them mounted; those are
+/// unmounted first, so that removing never reaches into the machine's own.
+fn remove_root(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let dir = dir.canonicalize()?;
+    let mounts = || -> Vec<PathBuf> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut under: Vec<PathBuf> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|p| PathBuf::from(p.replace("\\040", " ")))
+            .filter(|p| p.starts_with(&dir))
+            .collect();
+        // Deepest first.
+        under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        under
+    };
+    for m in mounts() {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    if let Some(m) = mounts().first() {
+        bail!(
+            "cannot remove {}: {} is still mounted inside; unmount it (umount -l), then \
+             remove the directory",
+            dir.display(),
+            m.display()
+        );
+    }
+    std::fs::remove_dir_all(&dir)
+        .with_context(|| format!("cannot remove what a bootstrap left: {}", dir.display()))
 }
 
 #[cfg(test)]

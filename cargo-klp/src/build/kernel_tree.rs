@@ -65,6 +65,52 @@ impl KernelTree {
         })
     }
 
+    /// Makes the toolchain ready (a root bootstrapped if missing) and checks that it has
+    /// everything the build runs and can see the paths it builds in.
+    pub fn prepare_toolchain(
+        &self,
+        progress: &dyn Fn(&str),
+        target_dir: &Path,
+        sign: bool,
+    ) -> Result<()> {
+        self.toolchain.ensure(progress)?;
+        let Toolchain::Root { debian, dir } = &self.toolchain else {
+            return Ok(crate::tools::check(
+                &self.dir,
+                &self.config,
+                sign,
+                &self.toolchain,
+            )?);
+        };
+        // In the root's mount namespace its /usr replaces this machine's: a path there is
+        // another file, or none.
+        for (what, path) in [
+            ("kernel tree", self.dir.as_path()),
+            ("target directory", target_dir),
+        ] {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            if path.starts_with("/usr") {
+                bail!(
+                    "the {what} {} is under /usr, which Kbuild for Debian {}'s kernel sees \
+                     replaced by the root at {}: move it elsewhere (a target directory: \
+                     CARGO_TARGET_DIR)",
+                    path.display(),
+                    debian.number(),
+                    dir.display()
+                );
+            }
+        }
+        crate::tools::check(&self.dir, &self.config, sign, &self.toolchain).with_context(|| {
+            format!(
+                "the Debian {} root at {} lacks what the build runs: install it there (chroot \
+                 {} apt-get install ...), or remove the root to bootstrap it again",
+                debian.number(),
+                dir.display(),
+                dir.display()
+            )
+        })
+    }
+
     /// A header of the kernel's source: in the tree itself, or (Debian's headers) in the
     /// common tree its Makefile includes.
     fn source_file(&self, rel: &str) -> Option<String> {

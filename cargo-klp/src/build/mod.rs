@@ -22,7 +22,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::kbuild;
 use crate::klp_rela;
 use crate::status::Shell;
-use crate::tools;
 
 use compile::*;
 use manifest::*;
@@ -253,13 +252,10 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
     let tree = KernelTree::open(opts.kdir.as_deref())?;
     // Before anything is compiled: a tool missing halfway would leave a half-done build and
     // an error from deep inside Kbuild.
-    tree.toolchain
-        .ensure(&|what| shell.status("Bootstrapping", what))?;
-    tools::check(
-        &tree.dir,
-        &tree.config,
+    tree.prepare_toolchain(
+        &|what| shell.status("Bootstrapping", what),
+        &target_dir,
         opts.sign.is_some(),
-        &tree.toolchain,
     )?;
     check_rustc(shell, &pkg)?;
     let crate_name = pkg
