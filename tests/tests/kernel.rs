@@ -699,6 +699,29 @@ fn a_broken_crate_fails_naming_every_problem_and_leaves_no_module(series: Series
     ] {
         assert!(msg.contains(&want), "`{want}` not in:\n{msg}");
     }
+    // KSYM_NAME_LEN of the kernel's own headers: 128 on 5.10, 512 from 5.19.
+    let kallsyms = std::fs::read_dir(k.kdir.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| {
+            std::fs::read_to_string(e.ok()?.path().join("include/linux/kallsyms.h")).ok()
+        })
+        .next()
+        .unwrap();
+    let ksym_name_len: usize = kallsyms
+        .lines()
+        .find_map(|l| l.strip_prefix("#define KSYM_NAME_LEN"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let long = "klp_rs_a_function_name_longer_than_the_127_characters_linux_5_10_keeps_in_\
+                kallsyms_and_reads_in_klp_init_func_or_klp_resolve_symbols";
+    let refused = format!("kernel symbol `{long}` is {} characters long", long.len());
+    assert_eq!(
+        msg.contains(&refused),
+        long.len() >= ksym_name_len,
+        "KSYM_NAME_LEN {ksym_name_len}:\n{msg}"
+    );
     assert!(
         !out.join("klp_broken.ko").exists(),
         "a refused build must leave no module behind"

@@ -136,6 +136,17 @@ impl KernelTree {
             .map(|h| h.contains("clear_relocate_add"))
     }
 
+    /// The longest kernel symbol name the livepatch core takes, `KSYM_NAME_LEN - 1` from
+    /// include/linux/kallsyms.h (127 on 5.10, 511 from 5.19): `klp_init_func` refuses a longer
+    /// function name and `klp_resolve_symbols` reads no more of a livepatch symbol's.
+    pub(super) fn max_symbol_name(&self) -> Option<usize> {
+        let h = self.source_file("include/linux/kallsyms.h")?;
+        h.lines()
+            .find_map(|l| l.trim().strip_prefix("#define KSYM_NAME_LEN"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .and_then(|n| n.checked_sub(1))
+    }
+
     /// Exported symbols: name -> (module, export type).
     pub(super) fn exports(&self) -> Result<HashMap<String, (String, String)>> {
         let text = std::fs::read_to_string(self.dir.join("Module.symvers"))?;

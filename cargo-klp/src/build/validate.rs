@@ -213,6 +213,23 @@ pub(super) fn validate(
                     ));
                 }
             }
+            if let Some(max) = tree.max_symbol_name() {
+                let long = patch
+                    .funcs
+                    .iter()
+                    .map(|f| f.old_name)
+                    .chain(needs.livepatch_symbols.values().map(|s| s.name.as_str()))
+                    .filter(|n| n.len() > max);
+                for name in long {
+                    problems.push(format!(
+                        "kernel symbol `{name}` is {} characters long; Linux {} takes names of \
+                         at most {max} (KSYM_NAME_LEN in include/linux/kallsyms.h), and its \
+                         kallsyms holds none longer",
+                        name.len(),
+                        tree.release
+                    ));
+                }
+            }
             for e in klp_runtime::check::check(&patch) {
                 problems.push(e.to_string());
             }
