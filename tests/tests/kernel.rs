@@ -1,5 +1,6 @@
 //! Real-kernel scenarios: modules built by `cargo klp build`, loaded into unmodified Debian
-//! kernels (Debian 11's 5.10, Debian 12's 6.1 and 6.12, Debian 13's 6.12) booted under qemu, checked through dmesg and /sys/kernel/livepatch.
+//! kernels (Debian 11's 5.10, Debian 12's 6.1 and 6.12, Debian 13's 6.12) booted under qemu,
+//! checked through dmesg and /sys/kernel/livepatch.
 //!
 //! Expected callback steps come from `cargo klp inspect --against` reading the built `.ko`
 //! files (the planner); the planner's own tests (versioned_matrix.rs) come from hand-written

@@ -1,6 +1,7 @@
 //! A patch author's first hour, through the command line as a user types it: `cargo klp new`
 //! in a directory outside this workspace, the crate's own host test, then `cargo klp run` in
-//! the real 6.1 and 6.12 kernels. Bad requests leave nothing behind.
+//! the real kernels (Debian 12's 6.1 and 6.12; Debian 13's 6.12 and Debian 11's 5.10 for the
+//! first crate). Bad requests leave nothing behind.
 //!
 //! What the guest must print comes from the template's source (its replacement function
 //! counts reads; set 1's hooks and the shadow type's `Drop` print), not from a run.

@@ -1,5 +1,5 @@
 //! Target modules loading and unloading: `klp_module_coming`, `klp_module_going` and
-//! `klp_cleanup_module_patches_limited`, as the 6.1 and 6.12 cores call patches' callbacks.
+//! `klp_cleanup_module_patches_limited`, as the 5.10, 6.1 and 6.12 cores call patches' callbacks.
 
 use super::*;
 
