@@ -5,7 +5,7 @@
 //!
 //! What runs is the kernel module's own dispatcher ([`crate::dispatch`]), one per patch
 //! module, called per object and hook in the order the 5.10, 6.1 and 6.12 livepatch cores
-//! call callbacks (the same in all three) (kernel/livepatch/core.c, transition.c):
+//! call callbacks, the same in all three (kernel/livepatch/core.c, transition.c):
 //!
 //! - `klp_enable_patch`: `klp_init_patch` adds a nop object (`klp_add_nops`, no callbacks)
 //!   for each object of the patches already in `klp_patches` that the new one lacks;
