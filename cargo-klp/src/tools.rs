@@ -6,7 +6,9 @@
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use klp_vm::toolchain::Toolchain;
 
 use crate::kconfig::KernelConfig;
 
@@ -206,36 +208,24 @@ const LIBRARY_DIRS: &[&str] = &[
     "/usr/lib",
 ];
 
-/// `dir` as the toolchain sees it: a root replaces this machine's `/usr` (and with it the
-/// merged `/bin`, `/sbin` and `/lib*`, which are links into it).
-fn in_sysroot(dir: &Path, sysroot: &Path) -> PathBuf {
-    let mapped = ["/usr", "/bin", "/sbin", "/lib", "/lib64"]
-        .iter()
-        .any(|m| dir.starts_with(m));
-    match dir.strip_prefix("/") {
-        Ok(rel) if mapped && sysroot != Path::new("/") => sysroot.join(rel),
-        _ => dir.to_path_buf(),
-    }
-}
-
-fn in_path(name: &str, path: &OsStr, sysroot: &Path) -> bool {
+fn in_path(name: &str, path: &OsStr, toolchain: &Toolchain) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::env::split_paths(path).any(|dir| {
-        std::fs::metadata(in_sysroot(&dir, sysroot).join(name))
+        std::fs::metadata(toolchain.seen_as(&dir).join(name))
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })
 }
 
-/// The needs that the toolchain rooted at `sysroot` (`/` for this machine) does not meet,
-/// looking programs up in `path` (the value of `PATH`).
-pub fn missing(needs: &[Need], path: &OsStr, sysroot: &Path) -> Vec<Need> {
+/// The needs that `toolchain` does not meet, looking programs up in `path` (the value of
+/// `PATH`).
+pub fn missing(needs: &[Need], path: &OsStr, toolchain: &Toolchain) -> Vec<Need> {
     needs
         .iter()
         .filter(|n| match n {
-            Need::Program { name, .. } => !in_path(name, path, sysroot),
+            Need::Program { name, .. } => !in_path(name, path, toolchain),
             Need::Library { soname, .. } => !LIBRARY_DIRS
                 .iter()
-                .any(|d| in_sysroot(Path::new(d), sysroot).join(soname).exists()),
+                .any(|d| toolchain.seen_as(Path::new(d)).join(soname).exists()),
         })
         .cloned()
         .collect()
@@ -266,10 +256,10 @@ pub fn check(
     kdir: &Path,
     config: &KernelConfig,
     sign: bool,
-    toolchain: &klp_vm::toolchain::Toolchain,
+    toolchain: &Toolchain,
 ) -> Result<(), MissingTools> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing = missing(&required(kdir, config, sign), &path, toolchain.sysroot());
+    let missing = missing(&required(kdir, config, sign), &path, toolchain);
     if missing.is_empty() {
         Ok(())
     } else {
@@ -328,7 +318,7 @@ mod tests {
         let msg = MissingTools(missing(
             &required(&dir, &c, false),
             OsStr::new(""),
-            Path::new("/"),
+            &Toolchain::Host,
         ))
         .to_string();
         assert!(msg.contains(
@@ -424,7 +414,7 @@ pub fn check_vm(tools: &[klp_vm::Tool]) -> Result<(), MissingTools> {
     let missing = missing(
         &needs,
         &std::env::var_os("PATH").unwrap_or_default(),
-        Path::new("/"),
+        &Toolchain::Host,
     );
     if missing.is_empty() {
         Ok(())

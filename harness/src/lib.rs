@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 pub use klp_vm::{btf, run, BootOptions, GuestLog, Kernel, KernelSpec, Output, Series};
 
@@ -112,22 +112,16 @@ pub fn setup_host() -> Result<()> {
 /// the tests sign).
 fn setup_kernel(kernel: &Kernel) -> Result<()> {
     let tree = cargo_klp::build::KernelTree::open(Some(&kernel.kdir))?;
-    tree.toolchain
-        .ensure(&|what| status("Bootstrapping", what))?;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let sysroot = tree.toolchain.sysroot();
-    let needs = cargo_klp::tools::required(&tree.dir, &tree.config, true);
     if tree.toolchain == klp_vm::toolchain::Toolchain::Host {
-        let missing = cargo_klp::tools::missing(&needs, &path, sysroot);
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let needs = cargo_klp::tools::required(&tree.dir, &tree.config, true);
+        let missing = cargo_klp::tools::missing(&needs, &path, &tree.toolchain);
         let packages = cargo_klp::tools::packages(&missing);
         let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
         apt_install(&packages)?;
     }
-    let still = cargo_klp::tools::missing(&needs, &path, sysroot);
-    if !still.is_empty() {
-        bail!("{}", cargo_klp::tools::MissingTools(still));
-    }
-    Ok(())
+    // A root is bootstrapped with what it needs; then everything is checked as a build does.
+    tree.prepare_toolchain(&|what| status("Bootstrapping", what), &target_dir(), true)
 }
 
 /// Fetches the newest kernel of `series` (unless unpacked already) and installs what building

@@ -59,11 +59,19 @@ impl Toolchain {
         }
     }
 
-    /// The directory programs and libraries are looked up under: `/`, or the root's.
-    pub fn sysroot(&self) -> &Path {
-        match self {
-            Toolchain::Host => Path::new("/"),
-            Toolchain::Root { dir, .. } => dir,
+    /// Where this machine's `path` leads for a command run with this toolchain: into the
+    /// root for `/usr` (which [`Toolchain::command`] replaces) and the merged `/bin`, `/sbin`
+    /// and `/lib*`, which are links into it; elsewhere, and on the host, to `path` itself.
+    pub fn seen_as(&self, path: &Path) -> PathBuf {
+        let Toolchain::Root { dir, .. } = self else {
+            return path.to_path_buf();
+        };
+        let mapped = ["/usr", "/bin", "/sbin", "/lib", "/lib64"]
+            .iter()
+            .any(|m| path.starts_with(m));
+        match path.strip_prefix("/") {
+            Ok(rel) if mapped => dir.join(rel),
+            _ => path.to_path_buf(),
         }
     }
 
@@ -323,6 +331,23 @@ fn remove_root(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_replaces_usr_and_what_links_into_it() {
+        let root = Toolchain::Root {
+            debian: Debian::Trixie,
+            dir: PathBuf::from("/c/trixie"),
+        };
+        let seen = |p: &str| root.seen_as(Path::new(p));
+        assert_eq!(seen("/usr/bin"), Path::new("/c/trixie/usr/bin"));
+        assert_eq!(seen("/lib64"), Path::new("/c/trixie/lib64"));
+        assert_eq!(seen("/root/.cargo/bin"), Path::new("/root/.cargo/bin"));
+        assert_eq!(seen("/usrx"), Path::new("/usrx"));
+        assert_eq!(
+            Toolchain::Host.seen_as(Path::new("/usr/bin")),
+            Path::new("/usr/bin")
+        );
+    }
 
     #[test]
     fn a_kernel_is_built_where_its_compiler_is() {
