@@ -15,6 +15,9 @@ pub struct ModuleSettings {
     /// Test builds: the runtime's allocations can be made to fail (module parameter
     /// `fail_alloc=N`: the Nth from then on fails), to prove a failure is an error.
     pub alloc_faults: bool,
+    /// The kernel's livepatch core runs callback sets (its livepatch.h has
+    /// `struct klp_callback_set`): the C init hands the tables' sets to it.
+    pub native_sets: bool,
 }
 
 /// A valid kernel module name: what `/sys/kernel/livepatch/<name>` and `rmmod` will use.
@@ -67,6 +70,9 @@ pub fn modinfo_header(s: &ModuleSettings) -> String {
     }
     if s.alloc_faults {
         h += "#define KLP_RS_ALLOC_FAULTS 1\nMODULE_INFO(klp_rs_alloc_faults, \"Y\");\n";
+    }
+    if s.native_sets {
+        h += "#define KLP_RS_NATIVE_SETS 1\nMODULE_INFO(klp_rs_native_sets, \"Y\");\n";
     }
     h
 }
@@ -140,6 +146,7 @@ mod tests {
             license: "GPL".into(),
             author: None,
             alloc_faults: false,
+            native_sets: false,
         };
         let h = modinfo_header(&s);
         assert!(h.contains("#define KLP_RS_REPLACE 0\n"));

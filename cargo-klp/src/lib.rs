@@ -252,6 +252,7 @@ fn build_options(a: BuildArgs) -> (build::BuildOptions, Option<klp_vm::KernelSpe
             .map(|f| f.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default(),
         alloc_faults: a.alloc_faults,
+        dispatch_sets: false,
         cache_dir: None,
         target: None,
         btf: a.btf,

@@ -9,7 +9,9 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result};
 
-pub use klp_vm::{btf, run, BootOptions, GuestLog, Kernel, KernelSpec, Output, Series};
+pub use klp_vm::{
+    btf, initramfs, patched, run, BootOptions, GuestLog, Kernel, KernelSpec, Output, Series,
+};
 
 /// Debian packages the harness and the tests run. What a module build needs comes from each
 /// kernel's tree instead ([`cargo_klp::tools`]: the kernel's compiler, pahole where Kbuild adds
@@ -136,6 +138,74 @@ pub fn fetch_kernel(series: Series) -> Result<Kernel> {
     Ok(kernel)
 }
 
+/// The repository's livepatch-core series (`kernel/`).
+pub fn kernel_series() -> Result<klp_vm::patched::Series> {
+    klp_vm::patched::Series::open(&workspace().join("kernel"))
+}
+
+/// Builds the kernel with the livepatch-core series (unless built already), installing what
+/// building it and running its selftests in a guest need.
+pub fn fetch_patched_kernel() -> Result<klp_vm::patched::Patched> {
+    let mut packages: Vec<&str> = klp_vm::patched::BUILD_TOOLS
+        .iter()
+        .map(|t| t.package)
+        .collect();
+    // objtool, which the ORC unwinder needs, links libelf; pahole makes the BTF, and
+    // Kconfig reads its version before it offers BTF at all.
+    packages.extend(["libelf-dev", "dwarves"]);
+    packages.extend(klp_vm::patched::SELFTEST_PACKAGES);
+    apt_install(&packages)?;
+    let series = kernel_series()?;
+    let patched = klp_vm::patched::ensure(&series, &kernel_cache(), &|step| {
+        status(
+            "Building",
+            format!("the kernel with the callback-sets series: {step}"),
+        )
+    })?;
+    setup_kernel(&patched.kernel)?;
+    Ok(patched)
+}
+
+/// The kernel with the livepatch-core series, for tests: built by the setup step, never here.
+pub fn patched_kernel() -> Result<klp_vm::patched::Patched> {
+    static PATCHED: OnceLock<std::result::Result<klp_vm::patched::Patched, String>> =
+        OnceLock::new();
+    PATCHED
+        .get_or_init(|| {
+            let not_set_up = "the kernel with the callback-sets series is not built; run \
+                              `cargo xtask setup`";
+            klp_vm::patched::cached(
+                &kernel_series().map_err(|e| format!("{e:#}"))?,
+                &kernel_cache(),
+            )
+            .map_err(|e| format!("{not_set_up}: {e:#}"))?
+            .ok_or_else(|| not_set_up.to_string())
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Boots `kernel` with `extra` in the guest (programs, files) and runs `script` in it.
+pub fn boot_with(
+    kernel: &Kernel,
+    script: &str,
+    extra: &initramfs::Extra,
+    timeout: std::time::Duration,
+) -> Result<GuestLog> {
+    let opts = BootOptions {
+        timeout,
+        ..BootOptions::default()
+    };
+    klp_vm::boot_with(
+        kernel,
+        &[],
+        script,
+        &target_dir().join("klp-vm"),
+        opts,
+        extra,
+    )
+}
+
 /// A kernel the setup step fetched, for tests: they never download or install.
 pub fn kernel(series: Series) -> Result<Kernel> {
     static KERNELS: OnceLock<Mutex<Vec<(Series, Kernel)>>> = OnceLock::new();
@@ -181,6 +251,14 @@ pub fn build_patch_with(
 pub fn build_patch_alloc_faults(package: &str, kernel: &Kernel) -> Result<PathBuf> {
     build_variant(package, kernel, "alloc-faults", |opts| {
         opts.alloc_faults = true
+    })
+}
+
+/// As [`build_patch`], a module that runs its callback sets itself even for a kernel whose
+/// core runs them, in a directory of its own.
+pub fn build_patch_dispatching(package: &str, kernel: &Kernel) -> Result<PathBuf> {
+    build_variant(package, kernel, "dispatch", |opts| {
+        opts.dispatch_sets = true
     })
 }
 

@@ -10,6 +10,11 @@
  * dispatcher, which runs the replace planner. vmlinux is always the first object, even when
  * the patch changes nothing there: the dispatcher does its work in vmlinux's hooks, which
  * the kernel calls first and always calls.
+ *
+ * On a kernel with the livepatch-core series for callback sets (KLP_RS_NATIVE_SETS, which
+ * cargo klp defines when the target's livepatch.h has struct klp_callback_set), the core
+ * runs the sets itself: each table set becomes a klp_callback_set on its object, owning its
+ * shadow types, and the dispatcher is never called.
  */
 #include <linux/kernel.h>
 #include <linux/livepatch.h>
@@ -158,6 +163,123 @@ static void klp_rs_post_unpatch(struct klp_object *obj)
 	dispatch(KLP_RS_HOOK_POST_UNPATCH, obj);
 }
 
+#ifdef KLP_RS_NATIVE_SETS
+/*
+ * The kernel calls a set's callbacks with the set, whose data is its table entry. Each call
+ * logs the same line the dispatcher logs for the step (the hook's own output follows), so
+ * that the two paths can be compared step for step.
+ */
+static void native_step(struct klp_object *obj, const struct klp_rs_set *s, const char *hook)
+{
+	pr_info("%s: %s: set %u %s %s\n", KBUILD_MODNAME, klp_rs_header.name, s->id,
+		object_name(obj), hook);
+}
+
+static int klp_rs_set_pre_patch(struct klp_object *obj, struct klp_callback_set *set)
+{
+	const struct klp_rs_set *s = set->data;
+	int ret;
+
+	if (!s->pre_patch)
+		return 0;
+	native_step(obj, s, "pre_patch");
+	WRITE_ONCE(dispatching, current);
+	ret = s->pre_patch(object_name(obj));
+	WRITE_ONCE(dispatching, NULL);
+	if (!ret)
+		return 0;
+	/* Not a negative errno (a positive value, INT_MIN): -EINVAL, as the dispatcher does. */
+	if (ret > 0 || ret < -MAX_ERRNO)
+		ret = -EINVAL;
+	pr_info("%s: %s: set %u %s pre_patch failed: %d\n", KBUILD_MODNAME, klp_rs_header.name,
+		s->id, object_name(obj), -ret);
+	return ret;
+}
+
+#define KLP_RS_SET_HOOK(hook)                                                             \
+	static void klp_rs_set_##hook(struct klp_object *obj, struct klp_callback_set *set) \
+	{                                                                                 \
+		const struct klp_rs_set *s = set->data;                                   \
+                                                                                          \
+		if (!s->hook)                                                             \
+			return;                                                           \
+		native_step(obj, s, #hook);                                               \
+		WRITE_ONCE(dispatching, current);                                         \
+		s->hook(object_name(obj));                                                \
+		WRITE_ONCE(dispatching, NULL);                                            \
+	}
+KLP_RS_SET_HOOK(post_patch)
+KLP_RS_SET_HOOK(pre_unpatch)
+KLP_RS_SET_HOOK(post_unpatch)
+
+/*
+ * The callback sets of the object `name` (NULL when it has none): an array ending in an
+ * entry with id 0, each set owning the shadow types the tables give it, under the ids the
+ * runtime hands klp_shadow_* (KLP_RS_SHADOW_NAMESPACE | id).
+ */
+static struct klp_callback_set *native_sets(const struct klp_rs_patch_header *h, const char *name)
+{
+	const struct klp_rs_shadow *e;
+	const struct klp_rs_set *s;
+	struct klp_callback_set *sets;
+	size_t n = 0, i = 0, j;
+
+	KLP_RS_FOR_EACH(struct klp_rs_set, s, h->sets)
+		n += !strcmp(s->object, name);
+	if (!n)
+		return NULL;
+	sets = kcalloc(n + 1, sizeof(*sets), GFP_KERNEL);
+	if (!sets)
+		return ERR_PTR(-ENOMEM);
+	KLP_RS_FOR_EACH(struct klp_rs_set, s, h->sets) {
+		struct klp_callback_set *set;
+		size_t ntypes = 0;
+
+		if (strcmp(s->object, name))
+			continue;
+		set = &sets[i++];
+		set->id = s->id;
+		set->data = (void *)s;
+		set->callbacks.pre_patch = klp_rs_set_pre_patch;
+		set->callbacks.post_patch = klp_rs_set_post_patch;
+		set->callbacks.pre_unpatch = klp_rs_set_pre_unpatch;
+		set->callbacks.post_unpatch = klp_rs_set_post_unpatch;
+		KLP_RS_FOR_EACH(struct klp_rs_shadow, e, h->shadows)
+			ntypes += e->owner == s->id;
+		if (!ntypes)
+			continue;
+		set->shadow_types = kcalloc(ntypes + 1, sizeof(*set->shadow_types), GFP_KERNEL);
+		if (!set->shadow_types)
+			goto nomem;
+		j = 0;
+		KLP_RS_FOR_EACH(struct klp_rs_shadow, e, h->shadows) {
+			if (e->owner != s->id)
+				continue;
+			set->shadow_types[j].id = KLP_RS_SHADOW_NAMESPACE | (e->id & KLP_RS_SHADOW_ID_MAX);
+			set->shadow_types[j].dtor = e->dtor;
+			j++;
+		}
+	}
+	return sets;
+nomem:
+	for (i = 0; i < n; i++)
+		kfree(sets[i].shadow_types);
+	kfree(sets);
+	return ERR_PTR(-ENOMEM);
+}
+
+static void free_native_sets(struct klp_callback_set *sets)
+{
+	struct klp_callback_set *set;
+
+	if (!sets)
+		return;
+	for (set = sets; set->id; set++)
+		kfree(set->shadow_types);
+	kfree(sets);
+}
+#endif
+
 static size_t add_object(const char *name, size_t n)
 {
 	size_t i;
@@ -174,8 +296,12 @@ static void free_objects(void)
 	struct klp_object *o;
 
 	if (patch.objs)
-		for (o = patch.objs; o->funcs; o++)
+		for (o = patch.objs; o->funcs; o++) {
 			kfree(o->funcs);
+#ifdef KLP_RS_NATIVE_SETS
+			free_native_sets(o->callback_sets);
+#endif
+		}
 	kfree(patch.objs);
 	patch.objs = NULL;
 	kfree(object_names);
@@ -211,6 +337,11 @@ static int __init klp_rs_init(void)
 	if (!KLP_RS_CHECK_TABLE(struct klp_rs_func, new_func, h->funcs, "function") ||
 	    !KLP_RS_CHECK_TABLE(struct klp_rs_set, post_unpatch, h->sets, "callback set"))
 		return -EINVAL;
+#ifdef KLP_RS_NATIVE_SETS
+	/* Read here, not by the runtime's reader, on this path. */
+	if (!KLP_RS_CHECK_TABLE(struct klp_rs_shadow, dtor, h->shadows, "shadow"))
+		return -EINVAL;
+#endif
 	KLP_RS_FOR_EACH(struct klp_rs_func, f, h->funcs)
 		nfuncs++;
 	KLP_RS_FOR_EACH(struct klp_rs_set, s, h->sets)
@@ -242,10 +373,18 @@ static int __init klp_rs_init(void)
 		if (!o->funcs)
 			goto nomem;
 		o->name = is_vmlinux(object_names[i]) ? NULL : object_names[i];
+#ifdef KLP_RS_NATIVE_SETS
+		o->callback_sets = native_sets(h, object_names[i]);
+		if (IS_ERR(o->callback_sets)) {
+			o->callback_sets = NULL;
+			goto nomem;
+		}
+#else
 		o->callbacks.pre_patch = klp_rs_pre_patch;
 		o->callbacks.post_patch = klp_rs_post_patch;
 		o->callbacks.pre_unpatch = klp_rs_pre_unpatch;
 		o->callbacks.post_unpatch = klp_rs_post_unpatch;
+#endif
 		j = 0;
 		KLP_RS_FOR_EACH(struct klp_rs_func, f, h->funcs) {
 			if (strcmp(f->object, object_names[i]))
@@ -257,7 +396,12 @@ static int __init klp_rs_init(void)
 		}
 	}
 
-	states[0].id = KLP_RS_STATE_ID;
+	/*
+	 * A module whose sets the kernel runs registers a state of its own: the kernel then
+	 * refuses a replace between it and a module that dispatches itself, either way
+	 * (klp_is_patch_compatible), since each would leave the other's sets to nobody.
+	 */
+	states[0].id = IS_ENABLED(KLP_RS_NATIVE_SETS) ? KLP_RS_NATIVE_STATE_ID : KLP_RS_STATE_ID;
 	states[0].version = KLP_RS_STATE_VERSION;
 	states[0].data = (void *)h;
 	/*
@@ -275,6 +419,12 @@ static int __init klp_rs_init(void)
 	patch.replace = KLP_RS_REPLACE;
 
 	ret = klp_enable_patch(&patch);
+#ifdef KLP_RS_NATIVE_SETS
+	/* The kernel's own message ("not compatible") does not say why. */
+	if (ret == -EINVAL)
+		pr_err("%s: klp-rs: a klp-rs patch built for a stock kernel (whose module runs its callback sets itself) cannot be replaced by one whose sets the kernel runs, nor the other way: if one is enabled, disable it first\n",
+		       KBUILD_MODNAME);
+#endif
 	if (ret) {
 		/*
 		 * klp_enable_patch has freed the patch (klp_free_patch_finish waits for it), so

@@ -10,6 +10,11 @@
 #define KLP_RS_STATE_ID 0x6b6c707273000001UL
 #define KLP_RS_STATE_VERSION 1
 #define KLP_RS_STACK_STATE_ID 0x6b6c707273000002UL
+/* Registered instead of KLP_RS_STATE_ID by a module that hands its sets to the kernel */
+#define KLP_RS_NATIVE_STATE_ID 0x6b6c707273000003UL
+/* A shadow id reaches klp_shadow_* as KLP_RS_SHADOW_NAMESPACE | id (format 2 on) */
+#define KLP_RS_SHADOW_NAMESPACE 0x6b6c707273000000UL
+#define KLP_RS_SHADOW_ID_MAX 0xffffffUL
 /* klp_runtime::abi::Hook: the hook numbers the trampolines pass to the dispatcher */
 #define KLP_RS_HOOK_PRE_PATCH 0
 #define KLP_RS_HOOK_POST_PATCH 1

@@ -64,6 +64,11 @@ pub const KLP_STATE_VERSION: u32 = 1;
 /// to load one while a stacking klp-rs patch is enabled: through `klp_get_prev_state` it
 /// would see only the topmost patch's tables and leave the ones below set up forever.
 pub const KLP_STACK_STATE_ID: u64 = 0x6b6c_7072_7300_0002; // "klprs" + 2
+/// The `klp_state` a module registers instead of [`KLP_STATE_ID`] when the kernel runs its
+/// callback sets itself (the livepatch-core series in the repository's `kernel/`), with the
+/// same data. The kernel refuses a replace between a module of either kind and one of the
+/// other (`klp_is_patch_compatible`): each would leave the other's sets to the wrong party.
+pub const KLP_NATIVE_STATE_ID: u64 = 0x6b6c_7072_7300_0003; // "klprs" + 3
 
 /// Section names. Each patch crate gets its own sections (suffixed with the crate name) so that
 /// several patch crates linked into one host test binary keep separate tables, as separate

@@ -148,6 +148,8 @@ fn the_c_header_constants_match_the_rust_ones() {
          (unsigned)KLP_RS_GFP_KERNEL, (unsigned)KLP_RS_GFP_ATOMIC,\n\
          (unsigned)KLP_RS_HOOK_PRE_PATCH, (unsigned)KLP_RS_HOOK_POST_PATCH,\n\
          (unsigned)KLP_RS_HOOK_PRE_UNPATCH, (unsigned)KLP_RS_HOOK_POST_UNPATCH);\n\
+         printf(\"%lu %lu %lu\\n\", KLP_RS_NATIVE_STATE_ID, KLP_RS_SHADOW_NAMESPACE,\n\
+         KLP_RS_SHADOW_ID_MAX);\n\
          return 0; }\n",
     );
     assert_eq!(
@@ -164,6 +166,11 @@ fn the_c_header_constants_match_the_rust_ones() {
             abi::Hook::PostPatch as u32,
             abi::Hook::PreUnpatch as u32,
             abi::Hook::PostUnpatch as u32
+        ) + &format!(
+            "\n{} {} {}",
+            abi::KLP_NATIVE_STATE_ID,
+            abi::SHADOW_NAMESPACE,
+            abi::SHADOW_ID_MAX
         )
     );
 }

@@ -392,3 +392,28 @@ fn a_c_patchs_shadow_variable_with_the_same_id_is_left_alone() {
     store::free_all_key(0x200, None);
     k.disable("p2").unwrap();
 }
+
+/// A target module that loads during a replace: the outgoing patch sets it up, the replace
+/// restricted to it begins, and when the transition completes every outgoing set leaves
+/// (descending id) before any incoming set finishes setting up (ascending), whichever module
+/// each is on: the rule's order, which the kernel follows where its core runs the sets.
+#[test]
+fn a_module_loading_during_a_replace_completes_in_the_rules_order() {
+    let mut k = Kernel::new();
+    k.load_object("klp_busy").unwrap();
+    k.insmod(&modobj::KLP_PATCH).unwrap();
+    k.clear_log();
+    k.insmod_pending(&busy::KLP_PATCH).unwrap();
+    k.load_object("binfmt_misc").unwrap();
+    k.clear_log();
+    k.complete_transition().unwrap();
+    assert_eq!(
+        k.step_lines(),
+        [
+            "modobj: set 2 binfmt_misc post_unpatch",
+            "modobj: set 2 free shadow 0x200",
+            "busy: set 7 klp_busy post_patch",
+            "busy: set 8 binfmt_misc post_patch",
+        ]
+    );
+}

@@ -108,6 +108,25 @@ pub fn boot(
     work: &Path,
     opts: BootOptions,
 ) -> Result<GuestLog> {
+    boot_with(
+        kernel,
+        modules,
+        script,
+        work,
+        opts,
+        &initramfs::Extra::default(),
+    )
+}
+
+/// As [`boot`], the guest given `extra` files and programs.
+pub fn boot_with(
+    kernel: &Kernel,
+    modules: &[&Path],
+    script: &str,
+    work: &Path,
+    opts: BootOptions,
+    extra: &initramfs::Extra,
+) -> Result<GuestLog> {
     std::fs::create_dir_all(work)?;
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -121,6 +140,7 @@ pub fn boot(
             script,
             &markers,
             opts.timeout,
+            extra,
         )?,
     )?;
     let started = Instant::now();

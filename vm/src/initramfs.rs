@@ -132,8 +132,9 @@ impl Default for Markers {
 }
 
 /// What `/init` runs: mount the pseudo file systems, run the test (bounded by `limit`
-/// seconds, so that a guest whose host process died still powers off), say how it ended,
-/// power off.
+/// seconds, so that a guest whose host process died still ends), say how it ended, and
+/// reboot, which ends qemu (`-no-reboot`) whether or not the kernel can power off (a
+/// kernel without ACPI cannot).
 fn init(markers: &Markers, limit: u64) -> String {
     format!(
         "#!/bin/sh\n\
@@ -144,7 +145,7 @@ fn init(markers: &Markers, limit: u64) -> String {
          echo \"{}\"\n\
          timeout -s KILL {limit} sh /test.sh\n\
          echo \"{}$?\"\n\
-         poweroff -f\n",
+         reboot -f\n",
         markers.start, markers.exit
     )
 }
@@ -193,18 +194,117 @@ unload() {
 }
 "#;
 
-/// Builds the initramfs: `/bin/busybox` and its applets, `/mod/*.ko`, `/test.sh`.
+/// What a guest gets beyond busybox and the modules under test: host files at guest paths,
+/// and host programs in `/usr/bin` with the shared libraries they load, for scripts that
+/// need more than busybox (the kernel's own selftests use bash and GNU tools).
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// (guest path without the leading `/`, host file).
+    pub files: Vec<(String, std::path::PathBuf)>,
+    /// (name in `/usr/bin`, host program): a program of another name is linked to it, as
+    /// `modinfo` is to `kmod`.
+    pub programs: Vec<(String, String)>,
+}
+
+impl Extra {
+    /// Adds the directories of `path` the archive does not have yet, parents first.
+    fn parents(c: &mut Cpio, have: &mut Vec<String>, path: &str) {
+        let mut at = String::new();
+        let dirs: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for d in &dirs[..dirs.len().saturating_sub(1)] {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(d);
+            if !have.contains(&at) {
+                c.dir(&at);
+                have.push(at.clone());
+            }
+        }
+    }
+
+    fn add_to(&self, c: &mut Cpio, have: &mut Vec<String>) -> Result<()> {
+        let mut copied: Vec<String> = Vec::new();
+        let mut copy = |c: &mut Cpio, have: &mut Vec<String>, guest: &str, host: &Path| {
+            if copied.iter().any(|g| g == guest) {
+                return Ok(());
+            }
+            let body = std::fs::read(host).with_context(|| host.display().to_string())?;
+            Self::parents(c, have, guest);
+            c.file(guest, &body, true);
+            copied.push(guest.to_string());
+            anyhow::Ok(())
+        };
+        for (guest, host) in &self.files {
+            copy(c, have, guest, host)?;
+        }
+        for (name, program) in &self.programs {
+            let host = which(program)?;
+            let real = host.canonicalize()?;
+            let file = real.file_name().context("program path")?.to_string_lossy();
+            copy(c, have, &format!("usr/bin/{file}"), &real)?;
+            if *name != file {
+                Self::parents(c, have, &format!("usr/bin/{name}"));
+                c.symlink(&format!("usr/bin/{name}"), &file);
+            }
+            for lib in libraries(&real)? {
+                let guest = lib.to_string_lossy().trim_start_matches('/').to_string();
+                copy(c, have, &guest, &lib)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where `program` is on this machine's `PATH`.
+fn which(program: &str) -> Result<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .with_context(|| format!("`{program}` is not installed on this machine"))
+}
+
+/// The shared libraries and the interpreter `program` loads, as `ldd` lists them.
+fn libraries(program: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .context("cannot run ldd (libc-bin)")?;
+    if !out.status.success() {
+        bail!("ldd {} failed", program.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, or the interpreter's
+            // `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+            let path = l.split_once("=> ").map_or(l, |(_, p)| p).trim();
+            let path = path.split(" (").next()?;
+            path.starts_with('/')
+                .then(|| std::path::PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// Builds the initramfs: `/bin/busybox` and its applets, `/mod/*.ko`, `/test.sh`, and
+/// `extra`.
 pub fn build(
     busybox: &Path,
     modules: &[&Path],
     script: &str,
     markers: &Markers,
     limit: std::time::Duration,
+    extra: &Extra,
 ) -> Result<Vec<u8>> {
     let mut c = Cpio::default();
+    let mut have: Vec<String> = Vec::new();
     for d in ["bin", "proc", "sys", "dev", "mod", "tmp"] {
         c.dir(d);
+        have.push(d.to_string());
     }
+    extra.add_to(&mut c, &mut have)?;
     let bb = std::fs::read(busybox)
         .with_context(|| format!("{} (install busybox-static)", busybox.display()))?;
     if is_dynamic(&bb) {

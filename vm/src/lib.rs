@@ -8,6 +8,7 @@ pub mod btf;
 pub mod guest;
 pub mod initramfs;
 pub mod kernels;
+pub mod patched;
 pub mod toolchain;
 
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-pub use guest::{boot, BootOptions, GuestLog};
+pub use guest::{boot, boot_with, BootOptions, GuestLog};
 pub use kernels::{Kernel, KernelSpec, Series};
 
 /// The per-user cache: `$KLP_CACHE_DIR`, else `$XDG_CACHE_HOME/klp-rs`, else

@@ -95,6 +95,7 @@ fn test() -> Result<()> {
     for s in Series::ALL {
         klp_harness::fetch_kernel(s)?;
     }
+    klp_harness::fetch_patched_kernel()?;
     klp_harness::run(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
             "test",
@@ -113,7 +114,8 @@ fn main() -> ExitCode {
         Task::Setup => klp_harness::setup_host().and_then(|()| {
             Series::ALL
                 .iter()
-                .try_for_each(|s| klp_harness::fetch_kernel(*s).map(drop))
+                .try_for_each(|s| klp_harness::fetch_kernel(*s).map(drop))?;
+            klp_harness::fetch_patched_kernel().map(drop)
         }),
         Task::Demo { kernel } => series(&kernel).and_then(demo),
         Task::Test => test(),

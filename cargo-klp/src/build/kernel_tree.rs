@@ -127,6 +127,14 @@ impl KernelTree {
         std::fs::read_to_string(common.join(rel)).ok()
     }
 
+    /// Whether the livepatch core runs callback sets itself: the series in the repository's
+    /// `kernel/` adds `struct klp_callback_set` to include/linux/livepatch.h. Such a kernel
+    /// gets modules that hand their sets to it instead of dispatching them.
+    pub fn has_callback_sets(&self) -> bool {
+        self.source_file("include/linux/livepatch.h")
+            .is_some_and(|h| h.contains("struct klp_callback_set {"))
+    }
+
     /// Whether the livepatch core clears a module object's livepatch relocations when that
     /// module goes (`klp_clear_object_relocs` with `clear_relocate_add`; 6.12 has it, 6.1 not). Without
     /// it, x86's `apply_relocate_add` finds them still written when the module comes again

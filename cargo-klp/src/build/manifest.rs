@@ -42,6 +42,7 @@ pub(super) fn settings(pkg: &Package) -> Result<ModuleSettings> {
         license: string("license")?.unwrap_or_else(|| "GPL".into()),
         author: string("author")?.or_else(|| pkg.authors.first().cloned()),
         alloc_faults: false,
+        native_sets: false,
     })
 }
 

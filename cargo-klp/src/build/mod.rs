@@ -40,6 +40,10 @@ pub struct BuildOptions {
     pub extra_rustflags: Vec<String>,
     /// A test build whose runtime allocations can be made to fail (`--alloc-faults`).
     pub alloc_faults: bool,
+    /// Build a module that runs its callback sets itself even for a kernel whose core runs
+    /// them (not offered on the command line: the suite uses it to show that the kernel
+    /// refuses a replace between the two kinds).
+    pub dispatch_sets: bool,
     /// Where kernel objects are compiled (default: [`default_cache_dir`], else the crate's
     /// target dir).
     pub cache_dir: Option<PathBuf>,
@@ -250,6 +254,17 @@ pub fn build(shell: &Shell, opts: &BuildOptions) -> Result<Built> {
         ));
     }
     let tree = KernelTree::open(opts.kdir.as_deref())?;
+    settings.native_sets = tree.has_callback_sets() && !opts.dispatch_sets;
+    if settings.native_sets {
+        shell.status(
+            "Native",
+            format!(
+                "callback sets: the livepatch core of Linux {} runs them, from the tables {} \
+                 hands it",
+                tree.release, settings.name
+            ),
+        );
+    }
     // Before anything is compiled: a tool missing halfway would leave a half-done build and
     // an error from deep inside Kbuild.
     tree.prepare_toolchain(

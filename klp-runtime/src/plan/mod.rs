@@ -161,7 +161,18 @@ impl<'a> Plan<'a> {
             }
             Step::Hook { .. } => true,
         });
-        main.chain(late.flat_map(|l| l.after.iter())).copied()
+        // The late modules' steps take their place in the rule's order: every outgoing set
+        // (descending id) before any incoming one (ascending), as the kernel runs them
+        // where its core runs the sets.
+        let all = move || {
+            main.clone()
+                .chain(late.clone().flat_map(|l| l.after.iter()))
+                .copied()
+        };
+        ranked(all, |s| match s.side() {
+            Side::Old => u64::from(u32::MAX - s.set()),
+            Side::New => (1 << 32) | u64::from(s.set()),
+        })
     }
 
     /// Every step in order, the transition marked by `None`; for display.
@@ -181,6 +192,43 @@ impl Step<'_> {
             Step::Hook { side, .. } | Step::FreeShadow { side, .. } => *side,
         }
     }
+
+    /// The callback set the step belongs to.
+    pub fn set(&self) -> u32 {
+        match self {
+            Step::Hook { set, .. } | Step::FreeShadow { set, .. } => *set,
+        }
+    }
+}
+
+/// The steps `steps` yields, lowest `rank` first; steps of one rank in the order they come.
+/// Without allocating (the callbacks that run these cannot fail): each rank is a pass over
+/// the steps, and a plan has a handful.
+pub(crate) fn ranked<'a, I, S>(
+    steps: S,
+    rank: fn(&Step<'a>) -> u64,
+) -> impl Iterator<Item = Step<'a>>
+where
+    S: Fn() -> I,
+    I: Iterator<Item = Step<'a>>,
+{
+    let mut done: Option<u64> = None;
+    let mut current: Option<(u64, usize)> = None;
+    core::iter::from_fn(move || loop {
+        if let Some((r, from)) = current {
+            let next = steps().enumerate().skip(from).find(|(_, s)| rank(s) == r);
+            if let Some((i, s)) = next {
+                current = Some((r, i + 1));
+                return Some(s);
+            }
+            done = Some(r);
+        }
+        let r = steps()
+            .map(|s| rank(&s))
+            .filter(|r| done.is_none_or(|d| *r > d))
+            .min()?;
+        current = Some((r, 0));
+    })
 }
 
 fn unwind<'p, 'a>(done: &'p [Planned<'a>]) -> impl Iterator<Item = Step<'a>> + 'p {
@@ -295,17 +343,13 @@ pub fn replace<'a, F, G>(
     }
     if let Some(old) = old {
         let new_survivor = Some((new, &is_loaded as &dyn Fn(ObjectName<'_>) -> bool));
-        for s in old_only.iter().rev() {
-            if is_loaded(s.object) {
+        // Every set of the old patch, descending id: one only it has gets post_unpatch and
+        // its shadow types freed; one both keep runs nothing, but those of its shadow types
+        // the new patch no longer owns are gone with the old patch.
+        for s in sets_not_in(old, None::<&Patch<'a, G>>)?.iter().rev() {
+            if new.set(s.id).is_none() && is_loaded(s.object) {
                 fallible::push(&mut plan.after, hook(Side::Old, s, Hook::PostUnpatch))?;
             }
-            fallible::extend(&mut plan.after, frees(Side::Old, old, s.id, new_survivor))?;
-        }
-        // A set both patches keep runs nothing, but if the new patch no longer owns one of
-        // its shadow types, that type is gone with the old patch: kept sets, descending id.
-        let mut kept = sets_not_in(old, None::<&Patch<'a, G>>)?;
-        kept.retain(|s| new.set(s.id).is_some());
-        for s in kept.iter().rev() {
             fallible::extend(&mut plan.after, frees(Side::Old, old, s.id, new_survivor))?;
         }
     }

@@ -3,7 +3,7 @@
 //! `klp_complete_transition` ends a transition either way (completed, or reversed by
 //! `klp_reverse_transition` and then completed the other way); these are the steps for each.
 
-use super::{Plan, Step};
+use super::{ranked, Plan, Side, Step};
 use crate::reader::ObjectName;
 
 /// A transition in flight, as the dispatcher holds it.
@@ -23,11 +23,21 @@ impl<'p, 'a> Transition<'p, 'a> {
         self.main.after_with(self.late.iter().map(|(_, l)| l))
     }
 
-    /// Patching reversed (or cancelled after our `pre_patch`): the late modules' parts undone,
-    /// last first, then the main plan's.
+    /// Patching reversed (or cancelled after our `pre_patch`): the late modules' parts and
+    /// the main plan's undone, in the rule's order: the outgoing sets set up again
+    /// (ascending id), then the incoming ones torn down (descending).
     pub fn patching_reversed(&self) -> impl Iterator<Item = Step<'a>> + 'p {
-        let late = self.late.iter().rev().flat_map(|(_, l)| l.reverse());
-        late.chain(self.main.reverse())
+        let (late, main) = (self.late, self.main);
+        let all = move || {
+            late.iter()
+                .rev()
+                .flat_map(|(_, l)| l.reverse())
+                .chain(main.reverse())
+        };
+        ranked(all, |s| match s.side() {
+            Side::Old => u64::from(s.set()),
+            Side::New => (1 << 32) | u64::from(u32::MAX - s.set()),
+        })
     }
 
     /// Unpatching completed (a disable): the sets of modules that came during it had only

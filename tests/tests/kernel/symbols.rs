@@ -4,13 +4,13 @@
 
 use klp_harness::Series;
 
-use super::{boot, build, kernel, refused_build};
+use super::{boot, build, kernel, refused_build, Target};
 
 /// kpatch's `cmdline-string`: the patched `/proc/cmdline` reads the kernel's own
 /// `saved_command_line`, which no kernel exports. Expected: the line the kernel was booted
 /// with (the harness's command line), then the suffix the example's source adds.
-pub fn cmdline_string_reads_a_symbol_the_kernel_does_not_export(series: Series) {
-    let k = kernel(series);
+pub fn cmdline_string_reads_a_symbol_the_kernel_does_not_export(target: Target) {
+    let k = kernel(target);
     let ko = build("cmdline-string", &k);
     let report = cargo_klp::inspect::inspect(&ko).unwrap();
     let relocations: Vec<_> = report
@@ -71,8 +71,8 @@ pub fn cmdline_string_reads_a_symbol_the_kernel_does_not_export(series: Series) 
 /// three files of both kernels (arch/x86/kernel/cpu/proc.c, fs/proc/consoles.c,
 /// crypto/proc.c: seq_file `start` functions); under IBT (the kernel's .config) the address
 /// of a static function may not be taken.
-pub fn kernel_symbols_the_kernel_cannot_resolve_are_refused_before_linking(series: Series) {
-    let k = kernel(series);
+pub fn kernel_symbols_the_kernel_cannot_resolve_are_refused_before_linking(target: Target) {
+    let k = kernel(target);
     let (msg, left) = refused_build(&k, "badsyms");
     let r = &k.release;
     for want in [
@@ -100,8 +100,8 @@ pub fn kernel_symbols_the_kernel_cannot_resolve_are_refused_before_linking(serie
 /// `c_start` (arch/x86/kernel/cpu/proc.c, linked before fs/proc/consoles.c and crypto/proc.c).
 /// Expected from its source: position 0 is the first online CPU's data, and with one CPU
 /// (the harness boots one) position 1 is past the last, NULL.
-pub fn a_static_function_with_an_ambiguous_name_is_called_by_sympos(series: Series) {
-    let k = kernel(series);
+pub fn a_static_function_with_an_ambiguous_name_is_called_by_sympos(target: Target) {
+    let k = kernel(target);
     let ko = build("statics", &k);
     let log = boot(
         &k,
@@ -137,8 +137,8 @@ pub fn a_static_function_with_an_ambiguous_name_is_called_by_sympos(series: Seri
 /// to 0, 2 bytes from user address 0 fault (-EFAULT, -14), more than 3 are refused (-EINVAL,
 /// -22). A reload after an unload works where the kernel clears the relocations on unload
 /// (6.12: `klp_clear_object_relocs`); 6.1 refuses the reload, as the build warns.
-pub fn a_module_function_calls_a_static_function_of_its_module(series: Series) {
-    let k = kernel(series);
+pub fn a_module_function_calls_a_static_function_of_its_module(target: Target) {
+    let k = kernel(target);
     let ko = build("modstatic", &k);
     let binfmt = klp_harness::image_module(&k, "binfmt_misc").unwrap();
     let status = "mount -t binfmt_misc none /proc/sys/fs/binfmt_misc && \
@@ -172,9 +172,11 @@ pub fn a_module_function_calls_a_static_function_of_its_module(series: Series) {
     let reload = log.section("reload");
     // 6.12 clears a going module's klp relocations (klp_clear_object_relocs); 5.10 and 6.1
     // do not, and x86's apply_relocate_add refuses to write over them.
-    match series {
-        Series::V6_12 | Series::V6_12Debian13 => assert_eq!(reload, ["insmod rc=0"]),
-        Series::V6_1 | Series::V5_10 => {
+    match target {
+        Target::Debian(Series::V6_12 | Series::V6_12Debian13) | Target::Sets => {
+            assert_eq!(reload, ["insmod rc=0"])
+        }
+        Target::Debian(Series::V6_1 | Series::V5_10) => {
             assert_eq!(
                 reload.last().map(String::as_str),
                 Some("insmod rc=8"),
@@ -182,7 +184,7 @@ pub fn a_module_function_calls_a_static_function_of_its_module(series: Series) {
             );
             assert!(
                 log.serial.contains("existing value is nonzero"),
-                "{series} refuses the reload in apply_relocate_add:\n{}",
+                "{target:?} refuses the reload in apply_relocate_add:\n{}",
                 log.serial
             );
         }
@@ -192,8 +194,8 @@ pub fn a_module_function_calls_a_static_function_of_its_module(series: Series) {
 /// The reader's own task_struct members, each where this kernel puts it (the offsets of
 /// `pid` differ between 6.1 and 6.12). Expected: the shell prints its pid and its parent's,
 /// then execs `cat`, which reads the patched file as that same pid with comm `cat`.
-pub fn task_struct_members_are_read_where_each_kernel_puts_them(series: Series) {
-    let k = kernel(series);
+pub fn task_struct_members_are_read_where_each_kernel_puts_them(target: Target) {
+    let k = kernel(target);
     let ko = build("current-task", &k);
     let log = boot(
         &k,
@@ -216,8 +218,8 @@ pub fn task_struct_members_are_read_where_each_kernel_puts_them(series: Series) 
 /// task_struct `pid_t pid, tgid` and `unsigned in_execve:1`; fs/binfmt_misc.c
 /// `static ssize_t bm_status_read(struct file *file, char __user *buf, size_t nbytes,
 /// loff_t *ppos)`.
-pub fn prototypes_and_members_unlike_the_kernels_are_build_errors(series: Series) {
-    let k = kernel(series);
+pub fn prototypes_and_members_unlike_the_kernels_are_build_errors(target: Target) {
+    let k = kernel(target);
     let out = klp_harness::target_dir()
         .join("klp")
         .join(format!("badproto-{}", k.release));
