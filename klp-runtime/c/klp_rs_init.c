@@ -268,6 +268,22 @@ nomem:
 	return ERR_PTR(-ENOMEM);
 }
 
+/*
+ * A patch that stacks (replace = false) on a klp-rs patch whose module runs its sets itself
+ * would share the shadow namespace with it unseen: neither knows the other's sets. The kernel
+ * refuses a replace between the two kinds (their states differ) but lets a stacking patch
+ * through, so vmlinux's pre_patch refuses it. The kernel has run our sets' pre_patch by then
+ * (a set's callback comes before its object's), and undoes them.
+ */
+static int klp_rs_native_pre_patch(struct klp_object *obj)
+{
+	if (!klp_get_prev_state(KLP_RS_STATE_ID))
+		return 0;
+	pr_err("%s: klp-rs: %s cannot stack on an enabled klp-rs patch built for a stock kernel (whose module runs its callback sets itself): disable that one first\n",
+	       KBUILD_MODNAME, klp_rs_header.name);
+	return -EINVAL;
+}
+
 static void free_native_sets(struct klp_callback_set *sets)
 {
 	struct klp_callback_set *set;
@@ -379,6 +395,8 @@ static int __init klp_rs_init(void)
 			o->callback_sets = NULL;
 			goto nomem;
 		}
+		if (!KLP_RS_REPLACE && !o->name)
+			o->callbacks.pre_patch = klp_rs_native_pre_patch;
 #else
 		o->callbacks.pre_patch = klp_rs_pre_patch;
 		o->callbacks.post_patch = klp_rs_post_patch;
@@ -420,9 +438,9 @@ static int __init klp_rs_init(void)
 
 	ret = klp_enable_patch(&patch);
 #ifdef KLP_RS_NATIVE_SETS
-	/* The kernel's own message ("not compatible") does not say why. */
-	if (ret == -EINVAL)
-		pr_err("%s: klp-rs: a klp-rs patch built for a stock kernel (whose module runs its callback sets itself) cannot be replaced by one whose sets the kernel runs, nor the other way: if one is enabled, disable it first\n",
+	/* The kernel's "not compatible" says no more; -EINVAL has other causes too. */
+	if (ret == -EINVAL && KLP_RS_REPLACE)
+		pr_err("%s: klp-rs: if a klp-rs patch built for a stock kernel (whose module runs its callback sets itself) is enabled, this one cannot replace it: disable it first\n",
 		       KBUILD_MODNAME);
 #endif
 	if (ret) {

@@ -4,7 +4,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::reader::{Origin, Patch};
+use crate::reader::{ObjectName, Origin, Patch};
 
 /// A rule broken across items; each message names both places.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,6 +154,13 @@ pub enum Conflict<'a> {
     /// handed to the kernel as it was and the incoming one puts in the klp-rs namespace
     /// ([`crate::abi::shadow_key`]): its variables would not carry over.
     ShadowNamespace { id: u64, old_format: u32 },
+    /// A replace: a callback set id both patches have, on different objects. A set id names
+    /// one object and one behaviour; the kernel refuses it too where its core runs the sets.
+    SetMoved {
+        id: u32,
+        old: ObjectName<'a>,
+        new: ObjectName<'a>,
+    },
     /// A stacking patch (`replace = false`) has a callback set id the patch below it has:
     /// disabling it would tear down the set the patch below keeps.
     StackedSet { id: u32 },
@@ -177,6 +184,12 @@ impl core::fmt::Display for Conflict<'_> {
                  {old_format}) keyed its variables by the bare id, which this format keeps \
                  apart from C patches' ids, so they would not carry over; give the type a new \
                  shadow id (the outgoing one's variables are then freed with its set)"
+            ),
+            Conflict::SetMoved { id, old, new } => write!(
+                f,
+                "callback set {id} is on {old} in the outgoing patch and on {new} in the \
+                 incoming one, and a set is taken over as it is, on its object; give the set on \
+                 {new} a new id"
             ),
             Conflict::StackedSet { id } => write!(
                 f,
@@ -207,7 +220,15 @@ pub fn replace_conflicts<'p, 'a, F, G>(
     old: &'p Patch<'a, F>,
     new: &'p Patch<'a, G>,
 ) -> impl Iterator<Item = Conflict<'a>> + 'p {
-    new.shadows.iter().filter_map(move |n| {
+    let moved = new.sets.iter().filter_map(move |n| {
+        let o = old.sets.iter().find(|o| o.id == n.id)?;
+        (o.object != n.object).then_some(Conflict::SetMoved {
+            id: n.id,
+            old: o.object,
+            new: n.object,
+        })
+    });
+    moved.chain(new.shadows.iter().filter_map(move |n| {
         let o = old.shadows.iter().find(|o| o.id == n.id)?;
         let key = |format| crate::abi::shadow_key(format, n.id);
         if key(old.format_version) != key(new.format_version) {
@@ -222,7 +243,7 @@ pub fn replace_conflicts<'p, 'a, F, G>(
             old: old_layout,
             new: new_layout,
         })
-    })
+    }))
 }
 
 /// What keeps `top` (built with `replace = false`) from stacking on `below`.

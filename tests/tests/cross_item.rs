@@ -143,3 +143,35 @@ fn shadow_ids_wider_than_24_bits_are_refused() {
         |e| matches!(e, CheckError::ShadowIdTooWide { shadow, .. } if *shadow == SHADOW_ID_MAX + 1)
     ));
 }
+
+/// A set id names one object: a replace that has it on another object would take over a
+/// set that was never set up there and leave the old one set up for ever. Refused, naming
+/// both objects, as the kernel refuses it where its core runs the sets.
+#[test]
+fn a_replace_that_moves_a_set_to_another_object_is_refused() {
+    use klp_runtime::check::{replace_conflicts, Conflict};
+    use klp_runtime::reader::{read_memory, ObjectName};
+    // SAFETY: headers of crates linked into this test.
+    let (old, mut new) = unsafe {
+        (
+            read_memory(&p1::KLP_PATCH).unwrap(),
+            read_memory(&p2::KLP_PATCH).unwrap(),
+        )
+    };
+    assert_eq!(replace_conflicts(&old, &new).count(), 0);
+    let binfmt = ObjectName::new(c"binfmt_misc").unwrap();
+    let set = new.sets.iter_mut().find(|s| s.id == 1).unwrap();
+    set.object = binfmt;
+    let conflicts: Vec<_> = replace_conflicts(&old, &new).collect();
+    assert_eq!(
+        conflicts,
+        [Conflict::SetMoved {
+            id: 1,
+            old: ObjectName::new(c"vmlinux").unwrap(),
+            new: binfmt
+        }]
+    );
+    assert!(conflicts[0]
+        .to_string()
+        .contains("give the set on binfmt_misc a new id"));
+}

@@ -83,6 +83,7 @@ fn the_kernels_livepatch_selftests_pass_with_the_series() {
             "replace tears down a set on a module only the replaced patch has",
             "a module coming and going sets up and tears down its sets",
             "a module loading during a replace",
+            "a module loading during a replace, with a set both patches have",
             "a reversed replace sets the replaced patch's sets up again",
             "callback set ids are refused when they cannot identify a set",
         ]
