@@ -119,6 +119,12 @@ pub fn boot(
 }
 
 /// As [`boot`], the guest given `extra` files and programs.
+///
+/// A kernel that oopses before the script starts is booted once more: nothing under test
+/// has run by then (the modules are loaded by the script), and qemu's TCG with several
+/// vCPUs has been seen to trip the kernel's own boot-time code patching (an `int3` oops in
+/// `sched_clock_cpu` on Debian 13's 6.12 with two vCPUs, at 1.9 s, once). A second such
+/// boot fails the run.
 pub fn boot_with(
     kernel: &Kernel,
     modules: &[&Path],
@@ -126,6 +132,46 @@ pub fn boot_with(
     work: &Path,
     opts: BootOptions,
     extra: &initramfs::Extra,
+) -> Result<GuestLog> {
+    match boot_once(kernel, modules, script, work, opts, extra) {
+        Err(Failed { early: true, error }) => {
+            eprintln!("warning: {error:#}\n(before the test script started: booting once more)");
+            boot_once(kernel, modules, script, work, opts, extra).map_err(|f| f.error)
+        }
+        r => r.map_err(|f| f.error),
+    }
+}
+
+/// A failed boot, and whether it failed before the script started.
+struct Failed {
+    early: bool,
+    error: anyhow::Error,
+}
+
+fn boot_once(
+    kernel: &Kernel,
+    modules: &[&Path],
+    script: &str,
+    work: &Path,
+    opts: BootOptions,
+    extra: &initramfs::Extra,
+) -> std::result::Result<GuestLog, Failed> {
+    let mut started = false;
+    let r = boot_attempt(kernel, modules, script, work, opts, extra, &mut started);
+    r.map_err(|error| Failed {
+        early: !started,
+        error,
+    })
+}
+
+fn boot_attempt(
+    kernel: &Kernel,
+    modules: &[&Path],
+    script: &str,
+    work: &Path,
+    opts: BootOptions,
+    extra: &initramfs::Extra,
+    script_started: &mut bool,
 ) -> Result<GuestLog> {
     std::fs::create_dir_all(work)?;
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -198,6 +244,10 @@ pub fn boot_with(
         elapsed: started.elapsed(),
         markers,
     };
+    *script_started = log
+        .serial
+        .lines()
+        .any(|l| l.trim_end().ends_with(&log.markers.start));
     let show = |why: &str| {
         format!(
             "{why} on {} ({:.1}s):\n{}",
