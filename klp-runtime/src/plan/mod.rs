@@ -15,7 +15,8 @@
 //! A set's hooks run only while its object is loaded; a leaving set's shadow types are freed
 //! whether or not its object is loaded. A shadow id that a surviving set also owns is not
 //! freed: the kernel keys shadow variables by id, so they carry over. A shadow type that a
-//! kept set no longer owns in the new patch is freed after the leaving sets' teardown.
+//! kept set no longer owns in the new patch is freed in that set's place among the outgoing
+//! sets (descending id), as the kernel does where its core runs the sets.
 
 mod run;
 mod transition;
@@ -134,8 +135,9 @@ impl<'a> Plan<'a> {
     }
 
     /// The steps after the transition, given the plans of target modules that loaded during
-    /// it: their `after` steps follow, and the shadow types their sets keep alive are not
-    /// freed.
+    /// it: their `after` steps merged in, in the rule's order (every outgoing set, descending
+    /// id, then every incoming one, ascending), and the shadow types their sets keep alive
+    /// not freed.
     pub fn after_with<'p, L>(&'p self, late: L) -> impl Iterator<Item = Step<'a>> + 'p
     where
         'a: 'p,

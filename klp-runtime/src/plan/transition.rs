@@ -18,7 +18,7 @@ pub struct Transition<'p, 'a> {
 
 impl<'p, 'a> Transition<'p, 'a> {
     /// Patching completed: the main plan's second half, less the shadow types the late
-    /// modules' sets keep or tear down themselves ([`Plan::after_with`]), then theirs.
+    /// modules' sets keep or tear down themselves, merged with theirs ([`Plan::after_with`]).
     pub fn patched(&self) -> impl Iterator<Item = Step<'a>> + 'p {
         self.main.after_with(self.late.iter().map(|(_, l)| l))
     }
