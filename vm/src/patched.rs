@@ -44,6 +44,11 @@ pub const BUILD_TOOLS: &[Tool] = &[
         package: "perl",
         why: "building a kernel, and scripts/checkpatch.pl",
     },
+    Tool {
+        program: "python3",
+        package: "python3",
+        why: "building a kernel with BTF (libbpf's bpf_doc.py, for resolve_btfids)",
+    },
 ];
 
 /// The series as the repository holds it: the patches, in order, and the config fragment.
