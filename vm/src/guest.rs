@@ -120,9 +120,9 @@ pub fn boot(
 
 /// As [`boot`], the guest given `extra` files and programs.
 ///
-/// A kernel that oopses before the script starts is booted once more: nothing under test
-/// has run by then (the modules are loaded by the script), and qemu's TCG with several
-/// vCPUs has been seen to trip the kernel's own boot-time code patching (an `int3` oops in
+/// A boot that fails before the script starts is tried once more: nothing under test has
+/// run by then (the modules are loaded by the script), and qemu's TCG with several vCPUs
+/// has been seen to trip the kernel's own boot-time code patching (an `int3` oops in
 /// `sched_clock_cpu` on Debian 13's 6.12 with two vCPUs, at 1.9 s, once). A second such
 /// boot fails the run.
 pub fn boot_with(
@@ -133,37 +133,17 @@ pub fn boot_with(
     opts: BootOptions,
     extra: &initramfs::Extra,
 ) -> Result<GuestLog> {
-    match boot_once(kernel, modules, script, work, opts, extra) {
-        Err(Failed { early: true, error }) => {
+    let mut started = false;
+    match boot_attempt(kernel, modules, script, work, opts, extra, &mut started) {
+        Err(error) if !started => {
             eprintln!("warning: {error:#}\n(before the test script started: booting once more)");
-            boot_once(kernel, modules, script, work, opts, extra).map_err(|f| f.error)
+            boot_attempt(kernel, modules, script, work, opts, extra, &mut started)
         }
-        r => r.map_err(|f| f.error),
+        r => r,
     }
 }
 
-/// A failed boot, and whether it failed before the script started.
-struct Failed {
-    early: bool,
-    error: anyhow::Error,
-}
-
-fn boot_once(
-    kernel: &Kernel,
-    modules: &[&Path],
-    script: &str,
-    work: &Path,
-    opts: BootOptions,
-    extra: &initramfs::Extra,
-) -> std::result::Result<GuestLog, Failed> {
-    let mut started = false;
-    let r = boot_attempt(kernel, modules, script, work, opts, extra, &mut started);
-    r.map_err(|error| Failed {
-        early: !started,
-        error,
-    })
-}
-
+/// One boot; `script_started` says whether the script's start marker was printed.
 fn boot_attempt(
     kernel: &Kernel,
     modules: &[&Path],
